@@ -1,0 +1,33 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: test serve bench install install-bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,engine]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest tests
+
+serve: install
+	$(PY) -m llmds.cli serve
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PIP) install -q -e '.[bench]'
+	touch $@
+
+install-bench: $(VENV)/.installed-bench
+
+bench: install-bench
+	$(PY) -m benchmarks.bench_structures
+	$(PY) -m benchmarks.bench_kv_cache
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

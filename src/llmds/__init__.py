@@ -1,0 +1,66 @@
+"""llmds: the data structures of an LLM serving stack.
+
+Top-level names are resolved lazily (PEP 562) so ``import llmds`` imports only
+the standard library; numpy/numba load with the first structure you touch and
+torch only with the engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "PagedAllocator": "llmds.paged_allocator",
+    "PageStats": "llmds.paged_allocator",
+    "KVCache": "llmds.kv_cache",
+    "TokenLRU": "llmds.token_lru",
+    "IndexedHeap": "llmds.indexed_heap",
+    "Scheduler": "llmds.scheduler",
+    "AdmissionController": "llmds.admissions",
+    "CountMinSketch": "llmds.cmsketch",
+    "Tokenizer": "llmds.tokenizer",
+    "InvertedIndex": "llmds.inverted_index",
+    "HNSW": "llmds.hnsw",
+    "RetrievalPipeline": "llmds.retrieval_pipeline",
+    "Timer": "llmds.utils",
+    "MemoryProfiler": "llmds.utils",
+    "MetricsCollector": "llmds.utils",
+    "LLMDSError": "llmds.errors",
+    "ValidationError": "llmds.errors",
+    "CapacityError": "llmds.errors",
+    "NotFoundError": "llmds.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmds' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llmds.admissions import AdmissionController
+    from llmds.cmsketch import CountMinSketch
+    from llmds.errors import CapacityError, LLMDSError, NotFoundError, ValidationError
+    from llmds.hnsw import HNSW
+    from llmds.indexed_heap import IndexedHeap
+    from llmds.inverted_index import InvertedIndex
+    from llmds.kv_cache import KVCache
+    from llmds.paged_allocator import PageStats, PagedAllocator
+    from llmds.retrieval_pipeline import RetrievalPipeline
+    from llmds.scheduler import Scheduler
+    from llmds.token_lru import TokenLRU
+    from llmds.tokenizer import Tokenizer
+    from llmds.utils import MemoryProfiler, MetricsCollector, Timer

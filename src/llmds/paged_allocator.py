@@ -1,0 +1,441 @@
+"""Paged block allocator: the one block pool every KV structure allocates from.
+
+Pages are integers ``0 .. max_pages-1``; a page is free when its reference
+count is 0.  Free pages sit on an intrusive doubly linked list kept in two
+Python lists (``_next``/``_prev``), so ``alloc``, ``free`` and taking a page
+out of the middle of the list are all O(1) per page.
+
+Free-list order is the eviction order of cached pages:
+
+* ``alloc`` pops from the head;
+* a freed page that some owner marked *cached* (its content can be reused,
+  e.g. a full prefix block) goes to the tail, so cached pages are reclaimed
+  least-recently-freed first (LRU);
+* a freed page nobody cares about goes to the head, so it is reused before any
+  cached page is evicted.  Pages freed together are pushed so that they come
+  back in ascending order, which keeps fresh allocations contiguous.
+
+When ``alloc`` reclaims a cached page it clears the mark and calls
+``on_reclaim(page_id)`` so the owner can drop the page from its index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from llmds.errors import CapacityError, StateError, ValidationError
+
+__all__ = ["PageStats", "PagedAllocator"]
+
+_NIL = -1
+
+
+@dataclass(frozen=True, slots=True)
+class PageStats:
+    """Allocation statistics (a snapshot)."""
+
+    total_pages: int
+    allocated_pages: int
+    free_pages: int
+    fragmentation_ratio: float  # 1 - largest free run / free pages; 0 when nothing is free
+    allocation_count: int  # pages handed out by alloc/alloc_contiguous/take, cumulative
+    free_count: int  # pages returned to the free list, cumulative
+    largest_free_run: int
+    shared_pages: int  # pages with refcount > 1
+    total_refs: int  # sum of refcounts
+    cached_free_pages: int  # free pages still holding reusable (cached) content
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValidationError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+class PagedAllocator:
+    """Fixed pool of ``max_pages`` pages of ``page_size`` tokens each.
+
+    Parameters
+    ----------
+    page_size : int
+        Tokens per page (> 0).  The allocator only records it for its owners.
+    max_pages : int
+        Number of pages in the pool (> 0).
+    on_reclaim : callable, optional
+        Called with a page id when ``alloc`` reuses a free page that was
+        marked cached (see :meth:`mark_cached`).
+    """
+
+    __slots__ = (
+        "page_size",
+        "max_pages",
+        "on_reclaim",
+        "_ref",
+        "_next",
+        "_prev",
+        "_cached",
+        "_head",
+        "_tail",
+        "_num_free",
+        "_num_cached_free",
+        "_total_refs",
+        "_num_shared",
+        "_alloc_count",
+        "_free_count",
+    )
+
+    def __init__(
+        self,
+        page_size: int,
+        max_pages: int,
+        on_reclaim: Callable[[int], None] | None = None,
+    ) -> None:
+        page_size = _check_count("page_size", page_size)
+        max_pages = _check_count("max_pages", max_pages)
+        if page_size <= 0:
+            raise ValidationError(f"page_size must be > 0, got {page_size}")
+        if max_pages <= 0:
+            raise ValidationError(f"max_pages must be > 0, got {max_pages}")
+        self.page_size = page_size
+        self.max_pages = max_pages
+        self.on_reclaim = on_reclaim
+        self._ref = [0] * max_pages
+        self._cached = bytearray(max_pages)
+        self._num_shared = 0
+        self._total_refs = 0
+        self._alloc_count = 0
+        self._free_count = 0
+        self._reset_free_list(range(max_pages))
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_free(self) -> int:
+        """Pages on the free list (cached ones included: they are reclaimable)."""
+        return self._num_free
+
+    @property
+    def num_allocated(self) -> int:
+        return self.max_pages - self._num_free
+
+    def refcount(self, page_id: int) -> int:
+        self._check_id(page_id)
+        return self._ref[page_id]
+
+    def is_free(self, page_id: int) -> bool:
+        self._check_id(page_id)
+        return self._ref[page_id] == 0
+
+    def is_cached(self, page_id: int) -> bool:
+        self._check_id(page_id)
+        return bool(self._cached[page_id])
+
+    def free_pages(self) -> list[int]:
+        """Free page ids in free-list order (head first: the next to be allocated)."""
+        out, p, nxt = [], self._head, self._next
+        while p != _NIL:
+            out.append(p)
+            p = nxt[p]
+        return out
+
+    # --------------------------------------------------------------- allocation
+    def can_alloc(self, num_pages: int) -> bool:
+        return 0 <= num_pages <= self._num_free
+
+    def alloc(self, num_pages: int) -> list[int]:
+        """Allocate ``num_pages`` pages with refcount 1.
+
+        Raises ``CapacityError`` (allocating nothing) when fewer are free.
+        """
+        n = _check_count("num_pages", num_pages)
+        if n < 0:
+            raise ValidationError(f"num_pages must be >= 0, got {n}")
+        if n > self._num_free:
+            raise CapacityError(
+                f"cannot allocate {n} pages: only {self._num_free} of {self.max_pages} are free"
+            )
+        out = []
+        ref, nxt, cached = self._ref, self._next, self._cached
+        p = self._head
+        for _ in range(n):
+            out.append(p)
+            ref[p] = 1
+            p = nxt[p]
+        # detach the popped run [head .. last] in one go
+        self._head = p
+        if p == _NIL:
+            self._tail = _NIL
+        else:
+            self._prev[p] = _NIL
+        self._num_free -= n
+        self._total_refs += n
+        self._alloc_count += n
+        if self._num_cached_free:
+            for q in out:
+                if cached[q]:
+                    self._reclaim(q)
+        return out
+
+    def alloc_contiguous(self, num_pages: int) -> list[int] | None:
+        """Allocate a run of consecutive page ids (first fit, lowest address).
+
+        Returns ``None`` when no free run is long enough (nothing allocated);
+        raises ``CapacityError`` when fewer than ``num_pages`` are free at all.
+        O(max_pages) (a vectorized scan).
+        """
+        n = _check_count("num_pages", num_pages)
+        if n <= 0:
+            if n == 0:
+                return []
+            raise ValidationError(f"num_pages must be >= 0, got {n}")
+        if n > self._num_free:
+            raise CapacityError(
+                f"cannot allocate {n} pages: only {self._num_free} of {self.max_pages} are free"
+            )
+        start = _first_free_run(np.asarray(self._ref, dtype=np.int64) == 0, n)
+        if start < 0:
+            return None
+        out = list(range(start, start + n))
+        for p in out:
+            self._unlink(p)
+            self._ref[p] = 1
+            if self._cached[p]:
+                self._reclaim(p)
+        self._total_refs += n
+        self._alloc_count += n
+        return out
+
+    def take(self, page_id: int) -> None:
+        """Take one specific free page (refcount 0 → 1) without reclaiming it.
+
+        Used by an owner that finds reusable content in a free cached page
+        (a prefix-cache hit): the page leaves the free list, its cached mark
+        and content stay.
+        """
+        self._check_id(page_id)
+        if self._ref[page_id] != 0:
+            raise StateError(f"page {page_id} is not free (refcount {self._ref[page_id]})")
+        self._unlink(page_id)
+        self._ref[page_id] = 1
+        if self._cached[page_id]:
+            self._num_cached_free -= 1
+        self._total_refs += 1
+        self._alloc_count += 1
+
+    # ------------------------------------------------------------ ref counting
+    def incref(self, page_ids: Iterable[int]) -> None:
+        """Add one reference to each allocated page (a page may repeat)."""
+        ids = list(page_ids)
+        for p in ids:
+            self._check_id(p)
+            if self._ref[p] == 0:
+                raise StateError(f"page {p} is free; allocate or take() it before sharing")
+        ref = self._ref
+        for p in ids:
+            ref[p] += 1
+            if ref[p] == 2:
+                self._num_shared += 1
+        self._total_refs += len(ids)
+
+    def free(self, page_ids: Iterable[int]) -> None:
+        """Drop one reference to each page; a page reaching 0 returns to the free list.
+
+        Validates every id first and changes nothing on error: a foreign id
+        raises ``ValidationError``, freeing a page more times than it is
+        referenced raises ``StateError`` (double free).
+        """
+        ids = list(page_ids)
+        ref = self._ref
+        seen: dict[int, int] = {}
+        for p in ids:
+            self._check_id(p)
+            c = seen.get(p, 0) + 1
+            if c > ref[p]:
+                raise StateError(
+                    f"double free of page {p}: refcount is {ref[p]}, freed {c} time(s)"
+                )
+            seen[p] = c
+        released = []
+        for p in ids:
+            r = ref[p] - 1
+            ref[p] = r
+            if r == 1:
+                self._num_shared -= 1
+            elif r == 0:
+                released.append(p)
+        self._total_refs -= len(ids)
+        if released:
+            self._release(released)
+
+    decref = free
+
+    # ----------------------------------------------------------------- caching
+    def mark_cached(self, page_id: int) -> None:
+        """Mark a page as holding reusable content: when freed it stays reclaimable (LRU)."""
+        self._check_id(page_id)
+        if not self._cached[page_id]:
+            self._cached[page_id] = 1
+            if self._ref[page_id] == 0:
+                self._num_cached_free += 1
+
+    def unmark_cached(self, page_id: int) -> None:
+        self._check_id(page_id)
+        if self._cached[page_id]:
+            self._cached[page_id] = 0
+            if self._ref[page_id] == 0:
+                self._num_cached_free -= 1
+
+    def evict_cached(self) -> int:
+        """Reclaim every free cached page (calls ``on_reclaim`` for each); returns how many."""
+        n = 0
+        for p in self.free_pages():
+            if self._cached[p]:
+                self._reclaim(p)
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------- stats
+    def largest_free_run(self) -> int:
+        free = np.asarray(self._ref, dtype=np.int64) == 0
+        return _longest_run(free)
+
+    def fragmentation(self) -> float:
+        if self._num_free == 0:
+            return 0.0
+        return 1.0 - self.largest_free_run() / self._num_free
+
+    def stats(self) -> PageStats:
+        run = self.largest_free_run()
+        return PageStats(
+            total_pages=self.max_pages,
+            allocated_pages=self.max_pages - self._num_free,
+            free_pages=self._num_free,
+            fragmentation_ratio=0.0 if self._num_free == 0 else 1.0 - run / self._num_free,
+            allocation_count=self._alloc_count,
+            free_count=self._free_count,
+            largest_free_run=run,
+            shared_pages=self._num_shared,
+            total_refs=self._total_refs,
+            cached_free_pages=self._num_cached_free,
+        )
+
+    def defragment(self) -> dict[int, int]:
+        """Compact allocated pages to the front of the pool.
+
+        Returns the move plan ``{old_id: new_id}`` for every page that moves
+        (allocated pages keep their relative order).  The allocator only moves
+        its bookkeeping: **the caller must apply the plan** to its own data
+        (copy page contents and rewrite its page tables); ``KVCache`` does so
+        itself.  Free cached pages are reclaimed first (their content would be
+        overwritten).  O(max_pages).
+        """
+        self.evict_cached()
+        ref = np.asarray(self._ref, dtype=np.int64)
+        live = np.flatnonzero(ref > 0)
+        plan = {int(old): int(new) for new, old in enumerate(live) if old != new}
+        if not plan:
+            return plan
+        new_ref = [0] * self.max_pages
+        new_cached = bytearray(self.max_pages)
+        for new, old in enumerate(live.tolist()):
+            new_ref[new] = self._ref[old]
+            new_cached[new] = self._cached[old]
+        self._ref = new_ref
+        self._cached = new_cached
+        self._reset_free_list(range(len(live), self.max_pages))
+        return plan
+
+    # ---------------------------------------------------------------- internals
+    def _check_id(self, page_id) -> None:
+        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
+            raise ValidationError(f"page id must be an int, got {type(page_id).__name__}")
+        if not 0 <= page_id < self.max_pages:
+            raise ValidationError(f"page id {page_id} is not in this pool [0, {self.max_pages})")
+
+    def _reset_free_list(self, pages: range) -> None:
+        n = self.max_pages
+        self._next = [_NIL] * n
+        self._prev = [_NIL] * n
+        self._head = self._tail = _NIL
+        self._num_free = 0
+        self._num_cached_free = 0
+        for p in pages:
+            self._push_tail(p)
+
+    def _push_tail(self, p: int) -> None:
+        t = self._tail
+        self._prev[p] = t
+        self._next[p] = _NIL
+        if t == _NIL:
+            self._head = p
+        else:
+            self._next[t] = p
+        self._tail = p
+        self._num_free += 1
+        if self._cached[p]:
+            self._num_cached_free += 1
+
+    def _push_head(self, p: int) -> None:
+        h = self._head
+        self._next[p] = h
+        self._prev[p] = _NIL
+        if h == _NIL:
+            self._tail = p
+        else:
+            self._prev[h] = p
+        self._head = p
+        self._num_free += 1
+
+    def _unlink(self, p: int) -> None:
+        prv, nxt = self._prev[p], self._next[p]
+        if prv == _NIL:
+            self._head = nxt
+        else:
+            self._next[prv] = nxt
+        if nxt == _NIL:
+            self._tail = prv
+        else:
+            self._prev[nxt] = prv
+        self._next[p] = self._prev[p] = _NIL
+        self._num_free -= 1
+
+    def _release(self, pages: list[int]) -> None:
+        cached = self._cached
+        self._free_count += len(pages)
+        # uncached pages go to the head in reverse so they come back ascending
+        for p in reversed(pages):
+            if not cached[p]:
+                self._push_head(p)
+        for p in pages:
+            if cached[p]:
+                self._push_tail(p)
+
+    def _reclaim(self, p: int) -> None:
+        # p is free (evict_cached) or was just popped by alloc: either way it
+        # no longer counts as a cached free page
+        self._cached[p] = 0
+        self._num_cached_free -= 1
+        if self.on_reclaim is not None:
+            self.on_reclaim(p)
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the runs of True in a boolean mask."""
+    padded = np.concatenate(([False], mask, [False])).astype(np.int8)
+    d = np.diff(padded)
+    starts = np.flatnonzero(d == 1)
+    ends = np.flatnonzero(d == -1)
+    return starts, ends - starts
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    _, lengths = _runs(mask)
+    return int(lengths.max()) if lengths.size else 0
+
+
+def _first_free_run(mask: np.ndarray, n: int) -> int:
+    starts, lengths = _runs(mask)
+    ok = np.flatnonzero(lengths >= n)
+    return int(starts[ok[0]]) if ok.size else -1
