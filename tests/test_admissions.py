@@ -1,0 +1,149 @@
+"""AdmissionController: decisions and rates against a brute-force list model with a fake clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from llmds.admissions import AdmissionController
+from llmds.errors import ValidationError
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class AdmissionMachine(RuleBasedStateMachine):
+    @initialize(
+        qps=st.sampled_from([0.5, 1.0, 2.0]),
+        tok=st.sampled_from([5.0, 20.0]),
+        window=st.sampled_from([1, 2.5, 4]),
+    )
+    def setup(self, qps, tok, window):
+        self.clock = FakeClock()
+        self.ctl = AdmissionController(
+            qps_target=qps, token_rate_limit=tok, window_size=window, clock=self.clock
+        )
+        self.qps, self.tok, self.window = qps, tok, window
+        self.events: list[tuple[float, int]] = []  # every recorded request, never pruned
+        self.admitted = self.rejected = 0
+
+    def in_window(self):
+        now = self.clock.t
+        return [e for e in self.events if e[0] > now - self.window]
+
+    @rule(dt=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5]))
+    def advance(self, dt):
+        self.clock.t += dt
+
+    @rule(est=st.integers(0, 60))
+    def should_admit(self, est):
+        live = self.in_window()
+        qps_ok = (len(live) + 1) / self.window <= self.qps
+        tok_ok = (sum(t for _, t in live) + est) / self.window <= self.tok
+        ok, reason = self.ctl.should_admit(est)
+        assert ok == (qps_ok and tok_ok)
+        if ok:
+            assert reason == "admitted"
+            self.admitted += 1
+        else:
+            assert reason.startswith("qps limit" if not qps_ok else "token rate limit")
+            self.rejected += 1
+
+    @rule(tokens=st.integers(0, 30))
+    def record(self, tokens):
+        self.ctl.record_request(tokens)
+        self.events.append((self.clock.t, tokens))
+
+    @rule()
+    def reset_rarely(self):
+        if (self.admitted + self.rejected) % 11 == 10:
+            self.ctl.reset()
+            self.events.clear()
+            self.admitted = self.rejected = 0
+
+    @invariant()
+    def stats_match(self):
+        if not hasattr(self, "ctl"):
+            return
+        s = self.ctl.stats()
+        live = self.in_window()
+        decided = self.admitted + self.rejected
+        assert s["admitted_requests"] == self.admitted
+        assert s["rejected_requests"] == self.rejected
+        assert s["rejection_rate"] == (self.rejected / decided if decided else 0.0)
+        assert s["current_qps"] == len(live) / self.window
+        assert s["current_token_rate"] == sum(t for _, t in live) / self.window
+        assert s["target_qps"] == self.qps and s["token_rate_limit"] == self.tok
+
+
+TestAdmission = AdmissionMachine.TestCase
+TestAdmission.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
+
+
+def test_qps_reason_names_limit_and_rate():
+    clock = FakeClock(0.0)
+    ctl = AdmissionController(qps_target=1.0, token_rate_limit=1000, window_size=2, clock=clock)
+    for _ in range(2):
+        assert ctl.should_admit(1) == (True, "admitted")
+        ctl.record_request(1)
+    ok, reason = ctl.should_admit(1)
+    assert not ok
+    assert reason == "qps limit: 1.5 req/s over the last 2s exceeds qps_target=1.0"
+
+
+def test_token_reason_and_window_expiry_is_exclusive():
+    clock = FakeClock(0.0)
+    ctl = AdmissionController(qps_target=100.0, token_rate_limit=10, window_size=10, clock=clock)
+    ctl.record_request(90)
+    ok, reason = ctl.should_admit(11)
+    assert not ok
+    assert reason == "token rate limit: 10.1 tokens/s over the last 10s exceeds token_rate_limit=10"
+    assert ctl.should_admit(10) == (True, "admitted")  # exactly at the limit
+    clock.t = 9.999
+    assert ctl.stats()["current_token_rate"] == 9.0
+    clock.t = 10.0  # the record made at t=0 leaves the window at exactly t=10
+    assert ctl.stats()["current_token_rate"] == 0.0
+    assert ctl.should_admit(100)[0]
+
+
+def test_should_admit_does_not_record():
+    ctl = AdmissionController(qps_target=0.1, window_size=10, clock=FakeClock())
+    for _ in range(5):
+        assert ctl.should_admit()[0]  # one request per 10 s allowed; checks alone never fill it
+    ctl.record_request(0)
+    assert not ctl.should_admit()[0]
+    s = ctl.stats()
+    assert s["admitted_requests"] == 5 and s["rejected_requests"] == 1
+    assert s["rejection_rate"] == pytest.approx(1 / 6)
+    ctl.reset()
+    s = ctl.stats()
+    assert s["admitted_requests"] == 0 and s["current_qps"] == 0.0 and s["rejection_rate"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["qps_target", "token_rate_limit", "window_size"])
+@pytest.mark.parametrize("bad", [0, -1.0, math.nan, math.inf, True, "10", None])
+def test_bad_constructor_args(name, bad):
+    with pytest.raises(ValidationError):
+        AdmissionController(**{name: bad})
+
+
+def test_bad_clock_and_token_args():
+    with pytest.raises(ValidationError):
+        AdmissionController(clock="now")
+    ctl = AdmissionController(clock=FakeClock())
+    for bad in (-1, 1.5, True, "3", None):
+        with pytest.raises(ValidationError):
+            ctl.should_admit(bad)
+        with pytest.raises(ValidationError):
+            ctl.record_request(bad)
+    s = ctl.stats()
+    assert s["admitted_requests"] == 0 and s["rejected_requests"] == 0 and s["current_qps"] == 0.0
