@@ -404,8 +404,9 @@ class PagedAllocator:
     def _release(self, pages: list[int]) -> None:
         cached = self._cached
         self._free_count += len(pages)
-        # uncached pages go to the head in reverse so they come back ascending
-        for p in reversed(pages):
+        # uncached pages go to the head, pushed in descending order so they come
+        # back ascending (whatever order the caller freed them in)
+        for p in sorted(pages, reverse=True):
             if not cached[p]:
                 self._push_head(p)
         for p in pages:

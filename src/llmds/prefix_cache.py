@@ -122,10 +122,11 @@ class PrefixCache:
     def acquire(self, page_ids: Sequence[int]) -> None:
         """Take one reference to each matched page (a free cached page is taken back)."""
         alloc = self.allocator
-        live = []
-        for p in page_ids:
+        for p in page_ids:  # validate all first: an error changes nothing
             if p not in self._key_of:
                 raise StateError(f"page {p} is not in the prefix index")
+        live = []
+        for p in page_ids:
             if alloc.is_free(p):
                 alloc.take(p)
             else:
@@ -133,14 +134,20 @@ class PrefixCache:
         if live:
             alloc.incref(live)
 
-    def register(self, page_id: int, parent_key: int, tokens: tuple) -> tuple[int, bool]:
+    def register(self, page_id: int, parent_key: int, tokens: tuple,
+                 key: int | None = None) -> tuple[int, bool]:
         """Index an allocated page as holding ``tokens`` after ``parent_key``.
 
         Returns ``(key, registered)``; ``registered`` is False when the key
         already names another page (same content: the first one stays canonical).
-        From here on the page is immutable.
+        From here on the page is immutable.  ``key``, if given, must be
+        ``chain_key(parent_key, tokens)`` (as returned by :meth:`lookup`); it
+        saves hashing the page's tokens a second time.
         """
-        key = hash((parent_key, tokens))
+        if self.allocator.is_free(page_id):
+            raise StateError(f"page {page_id} is free; allocate it before registering it")
+        if key is None:
+            key = hash((parent_key, tokens))
         other = self._page_of.get(key)
         if other is not None:
             return key, other == page_id
@@ -186,9 +193,11 @@ class PrefixCache:
             self._pins[p] = self._pins.get(p, 0) + 1
 
     def unpin(self, page_ids: Sequence[int]) -> None:
-        for p in page_ids:
-            if self._pins.get(p, 0) <= 0:
-                raise StateError(f"page {p} is not pinned")
+        want: dict[int, int] = {}
+        for p in page_ids:  # count repeats so [p, p] needs two pins
+            want[p] = want.get(p, 0) + 1
+            if self._pins.get(p, 0) < want[p]:
+                raise StateError(f"page {p} is not pinned (or pinned fewer times than unpinned)")
         for p in page_ids:
             c = self._pins[p] - 1
             if c:
