@@ -246,17 +246,19 @@ class PagedAllocator:
         raises ``ValidationError``, freeing a page more times than it is
         referenced raises ``StateError`` (double free).
         """
-        ids = list(page_ids)
+        ids = page_ids if type(page_ids) is list else list(page_ids)
+        if not ids:
+            return
         ref = self._ref
-        seen: dict[int, int] = {}
-        for p in ids:
-            self._check_id(p)
-            c = seen.get(p, 0) + 1
-            if c > ref[p]:
-                raise StateError(
-                    f"double free of page {p}: refcount is {ref[p]}, freed {c} time(s)"
-                )
-            seen[p] = c
+        # common case checked with C-level built-ins: distinct plain ints in range, all live
+        if not (
+            all(type(p) is int for p in ids)
+            and min(ids) >= 0
+            and max(ids) < self.max_pages
+            and len(set(ids)) == len(ids)
+            and min(map(ref.__getitem__, ids)) > 0
+        ):
+            self._validate_free(ids)
         released = []
         for p in ids:
             r = ref[p] - 1
@@ -268,6 +270,18 @@ class PagedAllocator:
         self._total_refs -= len(ids)
         if released:
             self._release(released)
+
+    def _validate_free(self, ids: list) -> None:
+        ref = self._ref
+        seen: dict[int, int] = {}
+        for p in ids:
+            self._check_id(p)
+            c = seen.get(p, 0) + 1
+            if c > ref[p]:
+                raise StateError(
+                    f"double free of page {p}: refcount is {ref[p]}, freed {c} time(s)"
+                )
+            seen[p] = c
 
     decref = free
 
@@ -377,17 +391,6 @@ class PagedAllocator:
         if self._cached[p]:
             self._num_cached_free += 1
 
-    def _push_head(self, p: int) -> None:
-        h = self._head
-        self._next[p] = h
-        self._prev[p] = _NIL
-        if h == _NIL:
-            self._tail = p
-        else:
-            self._prev[h] = p
-        self._head = p
-        self._num_free += 1
-
     def _unlink(self, p: int) -> None:
         prv, nxt = self._prev[p], self._next[p]
         if prv == _NIL:
@@ -402,16 +405,36 @@ class PagedAllocator:
         self._num_free -= 1
 
     def _release(self, pages: list[int]) -> None:
-        cached = self._cached
+        cached, nxt, prv = self._cached, self._next, self._prev
         self._free_count += len(pages)
+        self._num_free += len(pages)
         # uncached pages go to the head, pushed in descending order so they come
         # back ascending (whatever order the caller freed them in)
-        for p in sorted(pages, reverse=True):
-            if not cached[p]:
-                self._push_head(p)
-        for p in pages:
-            if cached[p]:
-                self._push_tail(p)
+        uncached = sorted([p for p in pages if not cached[p]], reverse=True)
+        h = self._head
+        for p in uncached:
+            nxt[p] = h
+            prv[p] = _NIL
+            if h == _NIL:
+                self._tail = p
+            else:
+                prv[h] = p
+            h = p
+        self._head = h
+        num_cached = len(pages) - len(uncached)
+        if num_cached:  # cached pages go to the tail in the caller's order (LRU)
+            t = self._tail
+            for p in pages:
+                if cached[p]:
+                    prv[p] = t
+                    nxt[p] = _NIL
+                    if t == _NIL:
+                        self._head = p
+                    else:
+                        nxt[t] = p
+                    t = p
+            self._tail = t
+            self._num_cached_free += num_cached
 
     def _reclaim(self, p: int) -> None:
         # p is free (evict_cached) or was just popped by alloc: either way it

@@ -1,0 +1,507 @@
+"""One step policy for continuous batching, shared by cb_lab and the engine.
+
+The planner is pure policy: it sees request lengths, never tensors.  Each
+``schedule()`` returns a :class:`StepPlan` (which requests decode one token,
+which prefill how many prompt tokens, which were preempted); the caller runs
+its model on the plan and hands the sampled tokens back to ``update()``.
+``schedule()`` and ``update()`` alternate strictly.
+
+Step policy (vLLM v1 style):
+
+1. **Decode first.**  Every running request that has finished its prefill
+   decodes one token (``max_num_batched_tokens >= max_num_seqs`` is enforced,
+   so decodes always fit the budget).  A decode needs a KV call only when it
+   crosses a block boundary (``num_computed_tokens % kv.block_size == 0``),
+   i.e. once every ``block_size`` steps; if the pool has fewer free blocks
+   than boundary-crossing decodes, requests are served most urgent first and
+   the least urgent running request is **preempted**: its blocks are freed,
+   ``num_computed_tokens`` is reset to 0 and it goes back to the waiting
+   queue at its original position, to be recomputed (never lost).
+2. **Running prefills** continue in urgency order, one chunk each of at most
+   ``prefill_chunk_size`` tokens, within the remaining token budget (same
+   preemption rule when blocks run out).
+3. **Admission.**  If nothing was preempted this step, waiting requests are
+   admitted in queue order while budget, ``max_num_seqs`` and blocks allow;
+   the first one that does not fit blocks the queue (no overtaking).
+
+Orders.  Queue order (``policy``): ``"fcfs"`` by arrival (order of ``add``),
+``"priority"`` by ``(priority, arrival)``, ``"edf"`` by ``(deadline,
+priority, arrival)`` with no deadline last.  Urgency among running requests
+uses the same key with the admission counter in place of arrival, so the
+preemption victim is the lowest-priority, most recently admitted request.
+
+Costs: a decode step is O(1) Python work plus C-level list operations over
+the running requests (see ``decode_batch``), plus per-request work only for
+requests with an event: a block boundary (1 in ``block_size`` steps),
+finishing, preemption.  Admissions cost one prefix lookup each; the waiting
+queue is an ``IndexedHeap`` (O(log n) push/pop/delete).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Hashable, Iterable
+
+from llmds.engine.block_manager import KVManager, NullKV
+from llmds.engine.decode_batch import DecodeBatch
+from llmds.engine.request import RequestState, RequestStatus
+from llmds.errors import NotFoundError, StateError, ValidationError
+from llmds.indexed_heap import IndexedHeap
+
+__all__ = ["KVManager", "PlannerConfig", "StepPlan", "Planner"]
+
+_POLICIES = ("fcfs", "priority", "edf")
+_RUNNING = RequestStatus.RUNNING
+_WAITING = RequestStatus.WAITING
+_PREEMPTED = RequestStatus.PREEMPTED
+_STOPPED = RequestStatus.FINISHED_STOPPED
+_LENGTH = RequestStatus.FINISHED_LENGTH
+_ABORTED = RequestStatus.FINISHED_ABORTED
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """Step budget and policy (validated once).
+
+    Parameters
+    ----------
+    max_num_batched_tokens : int
+        Tokens computed per step, decode and prefill together (>= max_num_seqs).
+    max_num_seqs : int
+        Running requests at most.
+    prefill_chunk_size : int or None
+        Prompt tokens one request may prefill per step; None = the whole budget.
+    policy : {"fcfs", "priority", "edf"}
+        Waiting-queue order and preemption order (see module docstring).
+    """
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    prefill_chunk_size: int | None = None
+    policy: str = "fcfs"
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_batched_tokens", "max_num_seqs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValidationError(f"{name} must be an int >= 1, got {v!r}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValidationError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+                f"({self.max_num_seqs}) so every running request can decode each step"
+            )
+        c = self.prefill_chunk_size
+        if c is None:
+            object.__setattr__(self, "prefill_chunk_size", self.max_num_batched_tokens)
+        elif isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValidationError(f"prefill_chunk_size must be None or an int >= 1, got {c!r}")
+        if self.policy not in _POLICIES:
+            raise ValidationError(f"policy must be one of {_POLICIES}, got {self.policy!r}")
+
+
+class StepPlan:
+    """The work of one step (read-only for the caller).
+
+    Attributes
+    ----------
+    step_id : int
+    decode : list[RequestState]
+        Requests computing their last sampled token (one token each).
+    prefill : list[tuple[RequestState, int]]
+        ``(request, num_tokens)``: compute prompt(+output) tokens
+        ``[request.num_computed_tokens, + num_tokens)``.  A prefill item may
+        read KV written by an *earlier* item of the same plan (same-step
+        prefix sharing): run prefills in plan order, or in one pass that
+        writes each layer's KV before its attention.
+    preempted : list[RequestState]
+        Requests preempted this step (already back in the waiting queue).
+    num_batched_tokens : int
+        ``len(decode) + sum of prefill tokens``.
+    """
+
+    __slots__ = ("step_id", "decode", "prefill", "preempted", "num_batched_tokens")
+
+    def __init__(self, step_id: int, decode: list, prefill: list, preempted: list, num_batched_tokens: int):
+        self.step_id = step_id
+        self.decode = decode
+        self.prefill = prefill
+        self.preempted = preempted
+        self.num_batched_tokens = num_batched_tokens
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return len(self.decode)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return self.num_batched_tokens - len(self.decode)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_batched_tokens == 0
+
+    @property
+    def sampling(self) -> list[RequestState]:
+        """Requests that sample a token this step, in the order ``update`` expects
+        their token ids: every decode, then each prefill that completes its prompt
+        (read it before ``update``, which advances the counters)."""
+        return self.decode + [s for s, n in self.prefill if s.num_computed_tokens + n == s.num_tokens]
+
+    def __repr__(self) -> str:
+        return (
+            f"StepPlan(step={self.step_id}, decode={len(self.decode)}, prefill={len(self.prefill)}, "
+            f"tokens={self.num_batched_tokens}, preempted={len(self.preempted)})"
+        )
+
+
+def _float_order(x: float) -> int:
+    """Order-preserving map of a float to an int in [0, 2**64)."""
+    b = struct.unpack("<q", struct.pack("<d", x))[0]
+    return (b if b >= 0 else -(b & 0x7FFFFFFFFFFFFFFF)) + (1 << 63)
+
+
+class Planner:
+    """Continuous-batching step planner over a :class:`KVManager`.
+
+    Parameters
+    ----------
+    config : PlannerConfig, optional
+    kv : KVManager, optional
+        Defaults to an unlimited ``NullKV``.
+
+    Notes
+    -----
+    Requests past their prefill live in a :class:`DecodeBatch`, which
+    advances all of them with one clock tick per step and indexes the
+    requests that need per-request work (a block boundary, max_new_tokens);
+    so a decode step costs O(1) Python work plus C-level list operations and
+    the requests that have an event.
+    """
+
+    __slots__ = ("config", "kv", "_waiting", "_requests", "_batch", "_prefilling", "_arrivals",
+                 "_admits", "_step", "_in_flight", "_deferred_aborts", "_rank")
+
+    def __init__(self, config: PlannerConfig | None = None, kv: KVManager | None = None) -> None:
+        if config is None:
+            config = PlannerConfig()
+        if not isinstance(config, PlannerConfig):
+            raise ValidationError("config must be a PlannerConfig")
+        if kv is None:
+            kv = NullKV()
+        if not isinstance(kv, KVManager):
+            raise ValidationError("kv must implement the KVManager protocol")
+        self.config = config
+        self.kv = kv
+        self._waiting = IndexedHeap()  # {request_id: _queue_score}, smallest first
+        self._requests: dict[Hashable, RequestState] = {}  # waiting + running
+        self._batch = DecodeBatch(kv.block_size)  # running, prefill done
+        self._prefilling: list[RequestState] = []  # running, prefill in progress (admission order)
+        self._arrivals = 0
+        self._admits = 0
+        self._step = 0
+        self._in_flight: StepPlan | None = None
+        self._deferred_aborts: list[Hashable] = []
+        if config.policy == "fcfs":
+            self._rank = _rank_fcfs
+        elif config.policy == "priority":
+            self._rank = _rank_priority
+        else:
+            self._rank = _rank_edf
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def num_running(self) -> int:
+        return len(self._batch) + len(self._prefilling)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def running(self) -> list[RequestState]:
+        """Running requests: decoding ones, then those still prefilling (a new list)."""
+        return self._batch.members() + self._prefilling
+
+    def waiting(self) -> list[RequestState]:
+        """Waiting requests in queue order (a sorted copy, O(n log n): for display)."""
+        reqs = [self._requests[rid] for rid in self._requests if rid in self._waiting]
+        return sorted(reqs, key=lambda s: s._queue_score)
+
+    def get(self, request_id: Hashable) -> RequestState:
+        """The live (waiting or running) request; ``NotFoundError`` otherwise."""
+        try:
+            return self._requests[request_id]
+        except KeyError:
+            raise NotFoundError(f"no live request with id {request_id!r}") from None
+
+    def __contains__(self, request_id: Hashable) -> bool:
+        return request_id in self._requests
+
+    # ---------------------------------------------------------------- requests
+    def add(self, seq: RequestState) -> bool:
+        """Queue a new request.
+
+        Returns True when queued, False when it finished at once
+        (``max_new_tokens == 0``: status FINISHED_LENGTH).  Raises
+        ``ValidationError`` for a duplicate id or a request that is not new,
+        and ``CapacityError`` (from the KV manager) for a request that could
+        never fit the KV pool; nothing changes on error.
+        """
+        if not isinstance(seq, RequestState):
+            raise ValidationError(f"expected a RequestState, got {type(seq).__name__}")
+        if seq.request_id in self._requests:
+            raise ValidationError(f"request id {seq.request_id!r} is already live; ids must be unique")
+        if seq.status is not _WAITING or seq._clk is not None or seq.num_computed_tokens or seq.block_table:
+            raise ValidationError(f"request {seq.request_id!r} is not new (status {seq.status.name})")
+        if seq.max_new_tokens == 0:
+            seq.status = _LENGTH
+            return False
+        self.kv.check_fits(seq)
+        seq._queue_score = self._queue_score(seq, self._arrivals)
+        self._arrivals += 1
+        self._waiting.push(seq.request_id, seq._queue_score)
+        self._requests[seq.request_id] = seq
+        return True
+
+    def abort(self, request_id: Hashable) -> RequestState | None:
+        """Finish a live request as FINISHED_ABORTED and free its KV.
+
+        A no-op returning None for an unknown or already finished id (a late
+        abort races with completion).  Called while a plan is in flight, the
+        abort of a running request takes effect at the end of ``update``.
+        """
+        seq = self._requests.get(request_id)
+        if seq is None:
+            return None
+        if seq.status is _RUNNING and self._in_flight is not None:
+            self._deferred_aborts.append(request_id)
+            return seq
+        self._finish_now(seq, _ABORTED)
+        return seq
+
+    # ---------------------------------------------------------------- the step
+    def schedule(self) -> StepPlan:
+        """Plan one step (see the module docstring for the policy)."""
+        if self._in_flight is not None:
+            raise StateError("schedule() called twice: pass the previous plan to update() first")
+        cfg, kv = self.config, self.kv
+        preempted: list[RequestState] = []
+
+        # 1. decode: only the requests crossing a block boundary need KV work
+        need = self._batch.crossing()
+        if need:
+            if not kv.append_decode_slots(need):
+                for s in sorted(need, key=self._rank):
+                    if s.status is not _RUNNING:
+                        continue  # preempted as a victim above
+                    while not kv.append_slots(s, 1):
+                        if self._preempt_one(preempted) is s:
+                            break
+        decode = self._batch.members()
+        budget = cfg.max_num_batched_tokens - len(decode)
+        chunk = cfg.prefill_chunk_size
+        prefill: list[tuple[RequestState, int]] = []
+
+        # 2. running prefills, most urgent first
+        if self._prefilling:
+            for s in sorted(self._prefilling, key=self._rank):  # a copy: preemption edits the list
+                if budget <= 0:
+                    break
+                if s.status is not _RUNNING:
+                    continue
+                n = min(s.num_tokens - s.num_computed_tokens, chunk, budget)
+                while not kv.append_slots(s, n):
+                    victim = self._preempt_one(preempted)
+                    if victim is s:
+                        break
+                    if victim in decode:
+                        decode.remove(victim)  # a decode scheduled above: unschedule it
+                        budget += 1
+                else:
+                    prefill.append((s, n))
+                    budget -= n
+
+        # 3. admissions (not in a step that had to preempt)
+        if not preempted:
+            waiting, requests = self._waiting, self._requests
+            room = cfg.max_num_seqs - self.num_running
+            while budget > 0 and room > 0 and waiting:
+                s = requests[waiting.peek()[1]]
+                hit = kv.match_prefix(s)
+                n = min(s.num_tokens - hit, chunk, budget)
+                if not kv.allocate(s, n):
+                    break
+                waiting.pop()
+                s.status = _RUNNING
+                s._admit_seq = self._admits
+                self._admits += 1
+                self._prefilling.append(s)
+                prefill.append((s, n))
+                budget -= n
+                room -= 1
+
+        plan = StepPlan(self._step, decode, prefill, preempted, cfg.max_num_batched_tokens - budget)
+        self._step += 1
+        self._in_flight = plan
+        return plan
+
+    def update(self, plan: StepPlan, token_ids=None, finished_ids: Iterable[Hashable] = ()) -> list[RequestState]:
+        """Apply a step's results; returns the requests that finished.
+
+        Parameters
+        ----------
+        plan : StepPlan
+            The plan returned by the last ``schedule()``.
+        token_ids : sequence of int, optional
+            One sampled token per request of ``plan.sampling`` (decodes, then
+            completing prefills), e.g. a list, numpy array or tensor.  None
+            (lengths-only models such as cb_lab's TinyLLM): one token each is
+            counted, not stored, and stop tokens are not checked.
+        finished_ids : iterable of ids
+            Requests the caller stops after this step (e.g. a stop string):
+            finished as FINISHED_STOPPED.
+
+        Advances ``num_computed_tokens`` by what the plan computed, appends
+        outputs, finishes requests at ``max_new_tokens`` (FINISHED_LENGTH) or on
+        a stop token (FINISHED_STOPPED), and frees their KV.  On a bad
+        argument nothing changes.
+        """
+        if plan is not self._in_flight:
+            raise StateError("update() expects the plan returned by the last schedule()")
+        decode, prefill = plan.decode, plan.prefill
+        nd = len(decode)
+        completing = [s for s, n in prefill if s.num_computed_tokens + n == s.num_tokens] if prefill else ()
+        if token_ids is not None:
+            toks = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
+            if len(toks) != nd + len(completing):
+                raise ValidationError(
+                    f"got {len(toks)} token ids; plan.sampling has {nd + len(completing)} requests "
+                    f"({nd} decodes + {len(completing)} completed prefills)"
+                )
+        stops = list(finished_ids) if finished_ids else ()
+        for rid in stops:
+            if rid not in self._requests:
+                raise NotFoundError(f"finished_ids: no live request with id {rid!r}")
+        assert nd == len(self._batch), "the decode batch changed between schedule() and update()"
+
+        finished: list[RequestState] = []
+        fin = finished.append
+        # decodes: one clock tick advances every batch member by one token
+        if nd:
+            if token_ids is None:
+                stopped, due = self._batch.advance(None)
+            else:
+                stopped, due = self._batch.advance(toks if len(toks) == nd else toks[:nd])
+            for s in stopped:
+                self._batch.leave(s)
+                s.status = _STOPPED
+                fin(s)
+            for s in due:
+                self._batch.leave(s)
+                s.status = _LENGTH
+                fin(s)
+        # prefills: a completed prompt samples its first (or next) token
+        if prefill:
+            k = nd
+            started = []
+            for s, n in prefill:
+                c = s._num_computed + n
+                s._num_computed = c
+                if c != s._num_tokens:
+                    continue
+                s._num_tokens += 1
+                s._num_output += 1
+                if token_ids is not None:
+                    t = toks[k]
+                    k += 1
+                    s.output_token_ids.append(t)
+                    if t in s.stop_token_ids:
+                        s.status = _STOPPED
+                        fin(s)
+                        continue
+                if s._num_output >= s.max_new_tokens:
+                    s.status = _LENGTH
+                    fin(s)
+                else:
+                    started.append(s)
+            if started or finished:
+                gone = {id(s) for s in started}
+                self._prefilling = [s for s in self._prefilling if s.status is _RUNNING and id(s) not in gone]
+                for s in started:
+                    self._batch.enter(s)
+        for rid in stops:
+            s = self._requests[rid]
+            if not s.is_finished:
+                self._finish_now(s, _STOPPED)
+                fin(s)
+        self._in_flight = None
+        if self._deferred_aborts:
+            for rid in self._deferred_aborts:
+                s = self._requests.get(rid)
+                if s is not None and not s.is_finished:
+                    self._finish_now(s, _ABORTED)
+                    fin(s)
+            self._deferred_aborts.clear()
+        if finished:
+            free, requests = self.kv.free, self._requests
+            for s in finished:
+                if s.request_id in requests:  # _finish_now already released it
+                    free(s)
+                    del requests[s.request_id]
+        return finished
+
+    # ---------------------------------------------------------------- internals
+    def _queue_score(self, seq: RequestState, arrival: int) -> int:
+        policy = self.config.policy
+        if policy == "fcfs":
+            return arrival
+        prio = (seq.priority + (1 << 63)) << 64
+        if policy == "priority":
+            return prio + arrival
+        dl = (1 << 64) if seq.deadline is None else _float_order(seq.deadline)
+        return (dl << 128) + prio + arrival
+
+    def _preempt_one(self, preempted: list[RequestState]) -> RequestState:
+        """Preempt the least urgent running request (the victim) and requeue it."""
+        victim = max(self._batch.members() + self._prefilling, key=self._rank)
+        if victim._clk is not None:
+            self._batch.leave(victim)
+        else:
+            self._prefilling.remove(victim)
+        self.kv.free(victim)
+        victim.num_computed_tokens = 0
+        victim.num_cached_tokens = 0
+        victim.status = _PREEMPTED
+        victim.num_preemptions += 1
+        self._waiting.push(victim.request_id, victim._queue_score)
+        preempted.append(victim)
+        return victim
+
+    def _finish_now(self, seq: RequestState, status: RequestStatus) -> None:
+        rid = seq.request_id
+        if rid in self._waiting:
+            self._waiting.delete(rid)
+        elif seq._clk is not None:
+            self._batch.leave(seq)
+        elif seq in self._prefilling:
+            self._prefilling.remove(seq)
+        self.kv.free(seq)
+        seq.status = status
+        del self._requests[rid]
+
+
+# urgency keys of running requests: the victim is the max, service order ascending
+def _rank_fcfs(s: RequestState):
+    return s._admit_seq
+
+
+def _rank_priority(s: RequestState):
+    return (s.priority, s._admit_seq)
+
+
+def _rank_edf(s: RequestState):
+    return (float("inf") if s.deadline is None else s.deadline, s.priority, s._admit_seq)

@@ -1,0 +1,550 @@
+"""Planner: budgets, decode-first, chunking, preemption order, and plan-by-plan equality
+with a brute-force reference model (lists re-sorted every step)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from llmds.engine.block_manager import BlockCountKV, BlockManager, NullKV
+from llmds.engine.planner import KVManager, Planner, PlannerConfig, StepPlan
+from llmds.engine.request import RequestState, RequestStatus, SamplingParams
+from llmds.errors import CapacityError, NotFoundError, StateError, ValidationError
+
+RUNNING, PREEMPTED = RequestStatus.RUNNING, RequestStatus.PREEMPTED
+
+
+def req(rid, n, max_new=4, **kw):
+    return RequestState(rid, num_prompt_tokens=n, max_new_tokens=max_new, **kw)
+
+
+def ids(seqs):
+    return [s.request_id for s in seqs]
+
+
+def run_step(p, token_fn=None):
+    plan = p.schedule()
+    toks = None if token_fn is None else [token_fn(s) for s in plan.sampling]
+    return plan, p.update(plan, toks)
+
+
+# --------------------------------------------------------------------- config / request
+def test_config_validation():
+    for kw in ({"max_num_batched_tokens": 0}, {"max_num_seqs": 0}, {"prefill_chunk_size": 0},
+               {"policy": "lifo"}, {"max_num_batched_tokens": 4, "max_num_seqs": 8},
+               {"max_num_seqs": True}, {"prefill_chunk_size": 2.5}):
+        with pytest.raises(ValidationError):
+            PlannerConfig(**kw)
+    assert PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8).prefill_chunk_size == 64
+
+
+def test_request_and_sampling_validation():
+    with pytest.raises(ValidationError):
+        RequestState(1)  # no prompt
+    with pytest.raises(ValidationError):
+        RequestState(1, [1, 2], num_prompt_tokens=3)
+    with pytest.raises(ValidationError):
+        RequestState(1, num_prompt_tokens=0)
+    with pytest.raises(ValidationError):
+        RequestState([1], num_prompt_tokens=2)  # unhashable id
+    with pytest.raises(ValidationError):
+        req(1, 3, max_new=-1)
+    with pytest.raises(ValidationError):
+        req(1, 3, deadline=float("nan"))
+    r = RequestState(0, [5, 6, 7], max_new_tokens=2, stop_token_ids=[9])
+    assert (r.request_id, r.num_prompt_tokens, r.num_tokens, r.stop_token_ids) == (0, 3, 3, frozenset({9}))
+    for kw in ({"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 0}, {"max_tokens": -1},
+               {"stop_token_ids": [-3]}, {"ignore_eos": 1}, {"temperature": float("inf")}):
+        with pytest.raises(ValidationError):
+            SamplingParams(**kw)
+    sp = SamplingParams(temperature=0, stop_token_ids=[3, 4])
+    assert sp.greedy and sp.stop_token_ids == (3, 4)
+    assert RequestStatus.FINISHED_LENGTH.finish_reason == "length" and not RequestStatus.RUNNING.is_finished
+
+
+def test_kv_managers_satisfy_protocol():
+    for kv in (NullKV(), BlockCountKV(8, 4), BlockManager(8, 4)):
+        assert isinstance(kv, KVManager)
+
+
+# --------------------------------------------------------------------- exact small scenarios
+def test_chunked_prefill_then_decode_exact():
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=5))
+    p.add(req("a", 12, max_new=3))
+    p.add(req("b", 3, max_new=2))
+    plans = []
+    while p.has_unfinished():
+        plan, fin = run_step(p)
+        plans.append(([s.request_id for s in plan.decode], [(s.request_id, n) for s, n in plan.prefill],
+                      ids(fin)))
+    assert plans == [
+        ([], [("a", 5), ("b", 3)], []),  # b completes its prompt and samples
+        (["b"], [("a", 5)], ["b"]),  # decode first; b reaches max_new=2
+        ([], [("a", 2)], []),
+        (["a"], [], []),
+        (["a"], [], ["a"]),
+    ]
+
+
+def test_decode_first_and_budget_split():
+    p = Planner(PlannerConfig(max_num_batched_tokens=10, max_num_seqs=8, prefill_chunk_size=100))
+    for i in range(4):
+        p.add(req(i, 1, max_new=50))
+    run_step(p)  # four 1-token prefills; all sample → decoding
+    p.add(req("long", 100, max_new=1))
+    plan, _ = run_step(p)
+    assert ids(plan.decode) == [0, 1, 2, 3]
+    assert [(s.request_id, n) for s, n in plan.prefill] == [("long", 6)]
+    assert plan.num_batched_tokens == 10 and plan.num_decode_tokens == 4 and plan.num_prefill_tokens == 6
+
+
+def test_max_num_seqs_and_queue_blocking():
+    p = Planner(PlannerConfig(max_num_batched_tokens=100, max_num_seqs=2))
+    for i in range(4):
+        p.add(req(i, 3, max_new=2))
+    plan, _ = run_step(p)
+    assert ids(s for s, _ in plan.prefill) == [0, 1] and p.num_running == 2 and p.num_waiting == 2
+
+
+def test_max_new_tokens_zero_finishes_at_add():
+    p = Planner()
+    r = req("z", 5, max_new=0)
+    assert p.add(r) is False
+    assert r.status is RequestStatus.FINISHED_LENGTH and not p.has_unfinished() and "z" not in p
+
+
+def test_too_large_request_rejected_at_add():
+    p = Planner(PlannerConfig(max_num_batched_tokens=16, max_num_seqs=4), BlockManager(4, 4))
+    with pytest.raises(CapacityError, match="prompt of 17 tokens needs 5 blocks"):
+        p.add(req("big", 17))
+    with pytest.raises(CapacityError, match="lower max_new_tokens"):
+        p.add(req("long", 10, max_new=8))  # 17 KV tokens at the end
+    assert not p.has_unfinished() and p.num_waiting == 0
+    assert p.add(req("ok", 10, max_new=7))  # exactly 16 KV tokens
+    while p.has_unfinished():
+        run_step(p)
+
+
+def test_duplicate_and_not_new_rejected():
+    p = Planner()
+    r = req(0, 3)
+    p.add(r)
+    with pytest.raises(ValidationError):
+        p.add(req(0, 3))
+    with pytest.raises(ValidationError):
+        p.add(r)
+    with pytest.raises(ValidationError):
+        p.add("not a request")
+    assert p.num_waiting == 1
+
+
+def test_update_contract_errors_change_nothing():
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2))
+    p.add(RequestState(1, [1, 2, 3], max_new_tokens=3))
+    plan = p.schedule()
+    with pytest.raises(StateError):
+        p.schedule()
+    with pytest.raises(StateError):
+        p.update(StepPlan(99, [], [], [], 0))
+    with pytest.raises(ValidationError, match="1 requests"):
+        p.update(plan, [1, 2])
+    with pytest.raises(NotFoundError):
+        p.update(plan, [1], finished_ids=["nope"])
+    s = p.get(1)
+    assert (s.num_computed_tokens, s.num_output_tokens) == (0, 0)
+    p.update(plan, [7])
+    assert (s.num_computed_tokens, s.output_token_ids) == (3, [7])
+
+
+def test_stop_tokens_and_caller_finish():
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4))
+    a = RequestState("a", [1, 2], max_new_tokens=10, stop_token_ids=[0])
+    b = RequestState("b", [1, 2], max_new_tokens=10)
+    p.add(a)
+    p.add(b)
+    plan, fin = run_step(p, lambda s: 5)
+    plan, fin = run_step(p, lambda s: 0 if s is a else 5)
+    assert fin == [a] and a.status is RequestStatus.FINISHED_STOPPED and a.output_token_ids == [5, 0]
+    plan = p.schedule()
+    fin = p.update(plan, [4], finished_ids=["b"])
+    assert fin == [b] and b.status is RequestStatus.FINISHED_STOPPED and b.finish_reason == "stop"
+    assert not p.has_unfinished()
+
+
+def test_abort_waiting_running_and_in_flight():
+    kv = BlockCountKV(16, 4)
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2), kv)
+    for i in range(3):
+        p.add(req(i, 4, max_new=5))
+    run_step(p)
+    assert p.abort(2).status is RequestStatus.FINISHED_ABORTED  # waiting
+    assert p.abort(0).status is RequestStatus.FINISHED_ABORTED and kv.num_free_blocks == 15  # running
+    assert p.abort("unknown") is None and p.abort(0) is None
+    plan = p.schedule()
+    s1 = p.abort(1)  # in flight: deferred to update
+    assert s1.status is RUNNING
+    fin = p.update(plan)
+    assert fin == [s1] and s1.status is RequestStatus.FINISHED_ABORTED and s1.num_output_tokens == 2
+    assert kv.num_free_blocks == 16 and not p.has_unfinished()
+
+
+def test_lengths_only_update_counts_outputs():
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2), BlockCountKV(8, 2))
+    r = req("x", 3, max_new=4)
+    p.add(r)
+    n = 0
+    while p.has_unfinished():
+        run_step(p)
+        n += 1
+    assert n == 4 and r.num_output_tokens == 4 and r.output_token_ids == [] and r.num_tokens == 7
+
+
+# --------------------------------------------------------------------- preemption
+def _fill_decoders(policy, prios):
+    """len(prios) one-block requests decoding on a pool with exactly one block each."""
+    kv = BlockCountKV(len(prios), 4)
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8, policy=policy), kv)
+    for i, pr in enumerate(prios):
+        p.add(req(i, 4, max_new=4, priority=pr))
+    run_step(p)  # prefill 4 tokens each (one full block), sample → the next decode needs a block
+    return p, kv
+
+
+def test_preemption_fcfs_most_recently_admitted_first():
+    p, kv = _fill_decoders("fcfs", [0, 0, 0, 0])
+    # every decode now needs a 2nd block; none free → victims 3, 2 (each frees one block)
+    plan, _ = run_step(p)
+    assert ids(plan.preempted) == [3, 2] and ids(plan.decode) == [0, 1]
+    for s in plan.preempted:
+        assert s.status is PREEMPTED and s.num_computed_tokens == 0 and s.num_preemptions == 1
+        assert s.num_output_tokens == 1  # outputs are kept; recomputed later
+    # no admission in a step that preempted; queue keeps arrival order
+    assert ids(p.waiting()) == [2, 3]
+
+
+def test_preemption_priority_lowest_priority_then_newest():
+    p, kv = _fill_decoders("priority", [1, 5, 5, 0])
+    plan, _ = run_step(p)
+    assert ids(plan.preempted) == [2, 1] and sorted(ids(plan.decode)) == [0, 3]
+
+
+def test_preempted_request_back_at_arrival_position_and_finishes():
+    kv = BlockCountKV(2, 4)
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8), kv)
+    a, b, c = req("a", 4, max_new=4), req("b", 4, max_new=4), req("c", 4, max_new=4)
+    for r in (a, b):
+        p.add(r)
+    run_step(p)
+    p.add(c)  # arrives after b
+    plan, _ = run_step(p)
+    assert plan.preempted == [b] and ids(p.waiting()) == ["b", "c"]
+    outs = {}
+    while p.has_unfinished():
+        _, fin = run_step(p)
+        for s in fin:
+            outs[s.request_id] = s.num_output_tokens
+    assert outs == {"a": 4, "b": 4, "c": 4} and b.num_preemptions >= 1
+
+
+def test_self_preemption_when_least_urgent():
+    kv = BlockCountKV(3, 2)
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8, policy="priority"), kv)
+    p.add(req("hi", 3, max_new=4, priority=0))  # 2 blocks
+    p.add(req("lo", 2, max_new=4, priority=9))  # 1 block
+    run_step(p)  # hi: 3 computed; lo: 2 computed
+    plan, _ = run_step(p)  # lo needs a block (2 % 2 == 0), none free: lo is the least urgent → itself
+    assert ids(plan.preempted) == ["lo"] and ids(plan.decode) == ["hi"] and kv.num_free_blocks == 1
+
+
+def test_running_prefill_preempts_scheduled_decode_and_returns_budget():
+    kv = BlockCountKV(4, 2)
+    cfg = PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=2, policy="priority")
+    p = Planner(cfg, kv)
+    p.add(req("d", 1, max_new=8, priority=5))  # decodes, low priority
+    run_step(p)  # d: prefill 1 token, samples; holds 1 block
+    p.add(req("big", 7, max_new=1, priority=0))
+    plan, _ = run_step(p)  # d decodes (no new block: 1 % 2 != 0); big prefills 2 tokens (1 block)
+    assert ids(plan.decode) == ["d"] and [(s.request_id, n) for s, n in plan.prefill] == [("big", 2)]
+    run_step(p)  # d needs a block at 2 computed; big takes another
+    assert kv.num_free_blocks == 0
+    plan, _ = run_step(p)  # big needs a block, none free: victim d (scheduled decode) is unscheduled
+    assert ids(plan.preempted) == ["d"] and plan.decode == []
+    assert [(s.request_id, n) for s, n in plan.prefill] == [("big", 2)] and plan.num_batched_tokens == 2
+
+
+# --------------------------------------------------------------------- queue orders
+def _admission_order(policy, reqs, seqs=1):
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=seqs, policy=policy))
+    for r in reqs:
+        p.add(r)
+    order = []
+    while p.has_unfinished():
+        plan = p.schedule()
+        order += [s.request_id for s, n in plan.prefill if s.num_computed_tokens == 0]
+        p.update(plan)
+    return order
+
+
+def test_queue_orders():
+    mk = lambda: [req("a", 2, 1, priority=2, deadline=5.0), req("b", 2, 1, priority=1),
+                  req("c", 2, 1, priority=1, deadline=-1.5), req("d", 2, 1, priority=0, deadline=5.0)]
+    assert _admission_order("fcfs", mk()) == ["a", "b", "c", "d"]
+    assert _admission_order("priority", mk()) == ["d", "b", "c", "a"]
+    assert _admission_order("edf", mk()) == ["c", "d", "a", "b"]
+
+
+def test_no_starvation_under_priority_mix():
+    p = Planner(PlannerConfig(max_num_batched_tokens=4, max_num_seqs=2, policy="priority"), BlockCountKV(6, 2))
+    low = req("low", 3, max_new=3, priority=10)
+    p.add(low)
+    step = 0
+    while p.has_unfinished():
+        if step < 40:  # a stream of urgent requests, then it stops
+            p.add(req(("hi", step), 2, max_new=2, priority=0))
+        run_step(p)
+        step += 1
+        assert step < 500
+    assert low.status is RequestStatus.FINISHED_LENGTH and low.num_output_tokens == 3
+
+
+# --------------------------------------------------------------------- reference model
+class Ref:
+    """Brute-force planner for lengths-only requests on a block-count pool (the documented policy)."""
+
+    def __init__(self, cfg, num_blocks, bs):
+        self.cfg, self.bs, self.free = cfg, bs, num_blocks
+        self.live, self.decoding, self.prefilling = {}, [], []
+        self.arrivals = self.admits = 0
+
+    def qkey(self, r):
+        pol = self.cfg.policy
+        base = (r["arr"],)
+        if pol == "priority":
+            return (r["prio"],) + base
+        if pol == "edf":
+            return (math.inf if r["dl"] is None else r["dl"], r["prio"]) + base
+        return base
+
+    def rank(self, r):
+        return self.qkey(r)[:-1] + (r["admit"],)
+
+    def add(self, rid, n, max_new, prio, dl):
+        if max_new == 0:
+            return False
+        if max(-(-n // self.bs), -(-(n + max_new - 1) // self.bs)) > self.free + sum(
+                r["held"] for r in self.live.values()):
+            raise CapacityError("too big")
+        self.live[rid] = dict(id=rid, tokens=n, comp=0, out=0, max=max_new, prio=prio, dl=dl, arr=self.arrivals,
+                              admit=-1, held=0, st="wait")
+        self.arrivals += 1
+        return True
+
+    def preempt(self, pre):
+        v = max(self.decoding + self.prefilling, key=self.rank)
+        (self.decoding if v in self.decoding else self.prefilling).remove(v)
+        self.free += v["held"]
+        v.update(held=0, comp=0, st="wait")
+        pre.append(v)
+        return v
+
+    def grow(self, r, n):
+        need = -(-(r["comp"] + n) // self.bs) - r["held"]
+        if need > self.free:
+            return False
+        self.free -= max(need, 0)
+        r["held"] += max(need, 0)
+        return True
+
+    def step(self):
+        pre, decode, prefill = [], list(self.decoding), []
+        for r in sorted([r for r in decode if r["comp"] % self.bs == 0], key=self.rank):
+            while r["st"] == "run" and not self.grow(r, 1):
+                if self.preempt(pre) is r:
+                    break
+        decode = [r for r in decode if r["st"] == "run"]
+        budget = self.cfg.max_num_batched_tokens - len(decode)
+        for r in sorted(self.prefilling, key=self.rank):
+            if budget <= 0:
+                break
+            if r["st"] != "run":
+                continue
+            n = min(r["tokens"] - r["comp"], self.cfg.prefill_chunk_size, budget)
+            while not self.grow(r, n):
+                v = self.preempt(pre)
+                if v is r:
+                    break
+                if v in decode:
+                    decode.remove(v)
+                    budget += 1
+            else:
+                prefill.append((r, n))
+                budget -= n
+        if not pre:
+            for r in sorted([r for r in self.live.values() if r["st"] == "wait"], key=self.qkey):
+                if budget <= 0 or len(self.decoding) + len(self.prefilling) >= self.cfg.max_num_seqs:
+                    break
+                n = min(r["tokens"], self.cfg.prefill_chunk_size, budget)
+                if not self.grow(r, n):
+                    break
+                r.update(st="run", admit=self.admits)
+                self.admits += 1
+                self.prefilling.append(r)
+                prefill.append((r, n))
+                budget -= n
+        return decode, prefill, pre
+
+    def update(self, decode, prefill):
+        fin, started = [], []
+        for r in decode:
+            r["comp"] += 1
+            r["tokens"] += 1
+            r["out"] += 1
+            if r["out"] >= r["max"]:
+                fin.append(r)
+        for r, n in prefill:
+            r["comp"] += n
+            if r["comp"] == r["tokens"]:
+                r["tokens"] += 1
+                r["out"] += 1
+                (fin if r["out"] >= r["max"] else started).append(r)
+        for r in fin:
+            r["st"] = "done"
+            self.free += r["held"]
+            del self.live[r["id"]]
+        self.decoding = [r for r in self.decoding if r["st"] == "run"] + started
+        self.prefilling = [r for r in self.prefilling if r["st"] == "run" and r not in started]
+        return fin
+
+
+workloads = st.lists(
+    st.tuples(st.integers(0, 12), st.integers(1, 30), st.integers(0, 8), st.integers(0, 3),
+              st.one_of(st.none(), st.integers(0, 20).map(float))),
+    min_size=1, max_size=14)
+
+
+@settings(max_examples=200, deadline=None)
+@given(work=workloads, budget=st.integers(1, 24), seqs=st.integers(1, 6), chunk=st.one_of(st.none(), st.integers(1, 9)),
+       policy=st.sampled_from(["fcfs", "priority", "edf"]), bs=st.integers(1, 6), blocks=st.integers(2, 16))
+def test_matches_reference_and_everything_finishes(work, budget, seqs, chunk, policy, bs, blocks):
+    seqs = min(seqs, budget)
+    cfg = PlannerConfig(max_num_batched_tokens=budget, max_num_seqs=seqs, prefill_chunk_size=chunk, policy=policy)
+    kv = BlockCountKV(blocks, bs)
+    p, ref = Planner(cfg, kv), Ref(cfg, blocks, bs)
+    arrivals = sorted(enumerate(work), key=lambda x: x[1][0])
+    reqs, done, step = {}, set(), 0
+    while arrivals or p.has_unfinished():
+        while arrivals and arrivals[0][1][0] <= step:
+            i, (_, n, mx, pr, dl) = arrivals.pop(0)
+            r = req(i, n, max_new=mx, priority=pr, deadline=dl)
+            try:
+                expect = ref.add(i, n, mx, pr, dl)
+            except CapacityError:
+                with pytest.raises(CapacityError):
+                    p.add(r)
+                continue
+            assert p.add(r) is expect
+            reqs[i] = r
+            if not expect:
+                done.add(i)
+        rd, rp, rpre = ref.step()
+        plan = p.schedule()
+        assert ids(plan.decode) == [r["id"] for r in rd]
+        assert [(s.request_id, n) for s, n in plan.prefill] == [(r["id"], n) for r, n in rp]
+        assert ids(plan.preempted) == [r["id"] for r in rpre]
+        if plan.preempted:
+            event("preempted")
+        if any(s.num_computed_tokens + n < s.num_tokens for s, n in plan.prefill):
+            event("chunked")
+        # budgets
+        assert plan.num_batched_tokens == len(plan.decode) + sum(n for _, n in plan.prefill) <= budget
+        assert p.num_running <= seqs
+        assert all(1 <= n <= cfg.prefill_chunk_size for _, n in plan.prefill)
+        assert all(s.num_tokens - s.num_computed_tokens == 1 for s in plan.decode)
+        fin = p.update(plan)
+        assert ids(fin) == [r["id"] for r in ref.update(rd, rp)]
+        done.update(ids(fin))
+        assert kv.num_free_blocks == ref.free
+        step += 1
+        assert step < 3000, "no progress"
+    assert done == set(reqs)
+    assert all(r.status is RequestStatus.FINISHED_LENGTH and r.num_output_tokens == r.max_new_tokens
+               for r in reqs.values())
+    assert kv.num_free_blocks == blocks
+
+
+# --------------------------------------------------------------------- decode batch bookkeeping
+def test_counters_exact_through_decode_preempt_and_abort():
+    kv = BlockCountKV(6, 2)
+    p = Planner(PlannerConfig(max_num_batched_tokens=16, max_num_seqs=4), kv)
+    reqs = [req(i, 3, max_new=6) for i in range(3)]
+    for r in reqs:
+        p.add(r)
+    seen_preempt = False
+    while p.has_unfinished():
+        plan = p.schedule()
+        for s in plan.decode:
+            assert s.num_tokens == s.num_prompt_tokens + s.num_output_tokens
+            assert s.num_computed_tokens == s.num_tokens - 1 and s.is_decoding
+            assert kv.num_blocks_of(s) == -(-(s.num_computed_tokens + 1) // 2)
+        for s in plan.preempted:
+            seen_preempt = True
+            assert s.num_computed_tokens == 0 and s.num_output_tokens >= 1 and kv.num_blocks_of(s) == 0
+        before = {s.request_id: s.num_output_tokens for s in plan.sampling}
+        p.update(plan)
+        for rid, n in before.items():
+            assert reqs[rid].num_output_tokens == n + 1
+        if plan.step_id == 4 and 1 in p:
+            s = p.abort(1)
+            assert s.num_tokens == 3 + s.num_output_tokens and s._clk is None
+            frozen = (s.num_computed_tokens, s.num_output_tokens)
+    assert seen_preempt
+    assert (reqs[1].num_computed_tokens, reqs[1].num_output_tokens) == frozen  # no longer ticking
+    assert [r.num_output_tokens for r in (reqs[0], reqs[2])] == [6, 6] and kv.num_free_blocks == 6
+
+
+def test_update_accepts_numpy_tokens():
+    np = pytest.importorskip("numpy")
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2))
+    a = RequestState("a", [1, 2], max_new_tokens=3)
+    p.add(a)
+    for t in (5, 6, 7):
+        plan = p.schedule()
+        p.update(plan, np.array([t], dtype=np.int64))
+    assert a.output_token_ids == [5, 6, 7] and a.status is RequestStatus.FINISHED_LENGTH
+
+
+@settings(max_examples=60, deadline=None)
+@given(work=st.lists(st.tuples(st.integers(1, 12), st.integers(1, 10), st.lists(st.integers(0, 5), max_size=2),
+                               st.integers(0, 6)), min_size=1, max_size=10),
+       budget=st.integers(1, 12), blocks=st.integers(8, 40))
+def test_outputs_and_stops_independent_of_scheduling(work, budget, blocks):
+    """Request i samples token (i * 7 + k) % 6 at output k: its outputs must be exactly that
+    sequence cut at the first stop id (FINISHED_STOPPED) or at max_new (FINISHED_LENGTH)."""
+    p = Planner(PlannerConfig(max_num_batched_tokens=budget, max_num_seqs=min(3, budget), prefill_chunk_size=4),
+                BlockManager(blocks, 2))
+    reqs, step = [], 0
+    arrivals = sorted(enumerate(work), key=lambda x: x[1][3])
+    while arrivals or p.has_unfinished():
+        while arrivals and arrivals[0][1][3] <= step:
+            i, (n, mx, stops, _) = arrivals.pop(0)
+            r = RequestState(i, [(i + j) % 4 for j in range(n)], max_new_tokens=mx, stop_token_ids=stops)
+            try:
+                p.add(r)
+            except CapacityError:
+                continue
+            reqs.append(r)
+        plan = p.schedule()
+        p.update(plan, [(s.request_id * 7 + s.num_output_tokens) % 6 for s in plan.sampling])
+        step += 1
+        assert step < 2000
+    for r in reqs:
+        seq = [(r.request_id * 7 + k) % 6 for k in range(r.max_new_tokens)]
+        cut = next((k for k, t in enumerate(seq) if t in r.stop_token_ids), None)
+        if cut is None:
+            assert r.output_token_ids == seq and r.status is RequestStatus.FINISHED_LENGTH
+        else:
+            assert r.output_token_ids == seq[: cut + 1] and r.status is RequestStatus.FINISHED_STOPPED
+        assert r.num_output_tokens == len(r.output_token_ids)
