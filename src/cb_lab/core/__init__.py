@@ -1,0 +1,1 @@
+"""Request, scheduler, KV caches and ragged batches of cb_lab."""

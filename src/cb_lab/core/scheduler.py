@@ -1,0 +1,262 @@
+"""cb_lab's continuous-batching scheduler: the shared planner + TinyLLM.
+
+Which request computes how many tokens each step is decided by the one step
+planner (:class:`llmds.engine.planner.Planner`, also behind ``LLMEngine``):
+decodes first, then prefill chunks of at most ``prefill_chunk_size`` under a
+budget of ``max_tokens_per_step`` tokens.  This class only executes the plan:
+
+1. gather every scheduled token (decode tokens and prefill chunks) into one
+   ragged batch, with each request's cached K/V as context;
+2. run one ``TinyLLM`` forward pass under the ragged causal mask;
+3. append each request's new K/V to its cache, store sampled tokens (the
+   output at a request's last computed position), and report the step.
+
+Plugins are called at the points listed in :mod:`llmds.engine.plugins`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Hashable
+
+import torch
+
+from cb_lab.core.request import Request
+from llmds.engine.batch import pack_chunks, ragged_causal_mask
+from llmds.engine.lab_errors import (
+    ConfigurationError,
+    DuplicateRequestError,
+    KVMemoryError,
+    RequestError,
+    RequestNotFoundError,
+    ValidationError,
+)
+from llmds.engine.models.tiny import TinyLLM
+from llmds.engine.planner import KVManager, Planner, PlannerConfig
+from llmds.engine.plugins import AttentionRecord, PluginManager
+from llmds.errors import CapacityError
+
+__all__ = ["Scheduler"]
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class Scheduler:
+    """Runs requests through TinyLLM with continuous batching.
+
+    Parameters
+    ----------
+    model : TinyLLM
+    max_tokens_per_step : int
+        Token budget of one step (decode + prefill), > 0.  Also the most
+        requests running at once, so each can decode every step.
+    prefill_chunk_size : int
+        Prompt tokens one request may prefill per step, > 0.
+    plugins : PluginManager, optional
+        Hooks called during ``add_request`` and ``step``.
+    clock : callable
+        Seconds, for ``step_duration`` (default ``time.perf_counter``).
+    policy : {"fcfs", "priority", "edf"}
+        Queue order of the planner.
+    kv : KVManager, optional
+        Block accounting of the planner (default unlimited).  With e.g. a
+        ``BlockCountKV`` the planner preempts when blocks run out; a preempted
+        request's cache is cleared and it is recomputed later.
+    release_finished_kv : bool
+        Release a request's cache when it finishes (default True), returning
+        blocks of a shared pool.
+    """
+
+    def __init__(
+        self,
+        model: TinyLLM,
+        max_tokens_per_step: int = 8,
+        prefill_chunk_size: int = 4,
+        *,
+        plugins: PluginManager | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        policy: str = "fcfs",
+        kv: KVManager | None = None,
+        release_finished_kv: bool = True,
+    ) -> None:
+        if not isinstance(model, TinyLLM):
+            raise ValidationError(f"model must be a TinyLLM, got {type(model).__name__}")
+        budget = _positive("max_tokens_per_step", max_tokens_per_step)
+        chunk = _positive("prefill_chunk_size", prefill_chunk_size)
+        if plugins is not None and not isinstance(plugins, PluginManager):
+            raise ValidationError(f"plugins must be a PluginManager, got {type(plugins).__name__}")
+        if policy not in ("fcfs", "priority", "edf"):
+            raise ConfigurationError(f"policy must be 'fcfs', 'priority' or 'edf', got {policy!r}")
+        self.model = model
+        self.max_tokens_per_step = budget
+        self.prefill_chunk_size = chunk
+        self.plugins = plugins if plugins is not None else PluginManager()
+        self.clock = clock
+        self.release_finished_kv = release_finished_kv
+        config = PlannerConfig(
+            max_num_batched_tokens=budget,
+            max_num_seqs=budget,
+            prefill_chunk_size=chunk,
+            policy=policy,
+        )
+        self.planner = Planner(config, kv)
+        self.step_id = 0
+        self._live: dict[Hashable, Request] = {}  # unfinished requests, in order of arrival
+        self._finished_since_step: list[
+            Request
+        ] = []  # finished outside step() (max_new_tokens=0, abort)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def active(self) -> list[Request]:
+        """Unfinished requests (waiting or running), in order of arrival."""
+        return list(self._live.values())
+
+    def get(self, req_id: Hashable) -> Request:
+        try:
+            return self._live[req_id]
+        except (KeyError, TypeError):
+            raise RequestNotFoundError(f"no active request with id {req_id!r}") from None
+
+    # ----------------------------------------------------------------- requests
+    def add_request(self, req: Request) -> None:
+        """Queue a new request; one with ``max_new_tokens=0`` finishes at once.
+
+        Raises ``ValidationError`` for a non-Request or a prompt that does not
+        match the model, ``DuplicateRequestError`` for a live id and
+        ``RequestError`` for a request that is not new or whose cache is not
+        empty, and ``KVMemoryError`` when it could never fit the planner's KV
+        budget; nothing changes on error.
+        """
+        if not isinstance(req, Request):
+            raise ValidationError(f"req must be a cb_lab Request, got {type(req).__name__}")
+        m = self.model
+        if req.dim != m.dim or req.prompt.dtype != m.dtype:
+            raise ValidationError(
+                f"request {req.req_id!r} has [*, {req.dim}] {req.prompt.dtype} "
+                f"tokens; the model takes [*, {m.dim}] {m.dtype}"
+            )
+        if req.req_id in self._live:
+            raise DuplicateRequestError(f"request id {req.req_id!r} is already active")
+        if (
+            req._owner is not None
+            or req.num_computed_tokens
+            or req.num_output_tokens
+            or req.status.value != 0
+        ):
+            raise RequestError(f"request {req.req_id!r} is not new (create a fresh Request)")
+        if len(req.kv_cache) or any(r.kv_cache is req.kv_cache for r in self._live.values()):
+            raise RequestError(
+                f"request {req.req_id!r}: its KV cache is not empty or belongs to another active "
+                "request; give each request its own empty cache"
+            )
+        try:
+            queued = self.planner.add(req)
+        except CapacityError as exc:  # it could never fit the planner's KV budget
+            raise KVMemoryError(str(exc)) from None
+        self.plugins.request_added(self, req)
+        if queued:
+            req._owner = self
+            self._live[req.req_id] = req
+        else:  # max_new_tokens == 0: finished at once
+            self._finished_since_step.append(req)
+            self.plugins.request_finished(self, req)
+
+    def abort(self, req_id: Hashable) -> Request:
+        """Finish an active request now (status FINISHED_ABORTED); unknown ids raise."""
+        req = self.get(req_id)
+        self.planner.abort(req_id)
+        self._retire(req)
+        self._finished_since_step.append(req)
+        return req
+
+    def _retire(self, req: Request) -> None:
+        del self._live[req.req_id]
+        req._owner = None
+        if self.release_finished_kv:
+            req.kv_cache.release()
+        self.plugins.request_finished(self, req)
+
+    # --------------------------------------------------------------------- step
+    def step(self) -> dict[str, Any]:
+        """Run one continuous-batching step; returns what was scheduled and done.
+
+        Keys: ``step_id``, ``decode_tokens``, ``prefill_tokens``,
+        ``total_tokens``, ``active_requests`` (after the step),
+        ``finished_requests`` / ``finished_request_ids`` (finished since the
+        previous step), ``preempted_request_ids``, ``step_duration`` (seconds,
+        on the injected clock) and ``status`` (``"completed"``, or
+        ``"no_active_requests"`` when there was nothing to run).
+        """
+        t0 = self.clock()
+        self.plugins.before_step(self)
+        finished = self._finished_since_step
+        self._finished_since_step = []
+        decode_tokens = prefill_tokens = 0
+        preempted: list[Request] = []
+        if self._live:
+            plan = self.planner.schedule()
+            preempted = plan.preempted
+            for req in preempted:  # recomputed from scratch when readmitted
+                req.kv_cache.release()
+            items = [(r, r.num_computed_tokens, 1) for r in plan.decode]
+            items += [(r, r.num_computed_tokens, n) for r, n in plan.prefill]
+            if items:
+                self._run(items)
+            done = self.planner.update(plan)
+            for req in done:
+                self._retire(req)
+            finished = finished + done
+            decode_tokens, prefill_tokens = plan.num_decode_tokens, plan.num_prefill_tokens
+            status = "completed"
+        else:
+            status = "no_active_requests"
+        stats = {
+            "step_id": self.step_id,
+            "decode_tokens": decode_tokens,
+            "prefill_tokens": prefill_tokens,
+            "total_tokens": decode_tokens + prefill_tokens,
+            "active_requests": len(self._live),
+            "finished_requests": len(finished),
+            "finished_request_ids": [r.req_id for r in finished],
+            "preempted_request_ids": [r.req_id for r in preempted],
+            "step_duration": self.clock() - t0,
+            "status": status,
+        }
+        self.step_id += 1
+        self.plugins.after_step(self, stats)
+        return stats
+
+    def _run(self, items: list[tuple[Request, int, int]]) -> None:
+        """One forward pass over ``(request, start, num_tokens)`` items; stores KV and outputs."""
+        batch = pack_chunks([(r.req_id, s, r.token_rows(s, s + n)) for r, s, n in items])
+        past = [r.kv_cache.get_kv() if len(r.kv_cache) else None for r, _, _ in items]
+        lens = [0 if p is None else p[0].size(0) for p in past]
+        kept = [p for p in past if p is not None]
+        dev = batch.tokens.device
+        # cached keys: their request's index, position -1 (visible to every new token)
+        past_seq = torch.repeat_interleave(
+            batch.seq[batch.starts[:-1]], torch.tensor(lens, dtype=torch.int64, device=dev)
+        )
+        k_seq = torch.cat((past_seq, batch.seq))
+        k_pos = torch.cat((torch.full_like(past_seq, -1), batch.pos))
+        mask = ragged_causal_mask(batch.seq, batch.pos, k_seq, k_pos)
+        pk = torch.cat([p[0] for p in kept]) if kept else None
+        pv = torch.cat([p[1] for p in kept]) if kept else None
+        out = self.model.forward_ragged(batch.tokens, mask, pk, pv)
+        if self.plugins.attention_plugins:
+            self.plugins.attention(
+                self,
+                AttentionRecord(
+                    self.step_id, tuple(batch.req_ids), batch.seq, batch.pos, k_seq, k_pos, out.attn
+                ),
+            )
+        for i, (req, start, n) in enumerate(items):
+            a, b = batch.starts[i], batch.starts[i + 1]
+            self.plugins.append(req.kv_cache, out.k[a:b], out.v[a:b])
+            if start + n == req.num_tokens:  # all known tokens computed: the last output is sampled
+                req._record_output(out.out[b - 1])

@@ -1,0 +1,1 @@
+"""The TinyLLM model of cb_lab."""

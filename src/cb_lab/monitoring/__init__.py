@@ -1,0 +1,1 @@
+"""Metrics and memory profiling for cb_lab."""

@@ -1,0 +1,1 @@
+"""Plugin hooks of the cb_lab scheduler."""

@@ -1,0 +1,471 @@
+"""cb_lab core: ragged masks, TinyLLM, KV caches, and the scheduler's correctness properties."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cb_lab.core.batch_builder import TokenMeta, build_ragged_batch
+from cb_lab.core.kv_cache import DenseKVCache, PagedKVCache
+from cb_lab.core.request import Request
+from cb_lab.core.scheduler import Scheduler
+from cb_lab.exceptions import (
+    ConfigurationError,
+    DuplicateRequestError,
+    KVMemoryError,
+    RequestError,
+    RequestNotFoundError,
+    ValidationError,
+)
+from cb_lab.model.tiny_llm import TinyLLM
+from llmds import errors
+from llmds.engine.block_manager import BlockCountKV
+from llmds.engine.kv_arena import TensorKVCache
+
+DIM = 16
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
+    """Max-abs comparison (torch.testing.assert_close costs seconds of imports on first use)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    err = (actual - expected).abs().max().item() if actual.numel() else 0.0
+    assert err <= atol, f"max abs error {err:.3g} > {atol}"
+
+
+def _prompts(seed: int, lengths):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, DIM, generator=g) for n in lengths]
+
+
+def isolated_outputs(model: TinyLLM, prompt: torch.Tensor, max_new: int) -> torch.Tensor:
+    """Reference: one request alone, dense full prefill, then decode over a DenseKVCache."""
+    if max_new == 0:
+        return prompt.new_empty(0, DIM)
+    out, k, v = model.forward_prefill_dense(prompt)
+    cache = DenseKVCache()
+    cache.append(k, v)
+    toks = [out[-1]]
+    for _ in range(max_new - 1):
+        o, k1, v1 = model.forward_decode(toks[-1], cache)
+        cache.append(k1, v1)
+        toks.append(o[0])
+    return torch.stack(toks)
+
+
+def run_scheduler(sched: Scheduler, requests, arrivals=None, max_steps=500):
+    """Add requests at their arrival step (default all at step 0) and run to completion."""
+    arrivals = arrivals or [0] * len(requests)
+    pending = sorted(zip(arrivals, range(len(requests))))
+    stats, step = [], 0
+    while pending or sched.active:
+        while pending and pending[0][0] <= step:
+            sched.add_request(requests[pending.pop(0)[1]])
+        stats.append(sched.step())
+        step += 1
+        assert step < max_steps
+    return stats
+
+
+# ---------------------------------------------------------------- ragged batch
+def _brute_mask(meta):
+    n = len(meta)
+    m = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        for j in range(n):
+            m[i, j] = meta[i].req_id == meta[j].req_id and meta[j].pos_in_seq <= meta[i].pos_in_seq
+    return m
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c", 7]), st.integers(0, 20), st.integers(0, 5)),
+        max_size=5,
+    )
+)
+def test_ragged_mask_matches_brute_force(spec):
+    chunks = [(rid, start, torch.randn(n, 4)) for rid, start, n in spec]
+    tokens, meta, mask = build_ragged_batch(chunks)
+    n = sum(c[2].size(0) for c in chunks)
+    assert mask.shape == (n, n) and mask.dtype == torch.bool
+    assert [m.global_idx for m in meta] == list(range(n))
+    expect_meta = [TokenMeta(rid, s + i, 0) for rid, s, t in chunks for i in range(t.size(0))]
+    assert [(m.req_id, m.pos_in_seq) for m in meta] == [
+        (m.req_id, m.pos_in_seq) for m in expect_meta
+    ]
+    if n:
+        assert torch.equal(tokens, torch.cat([c[2] for c in chunks]))
+        assert torch.equal(mask, _brute_mask(meta))
+
+
+def test_ragged_batch_documented_example():
+    chunks = [("req1", 0, torch.randn(3, 16)), ("req2", 0, torch.randn(2, 16))]
+    tokens, meta, mask = build_ragged_batch(chunks)
+    assert tokens.shape == (5, 16)
+    expect = torch.tensor(
+        [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]],
+        dtype=torch.bool,
+    )
+    assert torch.equal(mask, expect)
+    assert meta[3] == TokenMeta("req2", 0, 3)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [("a", -1, torch.randn(2, 4))],
+        [("a", 0, torch.randn(4))],
+        [("a", 0, torch.ones(2, 4, dtype=torch.int64))],
+        [("a", 0, torch.randn(2, 4)), ("b", 0, torch.randn(2, 5))],
+        [(None, 0, torch.randn(2, 4))],
+        [("a", 0)],
+    ],
+)
+def test_ragged_batch_rejects_bad_chunks(bad):
+    with pytest.raises(ValidationError):
+        build_ragged_batch(bad)
+
+
+def test_empty_batch():
+    tokens, meta, mask = build_ragged_batch([])
+    assert tokens.shape == (0, 0) and meta == [] and mask.shape == (0, 0)
+
+
+# ----------------------------------------------------------------------- model
+def test_tiny_llm_is_seeded():
+    a, b, c = TinyLLM(16, seed=1), TinyLLM(16, seed=1), TinyLLM(16, seed=2)
+    assert torch.equal(a.wq, b.wq) and torch.equal(a.wo, b.wo)
+    assert not torch.equal(a.wq, c.wq)
+
+
+def test_ragged_prefill_equals_dense_per_request():
+    model = TinyLLM(DIM, num_heads=2)
+    pa, pb, pc = _prompts(0, [5, 3, 7])
+    tokens, _, mask = build_ragged_batch([("a", 0, pa), ("b", 0, pb), ("c", 0, pc)])
+    out, k, v = model.forward_prefill_ragged(tokens, mask)
+    for (s, e), p in zip([(0, 5), (5, 8), (8, 15)], (pa, pb, pc)):
+        od, kd, vd = model.forward_prefill_dense(p)
+        assert_close(out[s:e], od, atol=1e-6)
+        assert_close(k[s:e], kd, atol=1e-6)
+
+
+def test_decode_attends_to_itself_and_the_cache():
+    """Decode of the last prompt token over the cache of the others equals the dense last row."""
+    model = TinyLLM(DIM)
+    (p,) = _prompts(1, [6])
+    od, kd, vd = model.forward_prefill_dense(p)
+    cache = DenseKVCache()
+    cache.append(kd[:5], vd[:5])
+    o, k1, v1 = model.forward_decode(p[5], cache)
+    assert_close(o[0], od[5], atol=1e-6)
+    assert_close(k1[0], kd[5], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.forward_prefill_dense(torch.randn(3, 8)),
+        lambda m: m.forward_prefill_dense(torch.randn(3, 16, dtype=torch.float64)),
+        lambda m: m.forward_prefill_ragged(torch.randn(3, 16), torch.ones(3, 2, dtype=torch.bool)),
+        lambda m: m.forward_prefill_ragged(torch.randn(3, 16), torch.ones(3, 3)),
+        lambda m: m.forward_decode(torch.randn(2, 16), DenseKVCache()),
+        lambda m: TinyLLM(dim=0),
+        lambda m: TinyLLM(dim=16, num_heads=3),
+    ],
+)
+def test_model_rejects_bad_input(call):
+    with pytest.raises(ValidationError) as ei:
+        call(TinyLLM(16))
+    assert isinstance(ei.value, errors.ValidationError) and isinstance(ei.value, ValueError)
+
+
+# -------------------------------------------------------------------- KV caches
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(st.integers(0, 9), min_size=1, max_size=12),
+    st.integers(1, 5),
+    st.lists(st.integers(0, 200), max_size=6),
+)
+def test_paged_cache_equals_dense_cache(appends, block_size, keep):
+    dense, paged = DenseKVCache(), PagedKVCache(block_size=block_size)
+    g = torch.Generator().manual_seed(len(appends))
+    for n in appends:
+        k, v = torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g)
+        dense.append(k, v)
+        paged.append(k, v)
+        assert len(dense) == len(paged) == dense.num_appended == paged.num_appended
+        for a, b in zip(dense.get_kv(), paged.get_kv()):
+            assert torch.equal(a, b)
+    if len(dense):
+        idx = sorted({i % len(dense) for i in keep})
+        dense.retain(idx)
+        paged.retain(idx)
+        assert len(paged) == len(idx)
+        for a, b in zip(dense.get_kv(), paged.get_kv()):
+            assert torch.equal(a, b)
+
+
+def test_paged_get_kv_is_a_view_when_contiguous_and_a_gather_otherwise():
+    private = PagedKVCache(block_size=4)
+    for _ in range(5):  # grows its private pool several times
+        private.append(torch.randn(3, 8), torch.randn(3, 8))
+    assert private.is_contiguous()
+    k, _ = private.get_kv()
+    arena = private.pool.k_cache
+    assert k.untyped_storage().data_ptr() == arena.untyped_storage().data_ptr()  # zero-copy
+
+    pool = TensorKVCache(1, 2, 4, 64, block_size=4)
+    a, b = PagedKVCache(pool=pool), PagedKVCache(pool=pool)
+    rows = {id(a): [], id(b): []}
+    for _ in range(4):  # interleaved growth: a's blocks are not consecutive
+        for c, n in ((a, 3), (b, 2)):
+            k = torch.randn(n, 8)
+            rows[id(c)].append(k)
+            c.append(k, k * 2)
+    assert not a.is_contiguous()
+    ka, va = a.get_kv()
+    assert torch.equal(ka, torch.cat(rows[id(a)])) and torch.equal(va, 2 * ka)
+    assert ka.untyped_storage().data_ptr() != pool.k_cache.untyped_storage().data_ptr()
+    assert set(a.block_table()).isdisjoint(b.block_table())
+
+
+def test_shared_pool_out_of_blocks_raises_and_changes_nothing():
+    pool = TensorKVCache(1, 1, 8, 16, block_size=4)
+    a, b = PagedKVCache(pool=pool), PagedKVCache(pool=pool)
+    a.append(torch.randn(10, 8), torch.randn(10, 8))
+    before = a.get_kv()[0].clone()
+    b.append(torch.randn(4, 8), torch.randn(4, 8))
+    with pytest.raises(KVMemoryError) as ei:
+        a.append(torch.randn(5, 8), torch.randn(5, 8))
+    assert isinstance(ei.value, errors.CapacityError)
+    assert len(a) == 10 and torch.equal(a.get_kv()[0], before)
+    b.release()  # frees blocks: now it fits
+    a.append(torch.randn(5, 8), torch.randn(5, 8))
+    assert len(a) == 15
+
+
+@pytest.mark.parametrize("cache_cls", [DenseKVCache, PagedKVCache])
+def test_cache_rejects_bad_rows(cache_cls):
+    c = cache_cls()
+    c.append(torch.randn(2, 8), torch.randn(2, 8))
+    for k, v in [
+        (torch.randn(2, 4), torch.randn(2, 4)),
+        (torch.randn(2, 8), torch.randn(3, 8)),
+        (torch.randn(8), torch.randn(8)),
+        (torch.randn(2, 8, dtype=torch.float64),) * 2,
+    ]:
+        with pytest.raises(ValidationError):
+            c.append(k, v)
+    assert len(c) == 2
+    with pytest.raises(ValidationError):
+        c.retain([0, 5])
+
+
+# -------------------------------------------------------------------- scheduler
+LENGTHS, MAX_NEW = [7, 3, 10, 1, 5], [4, 6, 2, 5, 1]
+
+
+def _requests(cache_factory, seed=0):
+    return [
+        Request(f"r{i}", p, m, cache_factory())
+        for i, (p, m) in enumerate(zip(_prompts(seed, LENGTHS), MAX_NEW))
+    ]
+
+
+@pytest.mark.parametrize("budget,chunk", [(8, 4), (5, 2), (3, 3)])
+def test_continuous_batching_equals_isolated_runs(budget, chunk):
+    model = TinyLLM(DIM, num_heads=2, seed=3)
+    reqs = _requests(DenseKVCache)
+    stats = run_scheduler(Scheduler(model, budget, chunk), reqs, arrivals=[0, 0, 2, 3, 5])
+    assert any(s["decode_tokens"] and s["prefill_tokens"] for s in stats)  # really mixed
+    assert all(s["total_tokens"] <= budget for s in stats)
+    assert sorted(i for s in stats for i in s["finished_request_ids"]) == sorted(
+        r.req_id for r in reqs
+    )
+    for r in reqs:
+        assert r.finished and len(r.generated_tokens) == r.max_new_tokens
+        ref = isolated_outputs(model, r.prompt, r.max_new_tokens)
+        assert_close(torch.stack(r.generated_tokens), ref, atol=1e-5)
+        # teacher-forced check: one dense pass over prompt + outputs reproduces every output
+        seq = (
+            torch.cat([r.prompt, torch.stack(r.generated_tokens[:-1])])
+            if r.max_new_tokens > 1
+            else r.prompt
+        )
+        dense = model.forward_prefill_dense(seq)[0][r.num_prompt_tokens - 1 :]
+        assert_close(torch.stack(r.generated_tokens), dense, atol=1e-5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 9), st.integers(0, 5), st.integers(0, 4)), min_size=1,
+             max_size=5),
+    st.integers(1, 9),
+    st.integers(1, 6),
+    st.sampled_from([None, 2, 3]),
+)
+def test_random_workloads_equal_isolated_runs(spec, budget, chunk, kv_blocks):
+    """Random prompts, output lengths, arrival steps, budgets and (tight) block pools."""
+    model = TinyLLM(DIM, num_heads=2, seed=8)
+    prompts = _prompts(len(spec), [n for n, _, _ in spec])
+    reqs = [Request(i, p, m, DenseKVCache()) for i, (p, (_, m, _)) in enumerate(zip(prompts, spec))]
+    kv = None
+    if kv_blocks is not None:  # big enough for the longest request alone, often too small for all
+        need = max(-(-(n + max(m, 1) - 1) // kv_blocks) for n, m, _ in spec)
+        kv = BlockCountKV(num_blocks=need + 1, block_size=kv_blocks)
+    stats = run_scheduler(Scheduler(model, budget, chunk, kv=kv), reqs, [a for _, _, a in spec])
+    assert all(s["total_tokens"] <= budget for s in stats)
+    for r in reqs:
+        assert r.finished and len(r.generated_tokens) == r.max_new_tokens
+        if r.max_new_tokens:
+            ref = isolated_outputs(model, r.prompt, r.max_new_tokens)
+            assert_close(torch.stack(r.generated_tokens), ref, atol=1e-5)
+
+
+def test_paged_cache_decoding_equals_dense_cache():
+    model = TinyLLM(DIM, seed=4)
+    dense = _requests(DenseKVCache, seed=9)
+    paged = _requests(lambda: PagedKVCache(block_size=2), seed=9)
+    pool = TensorKVCache(1, 1, DIM, 256, block_size=4)
+    shared = _requests(lambda: PagedKVCache(pool=pool), seed=9)
+    for reqs in (dense, paged, shared):
+        run_scheduler(Scheduler(model, 6, 3), reqs)
+    for d, p, s in zip(dense, paged, shared):
+        assert_close(torch.stack(p.generated_tokens), torch.stack(d.generated_tokens), atol=1e-6)
+        assert_close(torch.stack(s.generated_tokens), torch.stack(d.generated_tokens), atol=1e-6)
+    assert pool.allocator.num_free == pool.num_blocks  # finished requests gave their blocks back
+
+
+def test_preemption_by_planner_recomputes_and_outputs_stay_exact():
+    model = TinyLLM(DIM, seed=5)
+    reqs = _requests(DenseKVCache, seed=2)
+    sched = Scheduler(model, 8, 4, kv=BlockCountKV(num_blocks=5, block_size=3))
+    stats = run_scheduler(sched, reqs)
+    assert any(s["preempted_request_ids"] for s in stats)
+    for r in reqs:
+        ref = isolated_outputs(model, r.prompt, r.max_new_tokens)
+        assert_close(torch.stack(r.generated_tokens), ref, atol=1e-5)
+
+
+def test_zero_max_new_tokens_finishes_at_once_and_empty_step():
+    sched = Scheduler(TinyLLM(DIM))
+    s = sched.step()
+    assert s["status"] == "no_active_requests" and s["total_tokens"] == 0
+    req = Request("z", torch.randn(4, DIM), 0, DenseKVCache())
+    assert req.finished
+    sched.add_request(req)
+    assert req.finished and not sched.active and req.generated_tokens == []
+    s = sched.step()
+    assert s["status"] == "no_active_requests" and s["finished_request_ids"] == ["z"]
+    assert s["finished_requests"] == 1 and s["step_id"] == 1
+
+
+def test_step_duration_uses_injected_clock():
+    ticks = iter(range(0, 1000, 5))
+    sched = Scheduler(TinyLLM(DIM), clock=lambda: float(next(ticks)))
+    sched.add_request(Request("a", torch.randn(3, DIM), 2, DenseKVCache()))
+    assert [sched.step()["step_duration"] for _ in range(3)] == [5.0, 5.0, 5.0]
+
+
+def test_request_manual_api_and_states():
+    cache = DenseKVCache()
+    req = Request("test", torch.randn(10, 16), 5, cache)
+    assert req.in_prefill and not req.in_decode and req.decode_seed is None
+    chunk = req.get_prefill_chunk(3)
+    assert chunk.shape == (3, 16) and req.prefill_pos == 3
+    with pytest.raises(RequestError):
+        req.append_token(torch.randn(16))  # prompt not done
+    req.get_prefill_chunk(100)
+    assert req.prefill_pos == 10 and req.get_prefill_chunk(4).shape == (0, 16)
+    req.append_token(torch.randn(1, 16))
+    assert req.in_decode and req.decode_seed.shape == (16,)
+    with pytest.raises(ValidationError):
+        req.append_token(torch.randn(3, 16))
+    for _ in range(4):
+        req.append_token(torch.randn(16))
+    assert req.finished and not req.in_decode
+    with pytest.raises(RequestError):
+        req.append_token(torch.randn(16))
+    sched = Scheduler(TinyLLM(16))
+    with pytest.raises(RequestError):
+        sched.add_request(req)  # not new
+
+
+def test_scheduler_errors_are_typed_and_change_nothing():
+    model = TinyLLM(DIM)
+    for budget, chunk in [(0, 4), (8, 0), (-1, 2), (8, 2.5)]:
+        with pytest.raises(ConfigurationError) as ei:
+            Scheduler(model, budget, chunk)
+        assert isinstance(ei.value, errors.ValidationError) and isinstance(ei.value, ValueError)
+    with pytest.raises(ValidationError):
+        Scheduler("not a model")
+    sched = Scheduler(model)
+    sched.add_request(Request("a", torch.randn(3, DIM), 2, DenseKVCache()))
+    with pytest.raises(DuplicateRequestError) as ei:
+        sched.add_request(Request("a", torch.randn(3, DIM), 2, DenseKVCache()))
+    assert isinstance(ei.value, ValueError)
+    with pytest.raises(ValidationError):
+        sched.add_request(Request("b", torch.randn(3, 8), 2, DenseKVCache()))
+    with pytest.raises(ValidationError):
+        sched.add_request("b")
+    used = DenseKVCache()
+    used.append(torch.randn(1, DIM), torch.randn(1, DIM))
+    with pytest.raises(RequestError):
+        sched.add_request(Request("c", torch.randn(3, DIM), 2, used))
+    with pytest.raises(RequestError):  # the cache of active request "a"
+        sched.add_request(Request("d", torch.randn(3, DIM), 2, sched.active[0].kv_cache))
+    with pytest.raises(RequestNotFoundError) as ei:
+        sched.abort("nope")
+    assert isinstance(ei.value, KeyError) and isinstance(ei.value, errors.NotFoundError)
+    with pytest.raises(KVMemoryError):
+        Scheduler(model, kv=BlockCountKV(2, 2)).add_request(
+            Request("big", torch.randn(9, DIM), 1, DenseKVCache())
+        )
+    assert [r.req_id for r in sched.active] == ["a"]
+    with pytest.raises(RequestError):
+        sched.active[0].get_prefill_chunk(2)  # driven by the scheduler
+    for bad in [
+        dict(prompt=torch.randn(0, DIM)),
+        dict(prompt=torch.randn(DIM)),
+        dict(prompt=torch.ones(2, DIM, dtype=torch.int64)),
+        dict(max_new_tokens=-1),
+        dict(kv_cache=object()),
+        dict(prefill_pos=2),
+    ]:
+        args = dict(
+            req_id="x", prompt=torch.randn(2, DIM), max_new_tokens=1, kv_cache=DenseKVCache()
+        )
+        args.update(bad)
+        with pytest.raises(ValidationError):
+            Request(**args)
+
+
+def test_abort_finishes_request_and_frees_its_cache():
+    pool = TensorKVCache(1, 1, DIM, 64, block_size=4)
+    sched = Scheduler(TinyLLM(DIM))
+    a = Request("a", torch.randn(6, DIM), 5, PagedKVCache(pool=pool))
+    sched.add_request(a)
+    sched.step()
+    assert len(a.kv_cache) == 4 and pool.allocator.num_free < pool.num_blocks
+    sched.abort("a")
+    assert a.finished and a.status.name == "FINISHED_ABORTED" and not sched.active
+    assert pool.allocator.num_free == pool.num_blocks
+    s = sched.step()
+    assert s["finished_request_ids"] == ["a"] and s["status"] == "no_active_requests"
+
+
+def test_decode_rounds_are_exact():
+    """L prompt tokens and M outputs take ceil(L/chunk) prefill steps, then M-1 decodes."""
+    sched = Scheduler(TinyLLM(DIM), 8, 4)
+    sched.add_request(Request("a", torch.randn(10, DIM), 5, DenseKVCache()))
+    stats = run_scheduler(sched, [])
+    assert [(s["prefill_tokens"], s["decode_tokens"]) for s in stats] == [
+        (4, 0),
+        (4, 0),
+        (2, 0),
+    ] + [(0, 1)] * 4
+    assert len(stats) == math.ceil(10 / 4) + 5 - 1
