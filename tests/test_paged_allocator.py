@@ -343,3 +343,17 @@ class AllocatorMachine(RuleBasedStateMachine):
 
 TestAllocatorMachine = AllocatorMachine.TestCase
 TestAllocatorMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+def test_free_and_cached_masks_match_the_pool():
+    import numpy as np
+
+    from llmds.paged_allocator import PagedAllocator
+
+    a = PagedAllocator(4, 6)
+    pages = a.alloc(4)
+    a.mark_cached(pages[1])
+    a.free([pages[1], pages[3]])
+    assert a.free_mask().tolist() == [False, True, False, True, True, True]
+    assert np.flatnonzero(a.cached_mask()).tolist() == [pages[1]]
+    assert a.num_cached_free == 1 == a.stats().cached_free_pages

@@ -132,6 +132,19 @@ class PagedAllocator:
         self._check_id(page_id)
         return bool(self._cached[page_id])
 
+    @property
+    def num_cached_free(self) -> int:
+        """Free pages that still hold reusable (cached) content."""
+        return self._num_cached_free
+
+    def free_mask(self) -> np.ndarray:
+        """Boolean ``[max_pages]`` array, True where the page is free.  O(max_pages), vectorized."""
+        return np.asarray(self._ref, dtype=np.int64) == 0
+
+    def cached_mask(self) -> np.ndarray:
+        """Boolean ``[max_pages]`` array, True where the page is marked cached."""
+        return np.frombuffer(bytes(self._cached), dtype=np.uint8).astype(bool)
+
     def free_pages(self) -> list[int]:
         """Free page ids in free-list order (head first: the next to be allocated)."""
         out, p, nxt = [], self._head, self._next

@@ -157,16 +157,13 @@ class ArenaBlockTables:
     def _place(self, pb: int, cb: int) -> tuple[list[int], int]:
         """Take ``pb`` blocks for a request with a ``cb``-block cap; returns (blocks, room_end).
 
-        Caller checked ``pb <= allocator.num_free``.  O(num_blocks) numpy + O(num_free) list walk.
+        Caller checked ``pb <= allocator.num_free``.  O(num_blocks), vectorized.
         """
         a = self.allocator
-        free = np.fromiter(a.free_pages(), dtype=np.int64)
-        mask = np.zeros(self.num_blocks, dtype=bool)
-        mask[free] = True
+        mask = a.free_mask()
         mask &= ~self.room
-        if a.stats().cached_free_pages:  # leave reusable prefix blocks to their owner
-            cached = np.fromiter((a.is_cached(int(p)) for p in free), dtype=bool, count=free.size)
-            mask[free[cached]] = False
+        if a.num_cached_free:  # leave reusable prefix blocks to their owner
+            mask &= ~a.cached_mask()
         starts, lengths = _runs(mask)
         ok = np.flatnonzero(lengths >= cb)
         if not ok.size:
@@ -219,7 +216,7 @@ class ArenaBlockTables:
         may take another request's room or reclaim a cached page.
         """
         a, room = self.allocator, self.room
-        check_cached = a.stats().cached_free_pages > 0
+        check_cached = a.num_cached_free > 0
         out: list[int] = []
         for p in a.free_pages():
             if not room[p] and not (check_cached and a.is_cached(p)):
