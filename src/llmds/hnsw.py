@@ -1,0 +1,539 @@
+"""HNSW approximate nearest-neighbour index (Malkov & Yashunin, 2018).
+
+The graph lives in flat preallocated numpy arrays (layout in
+:mod:`llmds._hnsw_kernels`); insertion and search run in numba kernels, one
+kernel call per ``add_items`` batch and per query.  Python only validates,
+maps user ids to internal node indices and converts results.
+
+Not thread-safe: searches share one epoch-stamped visited array.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llmds import _hnsw_kernels as _k
+from llmds._binfmt import read_checked, write_atomic
+from llmds.errors import CorruptFileError, NotFoundError, ValidationError
+
+__all__ = ["HNSW", "HNSWConfig"]
+
+log = logging.getLogger(__name__)
+
+_METRICS = {"l2": _k.METRIC_L2, "ip": _k.METRIC_IP, "cosine": _k.METRIC_COSINE}
+_MAGIC = b"LLMDSHNSW"
+_VERSION = 1
+_EF_CAP = 1 << 40  # larger ef is clamped (the kernels clamp it to the capacity anyway)
+
+
+# search_one's compiled entry point for the one argument signature search()
+# uses.  Calling it directly skips numba's per-call type dispatch (~0.5 us of a
+# ~30 us query).  Safe because search() only ever passes these types: a 1-D
+# C-contiguous float32 query (a read-only one has the same memory layout), two
+# int64-range ints and the index's own arrays.  links0 is typed "A" (any
+# layout): the view is strided, except that numpy calls a one-row view
+# contiguous, and strided code reads both correctly.
+_SEARCH_ONE: list[Any] = [None]
+
+
+def _bind_search_one() -> Any:
+    try:
+        from numba import types as nt
+
+        def arr(dtype, ndim, layout="C"):
+            return nt.Array(dtype, ndim, layout)
+
+        sig = (arr(nt.float32, 1), nt.int64, nt.int64, arr(nt.float32, 2), arr(nt.int32, 2, "A"),
+               arr(nt.int32, 2), arr(nt.int64, 2), arr(nt.uint32, 1), arr(nt.int64, 1),
+               arr(nt.int64, 1), arr(nt.float32, 1))
+        fn = _k.search_one.compile(sig)  # loads from the numba cache when present
+    except Exception:  # pragma: no cover - numba internals moved: use the dispatcher
+        log.warning("HNSW: direct kernel entry unavailable, using numba dispatch", exc_info=True)
+        fn = _k.search_one
+    _SEARCH_ONE[0] = fn
+    return fn
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValidationError(f"{name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValidationError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class HNSWConfig:
+    """Construction parameters, validated once.
+
+    ``M`` links per node on layers >= 1 and ``2*M`` on layer 0 (M >= 2);
+    ``ef_construction`` >= 1 candidates while inserting; ``ef_search`` >= 1
+    default candidates while searching; ``ml`` >= 0 level multiplier
+    (``None`` means ``1/ln(M)``); ``metric`` one of ``l2``, ``ip``, ``cosine``;
+    ``max_elements`` >= 1 initial capacity (grows by doubling).
+    """
+
+    dim: int
+    M: int = 16
+    ef_construction: int = 200
+    ef_search: int = 50
+    ml: float | None = None
+    seed: int | None = None
+    metric: str = "l2"
+    max_elements: int = 1024
+
+    def __post_init__(self) -> None:
+        _check_int("dim", self.dim, 1)
+        _check_int("M", self.M, 2)
+        _check_int("ef_construction", self.ef_construction, 1)
+        _check_int("ef_search", self.ef_search, 1)
+        _check_int("max_elements", self.max_elements, 1)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0)
+        if self.metric not in _METRICS:
+            raise ValidationError(f"metric must be one of {sorted(_METRICS)}, got {self.metric!r}")
+        if self.ml is not None:
+            if isinstance(self.ml, bool) or not isinstance(self.ml, (int, float, np.floating)):
+                raise ValidationError(f"ml must be a float >= 0 or None, got {self.ml!r}")
+            if not (math.isfinite(self.ml) and self.ml >= 0):
+                raise ValidationError(f"ml must be finite and >= 0 (default 1/ln(M)), got {self.ml}")
+
+    @property
+    def level_mult(self) -> float:
+        return 1.0 / math.log(self.M) if self.ml is None else float(self.ml)
+
+
+class HNSW:
+    """Hierarchical Navigable Small World graph for k-NN search.
+
+    Parameters
+    ----------
+    dim : int
+        Vector dimension.
+    M : int, default 16
+        Links per node on upper layers; layer 0 keeps up to ``2*M``.
+    ef_construction : int, default 200
+        Candidate-list size while inserting (quality vs build time).
+    ef_search : int, default 50
+        Default candidate-list size while searching (``max(ef, k)`` is used).
+    ml : float, optional
+        Level multiplier: level = floor(-ln(U) * ml); default ``1/ln(M)``.
+    seed : int, optional
+        Seeds level assignment; with a seed the graph is identical run to run.
+    metric : {"l2", "ip", "cosine"}, default "l2"
+        Distance returned: Euclidean distance, ``1 - dot``, or ``1 - cos``
+        (cosine vectors are normalised on insert).
+    max_elements : int, default 1024
+        Initial capacity; doubled whenever exceeded.
+    """
+
+    __slots__ = (
+        "_cfg", "_count", "_data", "_dim", "_ef", "_fdata", "_ids", "_kargs", "_kreq",
+        "_links0", "_metric", "_next_id", "_nodes", "_out_d", "_out_ids", "_qshape", "_rng",
+        "_rows", "_state", "_upper", "_visited",
+    )
+
+    def __init__(self, dim: int, M: int = 16, ef_construction: int = 200, ef_search: int = 50,
+                 ml: float | None = None, seed: int | None = None, *, metric: str = "l2",
+                 max_elements: int = 1024) -> None:
+        cfg = HNSWConfig(dim, M, ef_construction, ef_search, ml, seed, metric, max_elements)
+        self._cfg = cfg
+        self._ef = cfg.ef_search
+        self._metric = _METRICS[metric]
+        self._dim = cfg.dim
+        self._qshape = (cfg.dim,)
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+        # Layer-0 row of a node: its vector in columns [0, dim), then its links
+        # [count, ids...] in [dim, dim + 2M + 1); the width is padded to a multiple
+        # of 16 int32 so every row starts on a 64-byte line.
+        cap = cfg.max_elements
+        self._set_rows(_aligned_rows(cap, -(-(cfg.dim + 2 * cfg.M + 1) // 16) * 16))
+        self._upper = np.zeros((max(16, cap // cfg.M), cfg.M + 1), np.int32)
+        self._nodes = np.zeros((cap, 4), np.int64)  # [upper_off, label, deleted, level]
+        self._visited = np.zeros(cap, np.uint32)
+        self._state = np.zeros(_k.STATE_SIZE, np.int64)
+        self._state[[_k.S_ENTRY, _k.S_MAXLEVEL]] = -1
+        self._state[_k.S_METRIC] = self._metric
+        self._state[_k.S_M] = cfg.M
+        self._count = 0  # nodes in the graph, deleted ones included
+        self._rows = 0  # rows of _upper in use
+        self._ids: dict[int, int] = {}  # live user id -> internal node
+        self._next_id = 0  # default id of the next add_items row
+        self._out_ids = np.empty(16, np.int64)
+        self._out_d = np.empty(16, np.float32)
+        self._refresh()
+
+    # ------------------------------------------------------------- internals
+    def _refresh(self) -> None:
+        """Rebuild the kernel argument tuple after any array change."""
+        self._kargs = (self._fdata, self._links0, self._upper, self._nodes, self._visited,
+                       self._state, self._out_ids, self._out_d)
+        self._kreq = 0  # the node count may have changed: re-size result buffers
+
+    def _set_rows(self, data: np.ndarray) -> None:
+        """Adopt ``data`` int32 [cap, W] as the layer-0 storage and make its views."""
+        self._data = data
+        self._fdata = data.view(np.float32)  # vectors: columns [0, dim)
+        self._links0 = data[:, self._dim:self._dim + 2 * self._cfg.M + 1]
+
+    def _reserve(self, nodes: int, rows: int) -> None:
+        """Grow (amortised doubling) to hold ``nodes`` nodes and ``rows`` upper rows."""
+        cap = self._data.shape[0]
+        n = self._count
+        if nodes > cap:
+            new = max(nodes, 2 * cap)
+            data = _aligned_rows(new, self._data.shape[1])
+            data[:n] = self._data[:n]
+            self._set_rows(data)
+            for name in ("_nodes", "_visited"):
+                old = getattr(self, name)
+                arr = np.zeros((new,) + old.shape[1:], old.dtype)
+                arr[:n] = old[:n]
+                setattr(self, name, arr)
+            log.debug("HNSW grew from %d to %d nodes", cap, new)
+        if rows > self._upper.shape[0]:
+            arr = np.zeros((max(rows, 2 * self._upper.shape[0]), self._upper.shape[1]), np.int32)
+            arr[: self._rows] = self._upper[: self._rows]
+            self._upper = arr
+
+    def _as_matrix(self, vectors: Any, what: str) -> np.ndarray:
+        """float32 C-contiguous [n, dim] view/copy of ``vectors`` (1-D means one row)."""
+        try:
+            x = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"{what} must be numeric array-like: {exc}") from None
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self._dim:
+            raise ValidationError(
+                f"{what} must have shape (n, {self._dim}) or ({self._dim},), got {x.shape}")
+        return np.ascontiguousarray(x)
+
+    # ------------------------------------------------------------ insertion
+    def add(self, vec: Any, vec_id: int) -> None:
+        """Insert one vector under the non-negative integer id ``vec_id``.
+
+        Raises
+        ------
+        ValidationError
+            Wrong dimension, NaN/inf (or zero vector for cosine), bad or
+            duplicate id.  The index is unchanged.
+        """
+        x = self._as_matrix(vec, "vec")
+        if x.shape[0] != 1:
+            raise ValidationError(f"add takes one vector; use add_items for {x.shape[0]}")
+        self.add_items(x, [vec_id])
+
+    def add_items(self, vectors: Any, ids: Any = None) -> None:
+        """Insert rows of ``vectors`` [n, dim], in order, in one kernel call.
+
+        ``ids`` defaults to consecutive integers starting after the largest id
+        used so far.  An id that was ``mark_deleted`` may be added again (it
+        becomes a new node).  Validation happens before any change.
+
+        Raises
+        ------
+        ValidationError
+            Wrong shape, NaN/inf (or a zero vector for cosine), ids not
+            non-negative integers, repeated, or already in the index.
+        """
+        x = self._as_matrix(vectors, "vectors")
+        n = x.shape[0]
+        if ids is None:
+            labels = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        else:
+            labels = np.asarray(ids)
+            if labels.ndim == 0:
+                labels = labels[None]
+            if labels.dtype.kind not in "iu" or labels.ndim != 1:
+                raise ValidationError(f"ids must be a 1-D sequence of ints, got dtype {labels.dtype}")
+            if labels.shape[0] != n:
+                raise ValidationError(f"got {n} vectors but {labels.shape[0]} ids")
+            if n and (labels.min() < 0 or labels.max() > np.iinfo(np.int64).max):
+                raise ValidationError("ids must be non-negative int64 values")
+            labels = labels.astype(np.int64)
+            if np.unique(labels).shape[0] != n:
+                raise ValidationError("ids contain duplicates")
+        if n == 0:
+            return
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValidationError(
+                f"vector row {int(np.argmax(bad))} contains NaN or inf (or overflows float32)")
+        if self._metric == _k.METRIC_COSINE:
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+            if (norms == 0).any():
+                raise ValidationError(
+                    f"vector row {int(np.argmax(norms == 0))} is zero; cosine needs a direction")
+            x = (x / norms[:, None]).astype(np.float32)
+        ids_list = labels.tolist()
+        for i in ids_list:
+            if i in self._ids:
+                raise ValidationError(f"id {i} is already in the index; mark_deleted it first")
+
+        # Valid: from here on nothing raises (except MemoryError).
+        levels = np.floor(-np.log1p(-self._rng.random(n)) * self._cfg.level_mult)
+        levels = levels.astype(np.int32)
+        start, stop = self._count, self._count + n
+        rows = int(levels.sum())
+        self._reserve(stop, self._rows + rows)
+        self._fdata[start:stop, :self._dim] = x
+        self._links0[start:stop, 0] = 0  # empty layer-0 lists
+        nd = self._nodes[start:stop]
+        nd[:, 0] = self._rows + np.concatenate(([0], np.cumsum(levels[:-1], dtype=np.int64)))
+        nd[:, 1] = labels
+        nd[:, 2] = 0
+        nd[:, 3] = levels
+        self._upper[self._rows: self._rows + rows, 0] = 0
+        self._rows += rows
+        _k.insert_batch(start, stop, self._dim, self._cfg.ef_construction, self._fdata,
+                        self._links0, self._upper, self._nodes, self._visited, self._state)
+        self._count = stop
+        self._ids.update(zip(ids_list, range(start, stop)))
+        self._next_id = max(self._next_id, int(labels.max()) + 1)
+        self._refresh()
+
+    def mark_deleted(self, vec_id: int) -> None:
+        """Hide ``vec_id`` from results; its node still routes searches.
+
+        Raises
+        ------
+        ValidationError
+            ``vec_id`` is not an int.
+        NotFoundError
+            ``vec_id`` is not in the index (never added or already deleted).
+        """
+        if type(vec_id) is not int:
+            vec_id = _check_int("vec_id", vec_id, 0)
+        idx = self._ids.pop(vec_id, None)
+        if idx is None:
+            raise NotFoundError(f"id {vec_id!r} is not in the index (never added or already deleted)")
+        self._nodes[idx, 2] = 1
+        self._state[_k.S_NDEL] += 1
+
+    # --------------------------------------------------------------- search
+    def search(self, query: Any, k: int, ef: int | None = None) -> list[tuple[int, float]]:
+        """The ``k`` nearest live vectors as ``[(id, distance), ...]``, closest first.
+
+        ``ef`` (default ``ef_search``) is the candidate-list size; ``max(ef, k)``
+        is used.  An empty index returns ``[]``.
+
+        Raises
+        ------
+        ValidationError
+            ``k`` or ``ef`` not a positive int, wrong dimension, NaN/inf query
+            (or a zero query for cosine).
+        """
+        # Hot path: a few cheap checks, one compiled call, one conversion.
+        if type(k) is not int or k <= 0:
+            k = _check_int("k", k, 1)
+        if ef is None:
+            ef = self._ef
+        elif type(ef) is not int or not 0 < ef < _EF_CAP:
+            ef = min(_check_int("ef", ef, 1), _EF_CAP)
+        try:
+            q = np.ascontiguousarray(query, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"query must be a numeric vector: {exc}") from None
+        if q.shape != self._qshape:
+            q = self._as_matrix(query, "query")
+            if q.shape[0] != 1:
+                raise ValidationError(f"search takes one query; use search_batch for {q.shape[0]}")
+            q = q[0]
+        if k != self._kreq:
+            self._resize_out(k)
+        kk = self._out_ids.shape[0]
+        fn = _SEARCH_ONE[0] or _bind_search_one()
+        n = fn(q, kk, ef, *self._kargs)
+        if n == kk:
+            return list(zip(self._out_ids.tolist(), self._out_d.tolist()))
+        if n < 0:
+            raise ValidationError("query contains NaN or inf (or is zero with metric='cosine')")
+        return list(zip(self._out_ids[:n].tolist(), self._out_d[:n].tolist()))
+
+    def _resize_out(self, k: int) -> None:
+        """Size the single-query result buffers to ``k`` (at most the node count)."""
+        kk = min(k, max(self._count, 1))
+        self._out_ids = np.empty(kk, np.int64)
+        self._out_d = np.empty(kk, np.float32)
+        self._refresh()
+        self._kreq = k
+
+    def search_batch(self, queries: Any, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Search every row of ``queries`` [n, dim].
+
+        Returns
+        -------
+        (ids, distances) : (int64 [n, k], float32 [n, k])
+            Row i equals ``search(queries[i], k, ef)``; missing results are
+            padded with id -1 and distance inf.
+        """
+        k = _check_int("k", k, 1)
+        ef = self._ef if ef is None else min(_check_int("ef", ef, 1), _EF_CAP)
+        Q = self._as_matrix(queries, "queries")
+        ids = np.full((Q.shape[0], k), -1, np.int64)
+        dist = np.full((Q.shape[0], k), np.inf, np.float32)
+        rc = _k.search_batch(Q, k, ef, *self._kargs[:6], ids, dist)
+        if rc < 0:
+            raise ValidationError(
+                f"query row {-1 - rc} contains NaN or inf (or is zero with metric='cosine')")
+        return ids, dist
+
+    # ----------------------------------------------------------- inspection
+    @property
+    def ef_search(self) -> int:
+        """Default candidate-list size of ``search`` (settable, >= 1)."""
+        return self._ef
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._ef = _check_int("ef_search", value, 1)
+
+    @property
+    def config(self) -> HNSWConfig:
+        return self._cfg
+
+    def __len__(self) -> int:
+        """Number of live (not deleted) vectors."""
+        return len(self._ids)
+
+    def __contains__(self, vec_id: object) -> bool:
+        return vec_id in self._ids
+
+    def stats(self) -> dict[str, Any]:
+        """Index statistics.
+
+        ``num_vectors`` counts live vectors, ``num_deleted`` deleted nodes still
+        in the graph; ``avg_degree`` is the mean layer-0 out-degree;
+        ``memory_bytes`` the allocated array bytes (capacity, not just use).
+        """
+        n, st = self._count, self._state
+        arrays = (self._data, self._upper, self._nodes, self._visited)
+        return {
+            "num_vectors": len(self._ids),
+            "num_deleted": int(st[_k.S_NDEL]),
+            "num_layers": int(st[_k.S_MAXLEVEL]) + 1 if n else 0,
+            "entry_point": int(self._nodes[st[_k.S_ENTRY], 1]) if n else None,
+            "avg_degree": float(self._links0[:n, 0].mean()) if n else 0.0,
+            "memory_bytes": int(sum(a.nbytes for a in arrays)),
+            "capacity": int(self._data.shape[0]),
+            "dim": self._dim,
+            "M": self._cfg.M,
+            "ef_construction": self._cfg.ef_construction,
+            "ef_search": self._ef,
+            "ml": self._cfg.level_mult,
+            "metric": self._cfg.metric,
+        }
+
+    def graph_arrays(self) -> dict[str, np.ndarray]:
+        """Copies of the used part of the graph in the saved (layout-free) format.
+
+        ``vecs`` float32 [n, dim], ``links0`` int32 [n, 2M+1], ``upper`` int32
+        [rows, M+1], ``upper_off`` int64 [n], ``levels`` int32 [n], ``labels``
+        int64 [n], ``deleted`` uint8 [n].
+        """
+        n, r = self._count, self._rows
+        nd = self._nodes[:n]
+        return {"vecs": self._fdata[:n, :self._dim].copy(),
+                "links0": self._links0[:n].copy(), "upper": self._upper[:r].copy(),
+                "upper_off": nd[:, 0].copy(), "levels": nd[:, 3].astype(np.int32),
+                "labels": nd[:, 1].copy(), "deleted": nd[:, 2].astype(np.uint8)}
+
+    # ------------------------------------------------------------ save/load
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index atomically (versioned, checksummed, no pickle)."""
+        cfg = self._cfg
+        meta = {"dim": cfg.dim, "M": cfg.M, "ef_construction": cfg.ef_construction,
+                "ef_search": self._ef, "ml": cfg.ml, "seed": cfg.seed, "metric": cfg.metric,
+                "max_elements": cfg.max_elements, "entry": int(self._state[_k.S_ENTRY]),
+                "max_level": int(self._state[_k.S_MAXLEVEL]), "next_id": self._next_id,
+                "rng": self._rng.bit_generator.state}
+        write_atomic(path, _MAGIC, _VERSION, self.graph_arrays(), meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HNSW:
+        """Read an index written by :meth:`save`.
+
+        Raises
+        ------
+        CorruptFileError
+            Truncated, corrupted, foreign or inconsistent file.
+        """
+        _, arrays, meta = read_checked(path, _MAGIC, (_VERSION,))
+        try:
+            self = cls(meta["dim"], meta["M"], meta["ef_construction"], meta["ef_search"],
+                       meta["ml"], meta["seed"], metric=meta["metric"],
+                       max_elements=meta["max_elements"])
+            _restore(self, arrays, meta)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, CorruptFileError):
+                raise
+            raise CorruptFileError(f"{os.fspath(path)}: inconsistent HNSW file: {exc}") from None
+        return self
+
+
+def _restore(h: HNSW, a: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Fill a fresh index from saved arrays, checking every graph invariant."""
+    M, dim = h._cfg.M, h._dim
+    expect = {"vecs": (np.float32, 2), "links0": (np.int32, 2), "upper": (np.int32, 2),
+              "upper_off": (np.int64, 1), "levels": (np.int32, 1), "labels": (np.int64, 1),
+              "deleted": (np.uint8, 1)}
+    for name, (dt, nd) in expect.items():
+        if a[name].dtype != dt or a[name].ndim != nd:
+            raise CorruptFileError(f"array {name} has dtype {a[name].dtype}/{a[name].ndim}-D")
+    n, r = a["vecs"].shape[0], a["upper"].shape[0]
+    shapes_ok = (a["vecs"].shape[1] == dim and a["links0"].shape == (n, 2 * M + 1)
+                 and a["upper"].shape[1] == M + 1
+                 and all(a[x].shape == (n,) for x in ("upper_off", "levels", "labels", "deleted")))
+    if not shapes_ok:
+        raise CorruptFileError("array shapes do not match dim/M")
+    lv, off = a["levels"], a["upper_off"]
+    c0, cu = a["links0"][:, 0], a["upper"][:, 0]
+    ok = (np.isfinite(a["vecs"]).all() and (lv >= 0).all() and (a["labels"] >= 0).all()
+          and (a["deleted"] <= 1).all() and int(lv.sum()) == r
+          and np.array_equal(off, np.concatenate(([0], np.cumsum(lv[:-1], dtype=np.int64)))[:n])
+          and ((c0 >= 0) & (c0 <= 2 * M)).all() and ((cu >= 0) & (cu <= M)).all())
+    if ok and n:
+        cols0 = np.arange(2 * M)[None, :] < c0[:, None]
+        colsu = np.arange(M)[None, :] < cu[:, None]
+        l0, lu = a["links0"][:, 1:][cols0], a["upper"][:, 1:][colsu]
+        ok = ((l0 >= 0) & (l0 < n)).all() and ((lu >= 0) & (lu < n)).all()
+        if ok and r:  # a layer-l link must point at a node that has layer l
+            row_lv = np.arange(r) - off[np.repeat(np.arange(n), lv)] + 1
+            ok = bool((lv[lu] >= np.repeat(row_lv, cu)).all())
+    entry, max_level = int(meta["entry"]), int(meta["max_level"])
+    if n:
+        ok = ok and 0 <= entry < n and max_level == int(lv.max()) == int(lv[entry])
+    else:
+        ok = ok and entry == -1 and max_level == -1
+    live = a["labels"][a["deleted"] == 0]
+    ok = ok and np.unique(live).shape[0] == live.shape[0]
+    if not ok:
+        raise CorruptFileError("graph arrays violate HNSW invariants")
+    h._reserve(n, r)
+    h._fdata[:n, :dim] = a["vecs"]
+    h._links0[:n] = a["links0"]
+    h._upper[:r] = a["upper"]
+    h._nodes[:n] = np.stack([off, a["labels"], a["deleted"].astype(np.int64), lv.astype(np.int64)], 1)
+    h._state[[_k.S_ENTRY, _k.S_MAXLEVEL]] = (entry, max_level)
+    h._count, h._rows = n, r
+    alive = np.flatnonzero(a["deleted"] == 0)
+    h._ids = dict(zip(a["labels"][alive].tolist(), alive.tolist()))
+    h._state[_k.S_NDEL] = n - alive.shape[0]
+    h._next_id = _check_int("next_id", meta["next_id"], 0)
+    h._rng.bit_generator.state = meta["rng"]
+    h._refresh()
+
+
+def _aligned_rows(rows: int, cols: int) -> np.ndarray:
+    """Zeroed int32 [rows, cols] whose first byte is 64-byte aligned."""
+    nbytes = rows * cols * 4
+    buf = np.zeros(nbytes + 64, np.uint8)
+    start = (-buf.ctypes.data) % 64
+    return buf[start:start + nbytes].view(np.int32).reshape(rows, cols)
