@@ -6,9 +6,8 @@ PIP := $(PY) -m pip
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,engine]'
+	$(PIP) install -q -e '.[dev,engine,embed]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,9 +24,14 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 
 install-bench: $(VENV)/.installed-bench
 
+BENCH_ARGS ?=
+
 bench: install-bench
-	$(PY) -m benchmarks.bench_structures
-	$(PY) -m benchmarks.bench_kv_cache
+	$(PY) -m benchmarks.bench_structures $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_kv_cache $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_kv_arena $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_planner $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_retrieval $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
