@@ -2,10 +2,11 @@
 block accounting + KV correctness under random add/step/abort/pin sequences.
 
 KV correctness is checked with a fake KV arena: running a plan writes, for each
-computed position, the hash of the whole token prefix up to it into that
-position's block slot (what a real model's K/V depends on), and every read
-(each position before ``num_computed_tokens``) must find the right value.  A
-prefix hit on an uncomputed or recycled block therefore fails the test.
+computed position, the whole token prefix up to it into that position's block
+slot (what a real model's K/V depends on), and every read (each position
+before ``num_computed_tokens``) must find the right value.  A prefix hit on an
+uncomputed or recycled block therefore fails the test, and so does an indexed
+block whose slots do not hold the prefix its chain key names.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from llmds.engine.planner import Planner, PlannerConfig
 from llmds.engine.request import RequestState, RequestStatus
 from llmds.errors import CapacityError, StateError, ValidationError
 
+GARBAGE = ("garbage",)
+
 
 class FakeKV:
-    """Block contents as {block_id: [prefix hash per slot]}; executes plans."""
+    """Block contents as {block_id: [token prefix per slot]}; executes plans."""
 
     def __init__(self, bm: BlockManager):
         self.bm, self.bs = bm, bm.block_size
@@ -34,27 +37,44 @@ class FakeKV:
         toks = s.all_token_ids
         for pos in range(s.num_computed_tokens):
             got = self.mem[s.block_table[pos // self.bs]][pos % self.bs]
-            assert got == hash(tuple(toks[: pos + 1])), f"{s.request_id}: bad KV at {pos}"
+            assert got == tuple(toks[: pos + 1]), f"{s.request_id}: bad KV at {pos}"
 
-    def _write(self, s, n):
+    def _write(self, s, n, garbage=False):
         toks = s.all_token_ids
         for pos in range(s.num_computed_tokens, s.num_computed_tokens + n):
             b = s.block_table[pos // self.bs]
             slot = self.mem[b]
-            slot[pos % self.bs] = hash(tuple(toks[: pos + 1]))
+            slot[pos % self.bs] = GARBAGE if garbage else tuple(toks[: pos + 1])
 
-    def run(self, plan):
-        for s in plan.decode:
+    def run(self, plan, stop_at=None):
+        """Run the plan's items in order (decodes, then prefills in plan order: a later
+        item may read an earlier one's blocks).  ``stop_at=k`` simulates a model that
+        fails on item ``k``: items before it are written, item ``k`` writes garbage."""
+        items = [(s, 1) for s in plan.decode] + list(plan.prefill)
+        for k, (s, n) in enumerate(items):
             self._check_read(s)
-            self._write(s, 1)
-        for s, n in plan.prefill:  # plan order: a later item may read an earlier one's blocks
-            self._check_read(s)
+            if k == stop_at:
+                self._write(s, n, garbage=True)
+                return
             self._write(s, n)
 
     def check_all(self, planner):
         """No write clobbered KV that a running request relies on."""
         for s in planner.running:
             self._check_read(s)
+
+    def check_index(self):
+        """Every indexed block (live or cached-free) holds the computed KV of the prefix
+        its chain key names: slot j holds that prefix up to its j-th token."""
+        pc, bs = self.bm.prefix_cache, self.bs
+        for b in range(self.bm.num_blocks):
+            if not pc.is_indexed(b):
+                continue
+            full = self.mem[b][bs - 1]
+            assert full is not None and full != GARBAGE, f"indexed block {b} holds uncomputed KV"
+            assert full[-bs:] == pc.tokens_of(b) and len(full) % bs == 0, f"indexed block {b}: wrong tokens"
+            assert pc.chain_keys(full, len(full) // bs)[-1] == pc.key_of(b), f"indexed block {b}: wrong prefix"
+            assert self.mem[b] == [full[: len(full) - bs + j + 1] for j in range(bs)], f"block {b}: stale slots"
 
 
 def tok_fn(s):
@@ -72,6 +92,7 @@ def drive(p, fake=None, steps=10_000):
         fin_all += p.update(plan, [tok_fn(s) for s in plan.sampling])
         if fake is not None:
             fake.check_all(p)
+            fake.check_index()
     raise AssertionError("did not finish")
 
 
@@ -307,10 +328,12 @@ PREFIXES = [[1, 2, 1, 2, 1, 2, 1, 2], [3, 3, 3, 3, 1, 1], [1, 2, 1, 2, 4]]
 
 
 class BlockAccounting(RuleBasedStateMachine):
+    num_blocks = 14
+
     def __init__(self):
         super().__init__()
         self.bs = 2
-        self.bm = BlockManager(14, self.bs)
+        self.bm = BlockManager(self.num_blocks, self.bs)
         cfg = PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=3, policy="priority")
         self.p = Planner(cfg, self.bm)
         self.fake = FakeKV(self.bm)
@@ -364,6 +387,7 @@ class BlockAccounting(RuleBasedStateMachine):
     @invariant()
     def kv_intact(self):
         self.fake.check_all(self.p)
+        self.fake.check_index()
 
     @invariant()
     def every_block_accounted_once(self):

@@ -19,12 +19,16 @@ from cb_lab.exceptions import (
     KVMemoryError,
     RequestError,
     RequestNotFoundError,
+    SchedulerError,
     ValidationError,
 )
 from cb_lab.model.tiny_llm import TinyLLM
+from cb_lab.plugins.base import AttentionPlugin, CachePlugin, PluginManager, SchedulerPlugin
+from cb_lab.plugins.builtin import CacheCompressionPlugin
 from llmds import errors
-from llmds.engine.block_manager import BlockCountKV
+from llmds.engine.block_manager import BlockCountKV, BlockManager
 from llmds.engine.kv_arena import TensorKVCache
+from llmds.engine.request import RequestState, RequestStatus
 
 DIM = 16
 
@@ -469,3 +473,191 @@ def test_decode_rounds_are_exact():
         (2, 0),
     ] + [(0, 1)] * 4
     assert len(stats) == math.ceil(10 / 4) + 5 - 1
+
+
+# ------------------------------------------------------------ a failing step is cancelled
+class FailOnce(SchedulerPlugin, AttentionPlugin, CachePlugin):
+    """Raises ``RuntimeError`` at the ``at``-th call of one hook ("model" wraps the forward pass)."""
+
+    def __init__(self, hook: str, at: int):
+        self.hook, self.at, self.calls, self.error = hook, at, 0, None
+
+    def tick(self, name: str) -> None:
+        if name == self.hook and self.error is None:
+            self.calls += 1
+            if self.calls == self.at:
+                self.error = RuntimeError(f"injected failure in {name}")
+                raise self.error
+
+    def install(self, sched: Scheduler) -> None:
+        pm = sched.plugins
+        pm.register_scheduler_plugin(self)
+        pm.register_attention_plugin(self)
+        pm.register_cache_plugin(self)
+        forward = sched.model.forward_ragged
+
+        def failing_forward(*args, **kw):
+            self.tick("model")
+            return forward(*args, **kw)
+
+        sched.model.forward_ragged = failing_forward  # this instance only
+
+    def before_step(self, scheduler):
+        self.tick("before_step")
+
+    def after_step(self, scheduler, stats):
+        self.tick("after_step")
+
+    def on_request_finished(self, scheduler, request):
+        self.tick("finished")
+
+    def on_attention(self, scheduler, record):
+        self.tick("attention")
+
+    def before_append(self, cache, k, v):
+        self.tick("before_append")
+
+    def after_append(self, cache, k, v):
+        self.tick("after_append")
+
+
+# hooks whose failure leaves the scheduler as before the step (the step is redone); a failure in
+# on_request_finished / after_step comes after the step was applied
+REDONE = ("before_step", "model", "attention", "before_append", "after_append")
+
+
+def _run_failing(sched, reqs, arrivals, plugin):
+    """run_scheduler, catching the one injected failure; returns (stats, the error).
+
+    Arrivals count applied steps, so a redone step sees what the failed one saw."""
+    pending = sorted(zip(arrivals, range(len(reqs))))
+    stats, caught, step = [], None, 0
+    while pending or sched.active:
+        while pending and pending[0][0] <= step:
+            sched.add_request(reqs[pending.pop(0)[1]])
+        try:
+            stats.append(sched.step())
+        except RuntimeError as exc:
+            assert caught is None and exc is plugin.error  # the original error, re-raised once
+            caught = exc
+            if plugin.hook in REDONE:
+                continue
+        step += 1
+        assert step < 500
+    return stats, caught
+
+
+def _setup(name):
+    model = TinyLLM(DIM, num_heads=2, seed=3)
+    if name == "dense":
+        return Scheduler(model, 5, 2), _requests(DenseKVCache)
+    pool = TensorKVCache(1, 1, DIM, 128, block_size=4)  # cb_lab caches on one shared pool
+    sched = Scheduler(model, 8, 4, kv=BlockCountKV(num_blocks=5, block_size=3))  # tight: preempts
+    return sched, _requests(lambda: PagedKVCache(pool=pool), seed=0)
+
+
+ARRIVALS = [0, 0, 2, 3, 5]
+_BASELINES: dict = {}
+
+
+def _baseline(name):
+    """The run without a failure (checked once against isolated runs)."""
+    if name not in _BASELINES:
+        sched, reqs = _setup(name)
+        stats = run_scheduler(sched, reqs, ARRIVALS)
+        for r in reqs:
+            ref = isolated_outputs(sched.model, r.prompt, r.max_new_tokens)
+            assert_close(torch.stack(r.generated_tokens), ref, atol=1e-5)
+        _BASELINES[name] = (stats, [torch.stack(r.generated_tokens) for r in reqs])
+    return _BASELINES[name]
+
+
+def _without_duration(stats):
+    return [{k: v for k, v in s.items() if k != "step_duration"} for s in stats]
+
+
+@pytest.mark.parametrize("hook,at", [("model", 3), ("attention", 4), ("before_append", 5),
+                                     ("after_append", 6), ("after_append", 1), ("before_step", 2),
+                                     ("finished", 1), ("after_step", 3)])
+@pytest.mark.parametrize("setup", ["dense", "paged-tight"])
+def test_failing_step_is_cancelled_and_outputs_equal_a_run_without_it(hook, at, setup):
+    base_stats, base_outputs = _baseline(setup)
+    sched, reqs = _setup(setup)
+    plugin = FailOnce(hook, at)
+    plugin.install(sched)
+    stats, err = _run_failing(sched, reqs, ARRIVALS, plugin)
+    assert err is not None
+    if hook in REDONE:
+        if hook != "before_step":
+            assert any("was cancelled" in n for n in err.__notes__)
+        # the failed step was redone as planned: the very same steps as without the failure
+        assert _without_duration(stats) == _without_duration(base_stats)
+    else:  # applied, its stats lost with the error; its finished requests are reported next
+        finished = [i for s in stats for i in s["finished_request_ids"]]
+        assert sorted(finished) == sorted(r.req_id for r in reqs)
+    assert not sched.planner.has_unfinished() and not sched.active
+    for r, out in zip(reqs, base_outputs):
+        assert r.finished and len(r.generated_tokens) == r.max_new_tokens
+        assert_close(torch.stack(r.generated_tokens), out, atol=1e-6)
+    if setup != "dense":
+        pool = reqs[0].kv_cache.pool
+        assert pool.allocator.num_free == pool.num_blocks
+        assert any(s["preempted_request_ids"] for s in stats)
+
+
+def test_cache_shrunk_during_a_failed_step_is_recomputed():
+    """A compressed cache cannot be cut back to its pre-step rows: its request is preempted."""
+    model = TinyLLM(DIM, seed=11)
+    pm = PluginManager()
+    pm.register_cache_plugin(CacheCompressionPlugin(0.5, num_sink_tokens=2, min_tokens=4))
+    sched = Scheduler(model, 8, 4, plugins=pm)
+    plugin = FailOnce("after_append", 3)  # step 1, r0's append: r0's cache was just compressed 8 -> 4 rows
+    plugin.install(sched)
+    g = torch.Generator().manual_seed(0)
+    reqs = [Request(i, torch.randn(n, DIM, generator=g), 5, DenseKVCache()) for i, n in enumerate((16, 11))]
+    for r in reqs:
+        sched.add_request(r)
+    sched.step()
+    with pytest.raises(RuntimeError, match="injected"):
+        sched.step()
+    r0, r1 = reqs
+    assert r0.num_preemptions == 1 and r0.status is RequestStatus.PREEMPTED and len(r0.kv_cache) == 0
+    assert r1.num_computed_tokens == 4 and len(r1.kv_cache) == 4  # restored exactly
+    while sched.active:
+        sched.step()
+    assert [len(r.generated_tokens) for r in reqs] == [5, 5]
+
+
+def test_abort_from_inside_a_step_is_refused_and_the_step_cancelled():
+    class Aborter(AttentionPlugin):
+        def on_attention(self, scheduler, record):
+            scheduler.abort(record.req_ids[0])
+
+    pm = PluginManager()
+    pm.register_attention_plugin(Aborter())
+    sched = Scheduler(TinyLLM(DIM), 8, 4, plugins=pm)
+    req = Request("a", torch.randn(3, DIM), 2, DenseKVCache())
+    sched.add_request(req)
+    with pytest.raises(SchedulerError, match="abort"):
+        sched.step()
+    assert req.num_computed_tokens == 0 and len(req.kv_cache) == 0 and req.status is RequestStatus.WAITING
+    pm.attention_plugins.clear()
+    assert sched.step()["step_id"] == 0 and len(req.kv_cache) == 3
+    sched.abort("a")  # between steps: fine
+    assert req.status is RequestStatus.FINISHED_ABORTED
+
+
+def test_pinned_blocks_that_strand_a_queued_request_raise_kv_memory_error():
+    bm = BlockManager(8, 2)
+    warm = RequestState("warm", [1, 2, 3, 4, 0], max_new_tokens=1)  # leaves [1, 2], [3, 4] cached
+    assert bm.allocate(warm, 5)
+    bm.free(warm)
+    sched = Scheduler(TinyLLM(DIM), 8, 4, kv=bm)
+    sched.add_request(Request("big", torch.randn(12, DIM), 3, DenseKVCache()))  # 7 of 8 blocks
+    pinned = bm.pin_prefix([1, 2, 3, 4])  # behind the planner's back: only 6 blocks left for "big"
+    with pytest.raises(KVMemoryError, match="'big'"):
+        sched.step()
+    bm.unpin(pinned)
+    while sched.active:
+        sched.step()
+    assert bm.num_free_blocks == 8

@@ -8,6 +8,8 @@ import math
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import invariant, rule
+from test_block_manager import PREFIXES, BlockAccounting, FakeKV, R, drive, tok_fn
 
 from llmds.engine.block_manager import BlockCountKV, BlockManager, NullKV
 from llmds.engine.planner import KVManager, Planner, PlannerConfig, StepPlan
@@ -548,3 +550,307 @@ def test_outputs_and_stops_independent_of_scheduling(work, budget, blocks):
         else:
             assert r.output_token_ids == seq[: cut + 1] and r.status is RequestStatus.FINISHED_STOPPED
         assert r.num_output_tokens == len(r.output_token_ids)
+
+
+# --------------------------------------------------------------------- cancel
+def _snapshot(p, bm):
+    """Everything a cancelled step must leave as it was (no preemption in the step)."""
+    alloc, pc = bm.allocator, bm.prefix_cache
+    reqs = {rid: (s.status, s.num_computed_tokens, s.num_cached_tokens, s.num_output_tokens, s.num_tokens,
+                  list(s.output_token_ids), len(s.block_table)) for rid, s in p._requests.items()}
+    return {
+        "reqs": reqs,
+        "waiting": ids(p.waiting()),
+        "running": ids(p.running),
+        "refs": [alloc.refcount(b) for b in range(bm.num_blocks)],
+        "index": {b: pc.key_of(b) for b in range(bm.num_blocks) if pc.is_indexed(b)},
+        "stats": bm.stats(),
+        "tables": {rid: list(s.block_table) for rid, s in p._requests.items()},
+    }
+
+
+def _items(plan):
+    return (ids(plan.decode), [(s.request_id, n) for s, n in plan.prefill], ids(plan.preempted))
+
+
+@pytest.mark.parametrize("stop_at", [None, 0, 3])
+def test_cancel_rolls_back_exactly_then_the_same_plan_runs(stop_at):
+    bm = BlockManager(40, 4)
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8, prefill_chunk_size=10), bm)
+    fake = FakeKV(bm)
+    prefix = list(range(100, 124))  # 6 blocks
+    a = R("a", prefix + [1, 2, 3], max_new=3)
+    d = R("d", [7, 7, 7, 7], max_new=6)
+    p.add(a)
+    p.add(d)
+    plan = p.schedule()  # a: tokens [0, 10); d: its whole prompt, samples
+    fake.run(plan)
+    p.update(plan, [tok_fn(s) for s in plan.sampling])
+    b, c = R("b", prefix + [9]), R("c", [5] * 9)
+    p.add(b)
+    p.add(c)
+    before = _snapshot(p, bm)
+    plan = p.schedule()
+    # d decodes across a block boundary (a new block); a's chunk [10, 20) registers blocks 2..4 and
+    # b, admitted in the same step, hits them: 20 tokens whose KV this plan has not computed yet
+    assert _items(plan) == (["d"], [("a", 10), ("b", 5), ("c", 9)], [])
+    assert len(d.block_table) == 2 and b.num_cached_tokens == 20 and b.block_table[:5] == a.block_table[:5]
+    assert all(bm.prefix_cache.is_indexed(x) for x in a.block_table[2:5])
+    with pytest.raises(StateError):
+        p.pin_prefix(prefix)  # would pin blocks whose KV is not computed yet
+    fake.run(plan, stop_at=stop_at)  # the model fails on item stop_at (writing garbage), or after all
+    assert p.cancel(plan) == []
+    assert _snapshot(p, bm) == before
+    assert b.status is RequestStatus.WAITING and b.block_table == [] and b.num_cached_tokens == 0
+    fake.check_all(p)
+    fake.check_index()
+    with pytest.raises(StateError):
+        p.update(plan)
+    with pytest.raises(StateError):
+        p.cancel(plan)
+    again = p.schedule()
+    assert again.step_id == plan.step_id and _items(again) == _items(plan) and b.num_cached_tokens == 20
+    fake.run(again)
+    p.update(again, [tok_fn(s) for s in again.sampling])
+    drive(p, fake)
+    assert bm.num_free_blocks == 40 and [r.num_output_tokens for r in (a, b, c, d)] == [3, 2, 2, 6]
+
+
+def test_cancel_keeps_preemptions_and_returns_boundary_blocks():
+    p, kv = _fill_decoders("fcfs", [0, 0, 0, 0])
+    plan = p.schedule()
+    assert ids(plan.preempted) == [3, 2] and ids(plan.decode) == [0, 1] and kv.num_free_blocks == 0
+    assert p.cancel(plan) == []
+    # the victims stay preempted (waiting, nothing computed); 0 and 1 gave back their new blocks
+    assert [p.get(i).status for i in range(4)] == [RUNNING, RUNNING, PREEMPTED, PREEMPTED]
+    assert [kv.num_blocks_of(p.get(i)) for i in range(4)] == [1, 1, 0, 0] and kv.num_free_blocks == 2
+    assert [p.get(i).num_computed_tokens for i in range(4)] == [4, 4, 0, 0]
+    plan2, _ = run_step(p)
+    assert plan2.step_id == plan.step_id and ids(plan2.decode) == [0, 1] and plan2.preempted == []
+    while p.has_unfinished():
+        run_step(p)
+    assert kv.num_free_blocks == 4
+
+
+def test_cancel_applies_aborts_made_in_flight_and_block_count_rollback():
+    kv = BlockCountKV(16, 4)
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=3), kv)
+    x, y = req("x", 7, max_new=3), req("y", 2, max_new=3)
+    p.add(x)
+    run_step(p)  # x: 3 of 7 computed, 1 block
+    p.add(y)
+    plan = p.schedule()  # x: [3, 6) needs a 2nd block; y admitted (1 block)
+    assert kv.num_free_blocks == 13
+    assert p.abort("x").status is RUNNING  # deferred while in flight
+    fin = p.cancel(plan)
+    assert fin == [x] and x.status is RequestStatus.FINISHED_ABORTED and "x" not in p
+    assert y.status is RequestStatus.WAITING and kv.num_free_blocks == 16 and p.num_waiting == 1
+    plan, _ = run_step(p)
+    assert plan.step_id == 1 and [(s.request_id, n) for s, n in plan.prefill] == [("y", 2)]
+
+
+def test_cancel_contract_errors():
+    p = Planner()
+    with pytest.raises(StateError):
+        p.cancel(StepPlan(0, [], [], [], 0))
+    p.add(req("a", 3))
+    plan = p.schedule()
+    with pytest.raises(StateError):
+        p.cancel(StepPlan(0, [], [], [], 0))  # not the plan in flight
+    p.update(plan)
+    with pytest.raises(StateError):
+        p.cancel(plan)  # already applied
+    s = p.get("a")
+    assert (s.num_computed_tokens, s.num_output_tokens) == (3, 1)
+
+
+def test_preempt_public():
+    kv = BlockCountKV(8, 2)
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2), kv)
+    p.add(req("a", 3, max_new=3))
+    p.add(req("w", 3, max_new=3))
+    p.add(req("z", 3, max_new=3))
+    run_step(p)
+    with pytest.raises(NotFoundError):
+        p.preempt("nope")
+    with pytest.raises(StateError):
+        p.preempt("z")  # waiting
+    plan = p.schedule()
+    with pytest.raises(StateError):
+        p.preempt("a")  # in flight
+    p.update(plan)
+    a = p.preempt("a")
+    assert a.status is PREEMPTED and a.num_computed_tokens == 0 and kv.num_blocks_of(a) == 0 and a.num_preemptions == 1
+    outs = {}
+    while p.has_unfinished():
+        for s in run_step(p)[1]:
+            outs[s.request_id] = s.num_output_tokens
+    assert outs == {"a": 3, "w": 3, "z": 3}
+
+
+class CancelledSteps(BlockAccounting):
+    """BlockAccounting's random add/step/abort/pin/unpin, plus steps whose model fails part way and are
+    cancelled, pins through the planner (refused when a live request could no longer finish), and
+    the checks: a cancelled step advances nothing, indexed blocks hold computed KV, blocks add up.
+    A smaller pool than BlockAccounting's, so that pins often leave too little room for a request."""
+
+    num_blocks = 10
+
+    @rule(data=st.data())
+    def failed_step(self, data):
+        p = self.p
+        if not p.has_unfinished():
+            return
+        before = {rid: (s.status, s.num_computed_tokens, s.num_tokens, list(s.output_token_ids))
+                  for rid, s in self.live.items()}
+        waiting = set(ids(p.waiting()))
+        plan = p.schedule()
+        n_items = len(plan.decode) + len(plan.prefill)
+        stop_at = data.draw(st.integers(0, n_items), label="stop_at")  # n_items: fails after the model
+        self.fake.run(plan, stop_at=stop_at)
+        if plan.preempted:
+            event("cancelled a step that preempted")
+        if any(s.num_cached_tokens for s, _ in plan.prefill):
+            event("cancelled a step with prefix hits")
+        aborted = set()
+        if self.live and data.draw(st.booleans(), label="abort in flight"):
+            rid = data.draw(st.sampled_from(sorted(self.live)))
+            p.abort(rid)
+            aborted.add(rid)
+        for s in p.cancel(plan):
+            assert s.request_id in aborted and s.status is RequestStatus.FINISHED_ABORTED and s.block_table == []
+        for rid in aborted:
+            del self.live[rid]
+        pre = set(ids(plan.preempted))
+        for rid, s in self.live.items():
+            status, comp, ntok, outs = before[rid]
+            assert (s.num_tokens, s.output_token_ids) == (ntok, outs), "a cancelled step advanced a request"
+            if rid in pre:
+                assert s.status is PREEMPTED and s.num_computed_tokens == 0
+            else:
+                assert (s.status, s.num_computed_tokens) == (status, comp)
+        assert set(ids(p.waiting())) == (waiting | pre) - aborted
+        if data.draw(st.booleans(), label="run the next step at once"):
+            plan2 = p.schedule()
+            assert plan2.step_id == plan.step_id
+            self.fake.run(plan2)
+            for s in p.update(plan2, [tok_fn(s) for s in plan2.sampling]):
+                del self.live[s.request_id]
+
+    @rule(prefix=st.integers(0, 2))
+    def pin(self, prefix):
+        if len(self.pins) < 2:
+            pc = self.bm.prefix_cache
+            refs = [self.bm.allocator.refcount(b) for b in range(self.bm.num_blocks)]
+            try:
+                self.pins.append(self.p.pin_prefix(PREFIXES[prefix]))
+            except CapacityError:
+                event("pin refused")
+                assert [self.bm.allocator.refcount(b) for b in range(self.bm.num_blocks)] == refs
+                assert pc.num_pinned == len({b for pages in self.pins for b in pages})
+
+    @invariant()
+    def every_live_request_can_finish(self):
+        for s in self.live.values():
+            self.bm.check_fits(s)
+
+
+TestCancelledSteps = CancelledSteps.TestCase
+TestCancelledSteps.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# --------------------------------------------------------------------- pinned blocks and capacity
+def _fake_step(p, fake):
+    plan = p.schedule()
+    fake.run(plan)
+    return plan, p.update(plan, [tok_fn(s) for s in plan.sampling])
+
+
+def _cache_prefix(p, fake, toks):
+    """Leave ``toks`` (full blocks) in the prefix cache: run a request with that prompt."""
+    p.add(R(("warm", tuple(toks)), list(toks) + [0], max_new=1))
+    drive(p, fake)
+
+
+def test_fit_check_counts_pinned_blocks_and_shared_ones():
+    bm = BlockManager(8, 2)
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=4), bm)
+    fake = FakeKV(bm)
+    _cache_prefix(p, fake, [1, 2, 3, 4])
+    pinned = p.pin_prefix([1, 2, 3, 4])
+    assert len(pinned) == 2 and bm.prefix_cache.num_pinned == 2
+    # 13 prompt tokens need 7 blocks: the pool has 8 but 2 are pinned and not shared
+    with pytest.raises(CapacityError, match=r"only 6 of the pool's 8 blocks are available to it \(2 are pinned"):
+        p.add(R("far", range(50, 63), max_new=1))
+    with pytest.raises(CapacityError, match="needs 8 blocks"):
+        p.add(R("far2", range(50, 62), max_new=4))  # 12 + 3 KV tokens: 8 blocks
+    assert not p.has_unfinished()
+    # 8 blocks at its peak, 2 of them the pinned prefix it shares: fits
+    near = R("near", [1, 2, 3, 4] + list(range(50, 61)), max_new=2)
+    assert p.add(near)
+    ok = R("ok", range(70, 82), max_new=1)  # 6 blocks
+    assert p.add(ok)
+    drive(p, fake)
+    assert near.num_output_tokens == 2 and near.num_cached_tokens == 4 and ok.num_output_tokens == 1
+    assert bm.evictions == 0 or all(bm.prefix_cache.is_indexed(b) for b in pinned)
+    p.unpin(pinned)
+    assert p.add(R("far", range(50, 63), max_new=1))  # no pins: the whole pool
+    drive(p, fake)
+    assert bm.num_free_blocks == 8
+
+
+@pytest.mark.parametrize("state", ["waiting", "running"])
+def test_pin_refused_when_a_live_request_could_not_finish(state):
+    bm = BlockManager(8, 2)
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=4), bm)
+    fake = FakeKV(bm)
+    _cache_prefix(p, fake, [1, 2, 3, 4])
+    big = R("big", range(50, 62), max_new=3)  # 12 + 2 KV tokens: 7 blocks of 8
+    p.add(big)
+    if state == "running":
+        _fake_step(p, fake)
+        assert big.status is RUNNING
+    refs = [bm.allocator.refcount(b) for b in range(8)]
+    with pytest.raises(CapacityError, match="would leave request 'big' unable to finish"):
+        p.pin_prefix([1, 2, 3, 4])
+    assert bm.prefix_cache.num_pinned == 0 and [bm.allocator.refcount(b) for b in range(8)] == refs
+    # a request that shares the pinned prefix keeps fitting: that pin is allowed
+    p.abort("big")
+    sharer = R("sharer", [1, 2, 3, 4] + list(range(50, 60)), max_new=3)  # 16 KV tokens: all 8 blocks
+    p.add(sharer)
+    pinned = p.pin_prefix([1, 2, 3, 4])
+    assert len(pinned) == 2
+    drive(p, fake)
+    assert sharer.num_output_tokens == 3
+    p.unpin(pinned)
+    assert bm.num_free_blocks == 8 and bm.prefix_cache.num_pinned == 0
+
+
+def test_pin_requires_a_prefix_cache():
+    p = Planner(kv=BlockCountKV(4, 2))
+    with pytest.raises(StateError):
+        p.pin_prefix([1, 2])
+    with pytest.raises(StateError):
+        p.unpin([0])
+
+
+@pytest.mark.parametrize("state", ["waiting", "running"])
+def test_pin_behind_the_planners_back_is_reported_not_a_livelock(state):
+    bm = BlockManager(8, 2)
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=4), bm)
+    fake = FakeKV(bm)
+    _cache_prefix(p, fake, [1, 2, 3, 4])
+    big = R("big", range(50, 62), max_new=3)  # 7 blocks of 8
+    p.add(big)
+    if state == "running":
+        _fake_step(p, fake)
+    pinned = bm.pin_prefix([1, 2, 3, 4])  # directly on the manager: nothing checks the planner's requests
+    with pytest.raises(CapacityError, match="'big'.*abort it or unpin"):
+        for _ in range(20):  # a running big request preempts itself first, then cannot be readmitted
+            _fake_step(p, fake)
+    assert big.status is not RUNNING and p.num_running == 0
+    with pytest.raises(CapacityError):
+        p.schedule()  # still reported (nothing in flight, nothing changed)
+    bm.unpin(pinned)
+    drive(p, fake)
+    assert big.num_output_tokens == 3 and bm.num_free_blocks == 8

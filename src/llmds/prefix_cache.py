@@ -206,6 +206,9 @@ class PrefixCache:
                 del self._pins[p]
         self.free(page_ids)
 
+    def is_pinned(self, page_id: int) -> bool:
+        return page_id in self._pins
+
     @property
     def num_pinned(self) -> int:
         return len(self._pins)

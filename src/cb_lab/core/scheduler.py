@@ -12,6 +12,17 @@ budget of ``max_tokens_per_step`` tokens.  This class only executes the plan:
    output at a request's last computed position), and report the step.
 
 Plugins are called at the points listed in :mod:`llmds.engine.plugins`.
+
+If the model or a plugin raises between planning and applying a step, the
+step is cancelled and the error re-raised unchanged (with a note): the
+planner rolls the step back (``Planner.cancel``), every request's KV cache is
+cut back to its rows before the step and its outputs of the step are
+dropped, so the next ``step()`` redoes the work.  A cache that a cache plugin
+shrank during the failed step (e.g. compression) cannot be cut back exactly;
+its request is preempted (cache cleared, recomputed later).  A plugin error
+after the step was applied (``on_request_finished``, ``after_step``)
+propagates too; the step stays applied and its finished requests are
+reported by the next step.
 """
 
 from __future__ import annotations
@@ -29,11 +40,13 @@ from llmds.engine.lab_errors import (
     KVMemoryError,
     RequestError,
     RequestNotFoundError,
+    SchedulerError,
     ValidationError,
 )
 from llmds.engine.models.tiny import TinyLLM
 from llmds.engine.planner import KVManager, Planner, PlannerConfig
 from llmds.engine.plugins import AttentionRecord, PluginManager
+from llmds.engine.request import RequestStatus
 from llmds.errors import CapacityError
 
 __all__ = ["Scheduler"]
@@ -104,6 +117,7 @@ class Scheduler:
             policy=policy,
         )
         self.planner = Planner(config, kv)
+        self._plan = None  # the plan being run (between schedule and update / cancel)
         self.step_id = 0
         self._live: dict[Hashable, Request] = {}  # unfinished requests, in order of arrival
         self._finished_since_step: list[
@@ -167,19 +181,30 @@ class Scheduler:
             self.plugins.request_finished(self, req)
 
     def abort(self, req_id: Hashable) -> Request:
-        """Finish an active request now (status FINISHED_ABORTED); unknown ids raise."""
+        """Finish an active request now (status FINISHED_ABORTED); unknown ids raise.
+
+        Not from a hook that runs while a step executes (``on_attention``,
+        cache hooks): ``SchedulerError``; abort from ``before_step``/``after_step``.
+        """
         req = self.get(req_id)
+        if self._plan is not None:
+            raise SchedulerError(
+                f"abort({req_id!r}) while step {self.step_id} is running; abort before or after the step"
+            )
         self.planner.abort(req_id)
         self._retire(req)
         self._finished_since_step.append(req)
         return req
 
     def _retire(self, req: Request) -> None:
+        self._release(req)
+        self.plugins.request_finished(self, req)
+
+    def _release(self, req: Request) -> None:
         del self._live[req.req_id]
         req._owner = None
         if self.release_finished_kv:
             req.kv_cache.release()
-        self.plugins.request_finished(self, req)
 
     # --------------------------------------------------------------------- step
     def step(self) -> dict[str, Any]:
@@ -191,30 +216,54 @@ class Scheduler:
         previous step), ``preempted_request_ids``, ``step_duration`` (seconds,
         on the injected clock) and ``status`` (``"completed"``, or
         ``"no_active_requests"`` when there was nothing to run).
+
+        If the model or a plugin raises while the step runs, the step is
+        cancelled (see the module docstring) and the error propagates; the
+        next ``step()`` redoes it with the same ``step_id``.  ``KVMemoryError``
+        when a queued request can no longer fit beside pinned KV blocks.
         """
         t0 = self.clock()
         self.plugins.before_step(self)
-        finished = self._finished_since_step
-        self._finished_since_step = []
         decode_tokens = prefill_tokens = 0
         preempted: list[Request] = []
+        done: list[Request] = []
         if self._live:
-            plan = self.planner.schedule()
+            try:
+                plan = self.planner.schedule()
+            except CapacityError as exc:  # a queued request no longer fits beside pinned blocks
+                raise KVMemoryError(str(exc)) from None
+            self._plan = plan
             preempted = plan.preempted
-            for req in preempted:  # recomputed from scratch when readmitted
-                req.kv_cache.release()
-            items = [(r, r.num_computed_tokens, 1) for r in plan.decode]
-            items += [(r, r.num_computed_tokens, n) for r, n in plan.prefill]
-            if items:
-                self._run(items)
+            touched: list[tuple[Request, int, int]] = []  # (request, cache rows, rows appended) before
+            try:
+                for req in preempted:  # recomputed from scratch when readmitted
+                    req.kv_cache.release()
+                items = [(r, r.num_computed_tokens, 1) for r in plan.decode]
+                items += [(r, r.num_computed_tokens, n) for r, n in plan.prefill]
+                if items:
+                    self._run(items, touched)
+            except BaseException as exc:
+                self._cancel(plan, touched)
+                exc.add_note(f"cb_lab: step {self.step_id} was cancelled; the scheduler is as before it")
+                raise
+            finally:
+                self._plan = None
             done = self.planner.update(plan)
             for req in done:
-                self._retire(req)
-            finished = finished + done
+                self._release(req)
             decode_tokens, prefill_tokens = plan.num_decode_tokens, plan.num_prefill_tokens
             status = "completed"
         else:
             status = "no_active_requests"
+        finished = self._finished_since_step + done
+        self._finished_since_step = []
+        try:
+            for req in done:
+                self.plugins.request_finished(self, req)
+        except BaseException:
+            self._finished_since_step = finished + self._finished_since_step  # report them next step
+            self.step_id += 1
+            raise
         stats = {
             "step_id": self.step_id,
             "decode_tokens": decode_tokens,
@@ -231,8 +280,38 @@ class Scheduler:
         self.plugins.after_step(self, stats)
         return stats
 
-    def _run(self, items: list[tuple[Request, int, int]]) -> None:
-        """One forward pass over ``(request, start, num_tokens)`` items; stores KV and outputs."""
+    def _cancel(self, plan, touched: list[tuple[Request, int, int]]) -> None:
+        """Undo a failed step: planner, KV caches (cut back to their rows before it), outputs."""
+        aborted = self.planner.cancel(plan)
+        lost = []
+        for req, rows, appended in touched:
+            cache = req.kv_cache
+            added = cache.num_appended - appended
+            if rows == 0:
+                cache.release()
+            elif len(cache) == rows + added:  # nothing dropped during the step: cut the new rows
+                if added:
+                    cache.retain(range(rows))
+            else:  # a cache plugin removed rows during the step: not restorable
+                cache.release()
+                lost.append(req)
+            cache.num_appended = appended
+        for req in plan.decode + [r for r, _ in plan.prefill]:
+            del req.generated_tokens[req.num_output_tokens :]  # outputs recorded by the failed step
+        for req in lost:
+            if req.status is RequestStatus.RUNNING:
+                self.planner.preempt(req.req_id)
+        for req in aborted:
+            if req.req_id in self._live:
+                self._release(req)
+                self._finished_since_step.append(req)
+
+    def _run(self, items: list[tuple[Request, int, int]], touched: list) -> None:
+        """One forward pass over ``(request, start, num_tokens)`` items; stores KV and outputs.
+
+        Appends ``(request, len(cache), cache.num_appended)`` to ``touched``
+        before each request's cache is first changed (what ``_cancel`` restores).
+        """
         batch = pack_chunks([(r.req_id, s, r.token_rows(s, s + n)) for r, s, n in items])
         past = [r.kv_cache.get_kv() if len(r.kv_cache) else None for r, _, _ in items]
         lens = [0 if p is None else p[0].size(0) for p in past]
@@ -257,6 +336,7 @@ class Scheduler:
             )
         for i, (req, start, n) in enumerate(items):
             a, b = batch.starts[i], batch.starts[i + 1]
+            touched.append((req, len(req.kv_cache), req.kv_cache.num_appended))
             self.plugins.append(req.kv_cache, out.k[a:b], out.v[a:b])
             if start + n == req.num_tokens:  # all known tokens computed: the last output is sampled
                 req._record_output(out.out[b - 1])

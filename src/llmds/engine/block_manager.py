@@ -18,11 +18,20 @@ When full blocks are registered (and why it is safe):
   comes first.
 
 Hence an indexed block always holds computed KV or KV that the current plan
-computes before any reader.  A freed indexed block stays reusable on the
+computes before any reader; a cancelled plan (``Planner.cancel``) calls
+``rollback``, which unindexes the blocks it registered for tokens it never
+computed.  A freed indexed block stays reusable on the
 allocator's cached free list (LRU: least recently freed is reclaimed first,
 and a request's blocks are freed last-block-first so its tail goes before its
 head); ``pin_prefix`` keeps hot prefixes from eviction.  Requests without
 token ids (cb_lab) never share.
+
+Pinned blocks are not available to other requests, so "can this request ever
+run" counts the blocks available to *it*: the pool minus the pinned blocks,
+plus the pinned blocks its own prefix hits (those it shares).  ``check_fits``
+rejects a request beyond that, and ``pin_prefix(..., keep_fitting=reqs)``
+refuses a pin that would leave one of ``reqs`` unable to finish
+(``Planner.pin_prefix`` passes the planner's live requests).
 
 ``BlockCountKV`` only counts blocks (lengths-only requests); ``NullKV`` never
 runs out.  All three satisfy :class:`KVManager`, the protocol the planner
@@ -31,7 +40,7 @@ runs out.  All three satisfy :class:`KVManager`, the protocol the planner
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 from llmds.engine.request import RequestState
 from llmds.errors import CapacityError, StateError, ValidationError
@@ -60,7 +69,8 @@ class KVManager(Protocol):
     def num_free_blocks(self) -> int: ...
 
     def check_fits(self, seq: RequestState) -> None:
-        """Raise ``CapacityError`` if ``seq`` could never run, even alone."""
+        """Raise ``CapacityError`` if ``seq`` could never run, even alone (pinned blocks
+        it does not share are not available to it)."""
 
     def match_prefix(self, seq: RequestState) -> int:
         """Cached tokens a not-yet-allocated ``seq`` would reuse (<= num_tokens - 1); no side effects."""
@@ -82,26 +92,45 @@ class KVManager(Protocol):
     def free(self, seq: RequestState) -> None:
         """Release ``seq``'s blocks (idempotent)."""
 
+    def rollback(self, seq: RequestState, *, release: bool = False) -> None:
+        """Undo a cancelled step's KV work for a running ``seq`` whose
+        ``num_computed_tokens`` is still the pre-step value: unindex the blocks
+        it registered that hold uncomputed tokens, then free the blocks beyond
+        its ``num_computed_tokens`` (the invariant above holds again).  With
+        ``release`` (``seq`` was admitted by the cancelled step) free all its
+        blocks and undo the admission's statistics."""
+
     def usage(self) -> float: ...
 
 
-def _check_fits(seq: RequestState, block_size: int, num_blocks: int) -> None:
-    """CapacityError if ``seq`` needs more blocks than the pool has, even running alone."""
+def _check_fits(seq: RequestState, block_size: int, num_blocks: int, available: int | None = None,
+                why: str = "") -> None:
+    """CapacityError if ``seq`` needs more than ``available`` blocks (default: the pool), even alone."""
+    if available is None or available == num_blocks:
+        have = f"the KV pool has {num_blocks}"
+    else:
+        have = f"only {available} of the pool's {num_blocks} blocks are available to it{why}"
+        num_blocks = available
     prompt = -(-seq.num_prompt_tokens // block_size)
     if prompt > num_blocks:
         raise CapacityError(
             f"request {seq.request_id!r}: its prompt of {seq.num_prompt_tokens} tokens needs {prompt} "
-            f"blocks of {block_size} tokens but the KV pool has {num_blocks}; shorten the prompt or "
+            f"blocks of {block_size} tokens but {have}; shorten the prompt or "
             "give the pool more blocks"
         )
     # the last sampled token is never fed back, so its KV is never stored
-    peak = -(-(seq.num_prompt_tokens + max(seq.max_new_tokens, 1) - 1) // block_size)
+    peak = _peak_blocks(seq, block_size)
     if peak > num_blocks:
         raise CapacityError(
             f"request {seq.request_id!r}: prompt ({seq.num_prompt_tokens}) + max_new_tokens "
-            f"({seq.max_new_tokens}) needs {peak} blocks of {block_size} tokens but the KV pool has "
-            f"{num_blocks}; lower max_new_tokens or give the pool more blocks"
+            f"({seq.max_new_tokens}) needs {peak} blocks of {block_size} tokens but {have}; "
+            "lower max_new_tokens or give the pool more blocks"
         )
+
+
+def _peak_blocks(seq: RequestState, block_size: int) -> int:
+    """Blocks ``seq`` holds at its longest (the last sampled token's KV is never stored)."""
+    return -(-(seq.num_prompt_tokens + max(seq.max_new_tokens, 1) - 1) // block_size)
 
 
 def _check_new(name: str, n) -> int:
@@ -183,7 +212,36 @@ class BlockManager:
         }
 
     def check_fits(self, seq: RequestState) -> None:
-        _check_fits(seq, self.block_size, self.num_blocks)
+        """Raise ``CapacityError`` if ``seq`` could never run, even alone.
+
+        Blocks available to it: the pool minus the pinned blocks, plus the
+        pinned blocks its own prefix hits (it shares those).
+        """
+        pc = self.prefix_cache
+        if pc is None or not pc.num_pinned:
+            _check_fits(seq, self.block_size, self.num_blocks)
+            return
+        hits = self._pinned_hits(seq, ())
+        _check_fits(seq, self.block_size, self.num_blocks, self.num_blocks - pc.num_pinned + hits,
+                    f" ({pc.num_pinned} are pinned, {hits} of those shared with its prefix; unpin "
+                    "prefixes to make room)")
+
+    def _pinned_hits(self, seq: RequestState, extra) -> int:
+        """Pinned blocks (or blocks in ``extra``) that ``seq`` would reuse as a prefix hit.
+
+        Pins are always whole chains from the first block, so they form a
+        prefix of the match.  Reads the prefix cache's pin table (one index per
+        pool; pins made on it directly are counted too).
+        """
+        pc = self.prefix_cache
+        max_pages = (seq.num_tokens - 1) // self.block_size  # as match_prefix: >= 1 token to compute
+        if pc is None or seq.prompt_token_ids is None or max_pages <= 0:
+            return 0
+        if not pc.num_pinned and not extra:
+            return 0
+        tokens = seq.prompt_token_ids if not seq.num_output_tokens else seq.all_token_ids
+        pages, _ = pc.match(tokens, max_pages)
+        return sum(1 for p in pages if pc.is_pinned(p) or p in extra)
 
     # ---------------------------------------------------------- prefix lookup
     def match_prefix(self, seq: RequestState) -> int:
@@ -202,21 +260,42 @@ class BlockManager:
         self._match = pc.match(tokens, max_pages)
         return len(self._match[0]) * self.block_size
 
-    def pin_prefix(self, token_ids: Sequence[int]) -> list[int]:
+    def pin_prefix(self, token_ids: Sequence[int], *, keep_fitting: Iterable[RequestState] = ()) -> list[int]:
         """Pin the cached full blocks holding a prefix of ``token_ids`` against eviction.
 
         Returns the pinned block ids (pass them to :meth:`unpin`); they stay
-        allocated (counted in ``usage``) until unpinned.
+        allocated (counted in ``usage``) and are no longer available to
+        requests that do not share them.  Raises ``CapacityError``, pinning
+        nothing, when a request of ``keep_fitting`` could then never finish
+        (see :meth:`check_fits`); ``Planner.pin_prefix`` passes its live
+        requests.
         """
         if self.prefix_cache is None:
             raise StateError("prefix caching is disabled")
-        pages, _ = self.prefix_cache.match(list(token_ids))
+        pc = self.prefix_cache
+        pages, _ = pc.match(list(token_ids))
+        new = {p for p in pages if not pc.is_pinned(p)}
+        if new:
+            avail = self.num_blocks - pc.num_pinned - len(new)  # before pinned hits
+            for seq in keep_fitting:
+                peak = _peak_blocks(seq, self.block_size)
+                if peak <= avail:
+                    continue  # fits without sharing any pinned block: no prefix match needed
+                hits = self._pinned_hits(seq, new)
+                if peak > avail + hits:
+                    raise CapacityError(
+                        f"pinning these {len(pages)} blocks would leave request {seq.request_id!r} "
+                        f"unable to finish: it needs {peak} blocks, only {avail + hits} of the pool's "
+                        f"{self.num_blocks} would be available to it ({hits} pinned ones it shares); "
+                        "unpin other prefixes first or pin after it finishes"
+                    )
         if pages:
-            self.prefix_cache.pin(pages)
+            pc.pin(pages)
         self._match_seq = None
         return pages
 
     def unpin(self, block_ids: Sequence[int]) -> None:
+        """Drop one pin from each block (as returned by :meth:`pin_prefix`)."""
         if self.prefix_cache is None:
             raise StateError("prefix caching is disabled")
         self.prefix_cache.unpin(list(block_ids))
@@ -346,6 +425,39 @@ class BlockManager:
         seq._last_key = ROOT_KEY
         self._match_seq = None
 
+    def rollback(self, seq: RequestState, *, release: bool = False) -> None:
+        """Undo a cancelled step's KV work for ``seq`` (see :class:`KVManager`).
+
+        Only blocks this step gave ``seq`` can hold uncomputed tokens: those at
+        index >= ``num_computed_tokens // block_size`` were allocated fresh for
+        ``seq`` (prefix hits lie below), so any of them that is indexed was
+        registered by ``seq`` during the cancelled step and is unindexed here,
+        before it is freed (it goes back as an ordinary free block).
+        """
+        bs, bt, pc = self.block_size, seq.block_table, self.prefix_cache
+        c = seq.num_computed_tokens
+        full = c // bs
+        if pc is not None and seq.prompt_token_ids is not None and seq._num_hashed_blocks > full:
+            for i in range(full, seq._num_hashed_blocks):
+                pc.unregister(bt[i])  # a no-op for a block that deduplicated onto another
+            seq._num_hashed_blocks = full
+            seq._last_key = pc.chain_keys(seq.token_slice(0, full * bs), full)[-1] if full else ROOT_KEY
+        self._match_seq = None
+        if release:
+            if pc is not None and seq.prompt_token_ids is not None and bt:  # counted at allocate
+                self.num_queries -= 1
+                self.num_query_tokens -= seq.num_tokens
+                if seq.num_cached_tokens:
+                    self.num_hits -= 1
+                    self.num_hit_tokens -= seq.num_cached_tokens
+            self.free(seq)
+            return
+        keep = -(-c // bs)
+        if len(bt) > keep:
+            extra = bt[keep:]
+            del bt[keep:]
+            self.allocator.free(extra[::-1])
+
     # ---------------------------------------------------------------- internal
     def _register(self, seq: RequestState, upto: int) -> None:
         """Index the full blocks of ``seq`` whose tokens ``[.., upto)`` are known."""
@@ -431,6 +543,16 @@ class BlockCountKV:
     def free(self, seq: RequestState) -> None:
         self._free += self._held.pop(seq.request_id, 0)
 
+    def rollback(self, seq: RequestState, *, release: bool = False) -> None:
+        if release:
+            self.free(seq)
+            return
+        held = self._held.get(seq.request_id, 0)
+        keep = -(-seq.num_computed_tokens // self.block_size)
+        if held > keep:
+            self._free += held - keep
+            self._held[seq.request_id] = keep
+
 
 class NullKV:
     """Unlimited KV: every request always fits (the planner then only enforces token budgets)."""
@@ -462,4 +584,7 @@ class NullKV:
         return True
 
     def free(self, seq: RequestState) -> None:
+        return None
+
+    def rollback(self, seq: RequestState, *, release: bool = False) -> None:
         return None

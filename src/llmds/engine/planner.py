@@ -4,7 +4,8 @@ The planner is pure policy: it sees request lengths, never tensors.  Each
 ``schedule()`` returns a :class:`StepPlan` (which requests decode one token,
 which prefill how many prompt tokens, which were preempted); the caller runs
 its model on the plan and hands the sampled tokens back to ``update()``.
-``schedule()`` and ``update()`` alternate strictly.
+``schedule()`` and ``update()`` alternate strictly; a caller whose model
+fails on a plan passes it to ``cancel()`` instead of ``update()``.
 
 Step policy (vLLM v1 style):
 
@@ -30,6 +31,24 @@ priority, arrival)`` with no deadline last.  Urgency among running requests
 uses the same key with the admission counter in place of arrival, so the
 preemption victim is the lowest-priority, most recently admitted request.
 
+Cancelling a plan (``cancel``) rolls the step back: no token advances; the
+requests the plan admitted go back to the waiting queue at their position
+and free their blocks; the running ones give back the blocks allocated for
+the plan's new tokens (between steps a running request holds blocks for
+exactly its computed tokens, as always); prefix-index entries registered for
+blocks the plan would have computed are removed, so no later request is
+served their (never written) KV.  Preemptions made by ``schedule()`` stand:
+the victims are already waiting, to be recomputed.  The next ``schedule()``
+reuses the cancelled plan's ``step_id``.
+
+Pinned prefix blocks are not available to requests that do not share them:
+``add`` rejects a request that could never fit beside the pins, and
+``pin_prefix`` refuses a pin that would leave a live request unable to
+finish.  If pins made directly on the KV manager do that anyway, such a
+request ends up preempting itself; once it heads the queue with nothing
+running, ``schedule()`` raises ``CapacityError`` naming it (abort it or
+unpin), changing nothing, instead of readmitting and preempting it forever.
+
 Costs: a decode step is O(1) Python work plus C-level list operations over
 the running requests (see ``decode_batch``), plus per-request work only for
 requests with an event: a block boundary (1 in ``block_size`` steps),
@@ -46,7 +65,7 @@ from typing import Hashable, Iterable
 from llmds.engine.block_manager import KVManager, NullKV
 from llmds.engine.decode_batch import DecodeBatch
 from llmds.engine.request import RequestState, RequestStatus
-from llmds.errors import NotFoundError, StateError, ValidationError
+from llmds.errors import CapacityError, NotFoundError, StateError, ValidationError
 from llmds.indexed_heap import IndexedHeap
 
 __all__ = ["KVManager", "PlannerConfig", "StepPlan", "Planner"]
@@ -180,7 +199,7 @@ class Planner:
     """
 
     __slots__ = ("config", "kv", "_waiting", "_requests", "_batch", "_prefilling", "_arrivals",
-                 "_admits", "_step", "_in_flight", "_deferred_aborts", "_rank")
+                 "_admits", "_admit_base", "_step", "_in_flight", "_deferred_aborts", "_rank")
 
     def __init__(self, config: PlannerConfig | None = None, kv: KVManager | None = None) -> None:
         if config is None:
@@ -199,6 +218,7 @@ class Planner:
         self._prefilling: list[RequestState] = []  # running, prefill in progress (admission order)
         self._arrivals = 0
         self._admits = 0
+        self._admit_base = 0  # _admits before the in-flight plan's admissions
         self._step = 0
         self._in_flight: StepPlan | None = None
         self._deferred_aborts: list[Hashable] = []
@@ -326,11 +346,14 @@ class Planner:
                     budget -= n
 
         # 3. admissions (not in a step that had to preempt)
+        self._admit_base = self._admits
         if not preempted:
             waiting, requests = self._waiting, self._requests
             room = cfg.max_num_seqs - self.num_running
             while budget > 0 and room > 0 and waiting:
                 s = requests[waiting.peek()[1]]
+                if room == cfg.max_num_seqs:  # nothing runs, so nothing changed in this call yet
+                    self._check_still_fits(s)
                 hit = kv.match_prefix(s)
                 n = min(s.num_tokens - hit, chunk, budget)
                 if not kv.allocate(s, n):
@@ -454,7 +477,102 @@ class Planner:
                     del requests[s.request_id]
         return finished
 
+    def cancel(self, plan: StepPlan) -> list[RequestState]:
+        """Roll back a plan that will not be run (its model or a plugin failed).
+
+        Call it instead of ``update``.  Afterwards the planner is between
+        steps again: no request advanced; requests the plan admitted are
+        waiting again at their queue position with no blocks; running ones
+        hold blocks for exactly their computed tokens (blocks allocated for
+        the plan's new tokens are returned); prefix-index entries registered
+        for the plan's not-yet-computed blocks are removed (``kv.rollback``).
+        Requests the plan preempted stay preempted (already waiting, to be
+        recomputed).  The next ``schedule()`` reuses ``plan.step_id``.
+
+        Returns the requests finished by aborts that arrived while the plan
+        was in flight (FINISHED_ABORTED), as ``update`` would have.
+        """
+        if plan is not self._in_flight:
+            raise StateError("cancel() expects the plan returned by the last schedule(), not yet updated")
+        kv, base = self.kv, self._admit_base
+        admitted = []
+        for s in plan.decode:
+            kv.rollback(s)
+        for s, _ in plan.prefill:
+            if s._admit_seq >= base:
+                admitted.append(s)
+                kv.rollback(s, release=True)
+            else:
+                kv.rollback(s)
+        if admitted:
+            self._prefilling = [s for s in self._prefilling if s._admit_seq < base]
+            for s in admitted:
+                s.num_computed_tokens = 0
+                s.num_cached_tokens = 0
+                s.status = _PREEMPTED if s.num_preemptions else _WAITING
+                s._admit_seq = -1
+                self._waiting.push(s.request_id, s._queue_score)
+            self._admits = base
+        self._step = plan.step_id
+        self._in_flight = None
+        finished: list[RequestState] = []
+        if self._deferred_aborts:
+            for rid in self._deferred_aborts:
+                s = self._requests.get(rid)
+                if s is not None and not s.is_finished:
+                    self._finish_now(s, _ABORTED)
+                    finished.append(s)
+            self._deferred_aborts.clear()
+        return finished
+
+    def preempt(self, request_id: Hashable) -> RequestState:
+        """Preempt a running request now: free its KV and requeue it to be recomputed.
+
+        For a caller that lost a request's KV (e.g. a cache it cannot restore
+        after ``cancel``).  Raises ``NotFoundError`` for an id that is not
+        live and ``StateError`` for a request that is not running or while a
+        plan is in flight.
+        """
+        if self._in_flight is not None:
+            raise StateError("preempt() while a plan is in flight: update() or cancel() it first")
+        seq = self.get(request_id)
+        if seq.status is not _RUNNING:
+            raise StateError(f"request {request_id!r} is not running (status {seq.status.name})")
+        self._preempt(seq, [])
+        return seq
+
+    def pin_prefix(self, token_ids: Iterable[int]) -> list[int]:
+        """Pin the cached blocks of a prefix (``BlockManager.pin_prefix``) unless a live
+        request could then never finish (``CapacityError``, nothing pinned).
+
+        Only between steps (``StateError`` while a plan is in flight: its blocks may
+        be indexed before their KV is computed), so pinned blocks always hold KV.
+        """
+        pin = getattr(self.kv, "pin_prefix", None)
+        if pin is None:
+            raise StateError(f"{type(self.kv).__name__} has no prefix cache to pin")
+        if self._in_flight is not None:
+            raise StateError("pin_prefix() while a plan is in flight: pin before schedule() or after update()")
+        return pin(list(token_ids), keep_fitting=list(self._requests.values()))
+
+    def unpin(self, block_ids: Iterable[int]) -> None:
+        """Drop the pins returned by :meth:`pin_prefix`."""
+        unpin = getattr(self.kv, "unpin", None)
+        if unpin is None:
+            raise StateError(f"{type(self.kv).__name__} has no prefix cache to unpin")
+        unpin(list(block_ids))
+
     # ---------------------------------------------------------------- internals
+    def _check_still_fits(self, seq: RequestState) -> None:
+        """The queue head, with nothing running: if it could never fit beside the current
+        pins (made after it was added), say so instead of preempting it forever."""
+        try:
+            self.kv.check_fits(seq)
+        except CapacityError as exc:
+            raise CapacityError(
+                f"cannot schedule: {exc} (it was queued before the blocks were pinned: abort it or unpin)"
+            ) from None
+
     def _queue_score(self, seq: RequestState, arrival: int) -> int:
         policy = self.config.policy
         if policy == "fcfs":
@@ -467,7 +585,9 @@ class Planner:
 
     def _preempt_one(self, preempted: list[RequestState]) -> RequestState:
         """Preempt the least urgent running request (the victim) and requeue it."""
-        victim = max(self._batch.members() + self._prefilling, key=self._rank)
+        return self._preempt(max(self._batch.members() + self._prefilling, key=self._rank), preempted)
+
+    def _preempt(self, victim: RequestState, preempted: list[RequestState]) -> RequestState:
         if victim._clk is not None:
             self._batch.leave(victim)
         else:
