@@ -27,14 +27,16 @@ from pathlib import Path
 __all__ = [
     "DATA_DIR",
     "MSMARCO_DIR",
+    "evaluate",
     "load_msmarco",
     "load_msmarco_embeddings",
     "ndcg_at_k",
     "recall_at_k",
-    "evaluate",
 ]
 
-DATA_DIR = Path(os.environ.get("LLMDS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_DIR = Path(
+    os.environ.get("LLMDS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 if not DATA_DIR.exists():  # the work tree may live elsewhere; fall back to the shared location
     DATA_DIR = Path("/work/shared/data")
 MSMARCO_DIR = DATA_DIR / "ir" / "msmarco"
@@ -43,7 +45,9 @@ Qrels = dict[str, dict[str, int]]
 
 
 @lru_cache(maxsize=1)
-def _load(root: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...], str]:
+def _load(
+    root: str,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...], str]:
     base = Path(root)
     doc_ids: list[str] = []
     texts: list[str] = []
@@ -106,7 +110,9 @@ def _dcg(gains: Sequence[float]) -> float:
     return sum(g / math.log2(i + 2) for i, g in enumerate(gains) if g)
 
 
-def ndcg_at_k(ranked_doc_ids: Sequence[str], qrel_for_query: Mapping[str, int], k: int = 10) -> float:
+def ndcg_at_k(
+    ranked_doc_ids: Sequence[str], qrel_for_query: Mapping[str, int], k: int = 10
+) -> float:
     """nDCG@k of one ranking (linear graded gain, log2 discount).
 
     Duplicated doc ids in the ranking count once (the first occurrence).
@@ -125,11 +131,13 @@ def ndcg_at_k(ranked_doc_ids: Sequence[str], qrel_for_query: Mapping[str, int], 
             continue
         seen.add(d)
         g = qrel_for_query.get(d, 0)
-        gains.append(g if g > 0 else 0)
+        gains.append(max(0, g))
     return _dcg(gains) / idcg
 
 
-def recall_at_k(ranked_doc_ids: Sequence[str], qrel_for_query: Mapping[str, int], k: int = 100) -> float:
+def recall_at_k(
+    ranked_doc_ids: Sequence[str], qrel_for_query: Mapping[str, int], k: int = 100
+) -> float:
     """Fraction of the relevant (grade > 0) documents found in the top k; 0.0 if none exist."""
     relevant = {d for d, g in qrel_for_query.items() if g > 0}
     if not relevant:

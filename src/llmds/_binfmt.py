@@ -36,7 +36,7 @@ import numpy as np
 
 from llmds.errors import CorruptFileError, ValidationError
 
-__all__ = ["write_atomic", "read_checked", "ALIGN", "DIGEST_SIZE"]
+__all__ = ["ALIGN", "DIGEST_SIZE", "read_checked", "write_atomic"]
 
 ALIGN = 64
 DIGEST_SIZE = 32
@@ -121,7 +121,9 @@ def write_atomic(
 
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
     try:
         hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
         with os.fdopen(fd, "wb") as f:
@@ -195,7 +197,7 @@ def read_checked(
         mismatch or an inconsistent header.
     """
     path = os.fspath(path)
-    supported = sorted(set(int(v) for v in supported_versions))
+    supported = sorted({int(v) for v in supported_versions})
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         buf = bytearray(size)
@@ -254,7 +256,9 @@ def read_checked(
             if off < 0 or nbytes != count * dtype.itemsize or off + nbytes > data_nbytes:
                 raise CorruptFileError(f"{path}: array {e['name']!r} lies outside the data section")
             start = data_start + off
-            arrays[e["name"]] = np.frombuffer(buf, dtype=dtype, count=count, offset=start).reshape(shape)
+            arrays[e["name"]] = np.frombuffer(buf, dtype=dtype, count=count, offset=start).reshape(
+                shape
+            )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CorruptFileError):
             raise
