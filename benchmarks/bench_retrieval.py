@@ -1,0 +1,83 @@
+"""All retrieval benchmarks in one run: lexical (BM25), dense (HNSW) and hybrid (fusion).
+
+Calls ``run_lexical``, ``run_dense`` and ``run_hybrid`` from
+``benchmarks.retrieval_{lexical,dense,hybrid}`` (each with ``quick``), prints
+each part's table (its module's ``format_table``) and writes one JSON file,
+``benchmarks/results/bench_retrieval.json``, keyed by part.  A part that fails
+is reported (error and traceback in the JSON) and the others still run; the
+exit status is 1 if any part failed.
+
+Usage::
+
+    python -m benchmarks.bench_retrieval [--quick] [--only lexical,dense,hybrid] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+PARTS = {  # part -> (module, runner)
+    "lexical": ("benchmarks.retrieval_lexical", "run_lexical"),
+    "dense": ("benchmarks.retrieval_dense", "run_dense"),
+    "hybrid": ("benchmarks.retrieval_hybrid", "run_hybrid"),
+}
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_retrieval.json"
+
+
+def run_all(quick: bool = False, only: list[str] | None = None, verbose: bool = True) -> dict:
+    """Run the selected parts in order; returns ``{part: result dict or {"error": ...}}``."""
+    out: dict = {"benchmark": "bench_retrieval", "quick": quick, "parts": {}}
+    for part in only or list(PARTS):
+        module_name, runner = PARTS[part]
+        t = time.perf_counter()
+        try:
+            module = importlib.import_module(module_name)
+            fn = getattr(module, runner)
+            kwargs = {"verbose": verbose} if "verbose" in inspect.signature(fn).parameters else {}
+            res = fn(quick=quick, **kwargs)
+            table = module.format_table(res) if hasattr(module, "format_table") else None
+        except Exception as exc:  # report and keep going: one broken part must not hide the others
+            res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            table = f"\n== {part}: FAILED: {res['error']}"
+        res["wall_seconds"] = time.perf_counter() - t
+        out["parts"][part] = res
+        if verbose:
+            print(
+                table if table is not None else json.dumps(res, indent=2, default=str), flush=True
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run of every part")
+    ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts (default: all)")
+    ap.add_argument("--out", default=str(RESULTS), help="JSON output path")
+    args = ap.parse_args(argv)
+    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = [p for p in only if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
+    res = run_all(quick=args.quick, only=only)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, default=str))
+    failed = [p for p, r in res["parts"].items() if "error" in r]
+    print(f"\nwrote {out}" + (f"; FAILED parts: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    root = Path(__file__).resolve().parents[1]
+    for p in (str(root), str(root / "src")):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    sys.exit(main())
