@@ -23,7 +23,6 @@ layers for write/view), median over repeats.  Run::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from llmds.engine.kv_arena import TensorKVCache
+from benchmarks._common import write_results
 
 L, H, D, BS = 30, 3, 64, 16  # SmolLM2-135M KV shape, block size 16
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_kv_arena.json"
@@ -260,9 +260,7 @@ def main(argv=None):
         "zero_copy_fraction": contiguous,
         "scattered_view_us": sv,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, payload)
     return payload
 
 

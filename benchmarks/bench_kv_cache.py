@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import platform
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 
 from llmds.kv_cache import KVCache
 from llmds.utils import MemoryProfiler, compute_percentiles
+from benchmarks._common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_kv_cache.json"
 OPS = ("attach", "get", "detach")
@@ -229,9 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.num_sequences, args.repeats = 200, 2
     res = benchmark_kv_cache(args.num_sequences, args.tokens_per_seq, args.page_size, args.repeats)
     print(_table(res))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_results(args.out, res)
     return res
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import random
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 from llmds.engine.block_manager import BlockManager
 from llmds.engine.planner import Planner, PlannerConfig
 from llmds.engine.request import RequestState
+from benchmarks._common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_planner.json"
 BLOCK = 16
@@ -343,9 +343,7 @@ def main(argv=None) -> dict:
         "machine": platform.machine(),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
     return result
 
 

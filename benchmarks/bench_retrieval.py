@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from benchmarks._common import write_results
 
 PARTS = {  # part -> (module, runner)
     "lexical": ("benchmarks.retrieval_lexical", "run_lexical"),
@@ -67,17 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
     res = run_all(quick=args.quick, only=only)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=str))
+    write_results(args.out, res)
     failed = [p for p, r in res["parts"].items() if "error" in r]
-    print(f"\nwrote {out}" + (f"; FAILED parts: {failed}" if failed else ""))
+    if failed:
+        print(f"FAILED parts: {failed}")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parents[1]
-    for p in (str(root), str(root / "src")):
-        if p not in sys.path:
-            sys.path.insert(0, p)
     sys.exit(main())

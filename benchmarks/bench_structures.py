@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import itertools
-import json
 import os
 import platform
 import random
@@ -32,6 +31,7 @@ from llmds.cmsketch import CountMinSketch
 from llmds.indexed_heap import IndexedHeap
 from llmds.token_lru import TokenLRU
 from llmds.utils import Timer, calculate_statistics
+from benchmarks._common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_structures.json"
 
@@ -535,9 +535,7 @@ def main(argv=None) -> dict:
         },
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, result)
     return result
 
 

@@ -24,7 +24,6 @@ effects; ``run_dense(quick)`` returns the result dict.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -34,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import part_main
 
 EF_SEARCH = (10, 20, 50, 100, 200)
 M, EF_CONSTRUCTION, K = 16, 200, 10
@@ -359,24 +360,9 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="20k synthetic vectors, fewer repeats")
-    ap.add_argument("--out", default=str(RESULTS), help="JSON output path")
-    args = ap.parse_args(argv)
-    res = run_dense(quick=args.quick, verbose=True)
-    print(format_table(res))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {out}")
+def main(argv: list[str] | None = None) -> dict:
+    return part_main(__doc__, run_dense, format_table, RESULTS, "20k synthetic vectors, fewer repeats", argv, verbose=True)
 
 
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parents[1]
-    for p in (str(root), str(root / "src")):
-        if p not in sys.path:
-            sys.path.insert(0, p)
     main()

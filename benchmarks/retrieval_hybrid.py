@@ -28,7 +28,6 @@ effects; ``run_hybrid(quick)`` returns the result dict.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import part_main
 
 WEIGHTS = (0.3, 0.5, 0.7, 0.8, 0.9)
 RRF_WEIGHTS = (0.5, 0.7, 0.8)  # 0.5 is plain RRF
@@ -451,24 +452,9 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer latency passes, no embedder timing")
-    ap.add_argument("--out", default=str(RESULTS), help="JSON output path")
-    args = ap.parse_args(argv)
-    res = run_hybrid(quick=args.quick, verbose=True)
-    print(format_table(res))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {out}")
+def main(argv: list[str] | None = None) -> dict:
+    return part_main(__doc__, run_hybrid, format_table, RESULTS, "fewer latency passes, no embedder timing", argv, verbose=True)
 
 
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parents[1]
-    for p in (str(root), str(root / "src")):
-        if p not in sys.path:
-            sys.path.insert(0, p)
     main()

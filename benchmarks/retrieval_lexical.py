@@ -33,9 +33,7 @@ Run: ``python -m benchmarks.retrieval_lexical [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import platform
 import statistics
 import time
@@ -44,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._common import part_main
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "retrieval_lexical.json"
 K1, B = 1.5, 0.75
@@ -463,18 +463,11 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--quick", action="store_true", help="small synthetic corpus (20,000 docs, 200 queries)"
+def main(argv: list[str] | None = None) -> dict:
+    return part_main(
+        __doc__, run_lexical, format_table, RESULTS_PATH,
+        "small synthetic corpus (20,000 docs, 200 queries)", argv,
     )
-    ap.add_argument("--out", type=Path, default=RESULTS_PATH)
-    args = ap.parse_args(argv)
-    res = run_lexical(quick=args.quick)
-    print(format_table(res))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

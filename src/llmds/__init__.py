@@ -1,3 +1,4 @@
+# ruff: noqa: F401  (the TYPE_CHECKING imports only inform type checkers)
 """llmds: the data structures of an LLM serving stack.
 
 Top-level names are resolved lazily (PEP 562) so ``import llmds`` imports only
