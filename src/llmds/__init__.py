@@ -33,6 +33,8 @@ _EXPORTS = {
     "ValidationError": "llmds.errors",
     "CapacityError": "llmds.errors",
     "NotFoundError": "llmds.errors",
+    "StateError": "llmds.errors",
+    "CorruptFileError": "llmds.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -54,7 +56,14 @@ def __dir__():
 if TYPE_CHECKING:  # pragma: no cover
     from llmds.admissions import AdmissionController
     from llmds.cmsketch import CountMinSketch
-    from llmds.errors import CapacityError, LLMDSError, NotFoundError, ValidationError
+    from llmds.errors import (
+        CapacityError,
+        CorruptFileError,
+        LLMDSError,
+        NotFoundError,
+        StateError,
+        ValidationError,
+    )
     from llmds.hnsw import HNSW
     from llmds.indexed_heap import IndexedHeap
     from llmds.inverted_index import InvertedIndex
