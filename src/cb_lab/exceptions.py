@@ -25,33 +25,11 @@ does not bring it in.
 
 from __future__ import annotations
 
-from llmds.engine.lab_errors import (
-    CBLabException,
-    ConfigurationError,
-    DuplicateRequestError,
-    KVCacheError,
-    KVMemoryError,
-    ModelError,
-    MonitoringError,
-    RequestError,
-    RequestNotFoundError,
-    SchedulerError,
-    ValidationError,
-)
+from llmds.engine import lab_errors as _lab
+from llmds.engine.lab_errors import *  # noqa: F403  (the hierarchy itself lives there)
+from llmds.engine.lab_errors import KVMemoryError
 
-__all__ = [
-    "CBLabException",
-    "ValidationError",
-    "ConfigurationError",
-    "RequestError",
-    "RequestNotFoundError",
-    "SchedulerError",
-    "DuplicateRequestError",
-    "KVCacheError",
-    "KVMemoryError",
-    "ModelError",
-    "MonitoringError",
-]
+__all__ = list(_lab.__all__)
 
 #: The documented name of :class:`KVMemoryError` (deliberately not in ``__all__``).
 MemoryError = KVMemoryError  # noqa: A001
