@@ -37,7 +37,7 @@ from benchmarks._common import write_results
 
 L, H, D, BS = 30, 3, 64, 16  # SmolLM2-135M KV shape, block size 16
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_kv_arena.json"
-OPS = ("alloc", "prefill write", "decode append+write", "view", "free")
+OPS = ("alloc", "prefill write", "decode append+write", "view", "kv_views", "free")
 
 
 class _Timer:
@@ -89,6 +89,9 @@ def run_arena(prompts, decode, total_tokens):
                 cache.k_view(r, layer)
                 cache.v_view(r, layer)
             tm.add("view", t0)
+            t0 = now()
+            cache.kv_views(r)  # every layer's K and V in one op each
+            tm.add("kv_views", t0)
     contiguous = cache.stats().contiguous_sequences / max(1, len(cache))
     for r in ids:
         t0 = now()
@@ -127,6 +130,11 @@ def run_naive(prompts, decode):
                 ks[r][layer]
                 vs[r][layer]
             tm.add("view", t0)
+            t0 = now()
+            for layer in range(L):  # the naive layout has no all-layer tensor: same lookups
+                ks[r][layer]
+                vs[r][layer]
+            tm.add("kv_views", t0)
     for r in ids:
         t0 = now()
         del ks[r], vs[r]
@@ -220,6 +228,7 @@ def main(argv=None):
         "prefill write": "request, all layers",
         "decode append+write": "token, all layers",
         "view": "token, all layers K+V",
+        "kv_views": "token, all layers K+V, one op",
         "free": "request",
     }
     for name, rows in results.items():

@@ -282,6 +282,33 @@ def test_gathered_copy_when_blocks_are_scattered():
     assert c.stats().contiguous_sequences == 2
 
 
+def test_all_layer_views_equal_per_layer_views():
+    c = arena(blocks=4, bs=2)
+    for r in "ABCD":
+        assert c.allocate_for(r, 2)
+    c.free_for("A")
+    c.free_for("C")
+    assert c.allocate_for("E", 3) and not c.view_is_contiguous("E")  # scattered: gathered copy
+    assert c.view_is_contiguous("B")
+    for r in ("B", "E"):
+        n = c.used_tokens(r)
+        for layer in range(c.num_layers):
+            c.write(r, layer, range(n), rand(n, c, 10 * layer + 1), rand(n, c, 10 * layer + 2))
+        k_all, v_all = c.kv_views(r)
+        assert k_all.shape == (c.num_layers, n, c.num_kv_heads, c.head_dim)
+        for layer in range(c.num_layers):
+            assert torch.equal(k_all[layer], c.k_view(r, layer))
+            assert torch.equal(v_all[layer], c.v_view(r, layer))
+    k_all, _ = c.kv_views("B")  # zero-copy: writing through it changes the arena
+    k_all[1, 0].fill_(7.0)
+    assert torch.all(c.k_view("B", 1)[0] == 7.0)
+    k_all, _ = c.kv_views("E")  # a copy: the arena is unchanged
+    k_all.fill_(9.0)
+    assert not torch.any(c.k_view("E", 0) == 9.0)
+    with pytest.raises(NotFoundError):
+        c.kv_views("nobody")
+
+
 def test_shared_allocator_cached_pages_are_left_to_their_owner():
     reclaimed: list[int] = []
     pool = PagedAllocator(2, 8, on_reclaim=reclaimed.append)

@@ -147,6 +147,9 @@ class TensorKVCache:
         self._v_flat = [
             self.v_cache[i].view(-1, self.num_kv_heads, self.head_dim) for i in range(num_layers)
         ]
+        # all layers at once: [num_layers, num_blocks * block_size, heads, head_dim] views
+        self._k_all = self.k_cache.view(num_layers, -1, self.num_kv_heads, self.head_dim)
+        self._v_all = self.v_cache.view(num_layers, -1, self.num_kv_heads, self.head_dim)
         self.bytes_per_block = (
             2
             * self.num_layers
@@ -322,6 +325,22 @@ class TensorKVCache:
     def v_view(self, request_id: Hashable, layer: int) -> torch.Tensor:
         """V counterpart of :meth:`k_view`."""
         return self._view(self.v_cache, self._tables.get(request_id), self._check_layer(layer))
+
+    def kv_views(self, request_id: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of every layer, each ``[num_layers, used_tokens, num_kv_heads, head_dim]``.
+
+        One tensor op per K/V instead of one per layer: zero-copy when
+        :meth:`view_is_contiguous`, otherwise copies gathered through the block table.
+        """
+        seq = self._tables.get(request_id)
+        if seq.contiguous or not seq.blocks:
+            s = seq.blocks[0] * self.block_size if seq.blocks else 0
+            return self._k_all[:, s : s + seq.used], self._v_all[:, s : s + seq.used]
+        table = self._table(seq)
+        shape = (self.num_layers, -1, self.num_kv_heads, self.head_dim)
+        k = self.k_cache.index_select(1, table).view(shape)[:, : seq.used]
+        v = self.v_cache.index_select(1, table).view(shape)[:, : seq.used]
+        return k, v
 
     def write(
         self, request_id: Hashable, layer: int, positions, k: torch.Tensor, v: torch.Tensor
