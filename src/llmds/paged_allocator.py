@@ -458,7 +458,7 @@ class PagedAllocator:
             self.on_reclaim(p)
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(starts, lengths) of the runs of True in a boolean mask."""
     padded = np.concatenate(([False], mask, [False])).astype(np.int8)
     d = np.diff(padded)
@@ -468,11 +468,11 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _longest_run(mask: np.ndarray) -> int:
-    _, lengths = _runs(mask)
+    _, lengths = true_runs(mask)
     return int(lengths.max()) if lengths.size else 0
 
 
 def _first_free_run(mask: np.ndarray, n: int) -> int:
-    starts, lengths = _runs(mask)
+    starts, lengths = true_runs(mask)
     ok = np.flatnonzero(lengths >= n)
     return int(starts[ok[0]]) if ok.size else -1

@@ -25,7 +25,7 @@ from collections.abc import Hashable
 import numpy as np
 
 from llmds.errors import NotFoundError, StateError
-from llmds.paged_allocator import PagedAllocator
+from llmds.paged_allocator import PagedAllocator, true_runs
 
 __all__ = ["ArenaBlockTables", "SeqBlocks"]
 
@@ -55,13 +55,6 @@ class SeqBlocks:
         self.contiguous = all(b == a + 1 for a, b in zip(blocks, blocks[1:], strict=False))
         self.room_end = room_end  # pages [blocks[-1] + 1, room_end) are this request's growth room
         self.table = None  # owner's cache of the table as a tensor; reset on growth
-
-
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, lengths) of the runs of True in a boolean mask."""
-    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    starts = np.flatnonzero(d == 1)
-    return starts, np.flatnonzero(d == -1) - starts
 
 
 class ArenaBlockTables:
@@ -164,7 +157,7 @@ class ArenaBlockTables:
         mask &= ~self.room
         if a.num_cached_free:  # leave reusable prefix blocks to their owner
             mask &= ~a.cached_mask()
-        starts, lengths = _runs(mask)
+        starts, lengths = true_runs(mask)
         ok = np.flatnonzero(lengths >= cb)
         if not ok.size:
             ok = np.flatnonzero(lengths >= pb)
