@@ -353,9 +353,14 @@ class InvertedIndex:
         self._query_terms(query, terms)
         if not terms:
             return []
-        q_ptr = np.array((0, len(terms)), np.int64)
-        d, v, n = search_batch(
-            q_ptr,
+        d, v, n = self._search_batch([0, len(terms)], terms, k)
+        m = int(n[0])
+        return list(zip(d[0, :m].tolist(), v[0, :m].tolist()))
+
+    def _search_batch(self, bounds: list[int], terms: list[int], k: int):
+        """One numba call over queries ``terms[bounds[i]:bounds[i+1]]``: (docs, scores, counts)."""
+        return search_batch(
+            np.array(bounds, np.int64),
             np.array(terms, np.int32),
             self._ptr,
             self._post_slot,
@@ -368,8 +373,6 @@ class InvertedIndex:
             k,
             self.prune_min_postings,
         )
-        m = int(n[0])
-        return list(zip(d[0, :m].tolist(), v[0, :m].tolist()))
 
     def search_many(self, queries: Iterable[str], top_k: int = 10) -> list[list[tuple[int, float]]]:
         """:meth:`search` for many queries in one numba call (faster per query)."""
@@ -389,20 +392,7 @@ class InvertedIndex:
         for q in qs:
             self._query_terms(q, terms)
             bounds.append(len(terms))
-        d, v, n = search_batch(
-            np.array(bounds, np.int64),
-            np.array(terms, np.int32),
-            self._ptr,
-            self._post_slot,
-            self._w,
-            self._ub,
-            self._slot_doc,
-            self._acc,
-            self._touched,
-            self._scratch,
-            k,
-            self.prune_min_postings,
-        )
+        d, v, n = self._search_batch(bounds, terms, k)
         docs = d.tolist()
         scores = v.tolist()
         return [list(zip(docs[i][: n[i]], scores[i][: n[i]])) for i in range(len(qs))]
