@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,27 @@ def _check_doc_id(doc_id: Any) -> int:
     if doc_id >= 2**63:
         raise ValidationError(f"doc_id must be < 2**63, got {doc_id!r}")
     return int(doc_id)
+
+
+def split_doc_pairs(
+    documents: Iterable[tuple[int, str]], check_id: Callable[[Any], int] = _check_doc_id
+) -> tuple[list[int], list[str]]:
+    """Validate ``(doc_id, text)`` pairs into ``(ids, texts)``; raises ``ValidationError``."""
+    ids: list[int] = []
+    texts: list[str] = []
+    try:
+        for doc_id, text in documents:
+            ids.append(check_id(doc_id))
+            if not isinstance(text, str):
+                raise ValidationError(
+                    f"text of doc {doc_id} must be str, got {type(text).__name__}"
+                )
+            texts.append(text)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            raise
+        raise ValidationError("documents must be an iterable of (doc_id, text) pairs") from exc
+    return ids, texts
 
 
 def _check_top_k(top_k: Any) -> int:
@@ -157,21 +178,7 @@ class InvertedIndex:
         All pairs are validated before anything changes.  Tokenizing is one
         regex pass per text; the postings are merged on the next search.
         """
-        ids: list[int] = []
-        texts: list[str] = []
-        try:
-            for pair in docs:
-                doc_id, text = pair
-                ids.append(_check_doc_id(doc_id))
-                if not isinstance(text, str):
-                    raise ValidationError(
-                        f"text of doc {doc_id} must be str, got {type(text).__name__}"
-                    )
-                texts.append(text)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ValidationError):
-                raise
-            raise ValidationError("docs must be an iterable of (doc_id, text) pairs") from exc
+        ids, texts = split_doc_pairs(docs)
         if not ids:
             return
         if len(set(ids)) != len(ids):  # keep the last text of a repeated id

@@ -42,7 +42,7 @@ from llmds.errors import NotFoundError, ValidationError
 from llmds.fusion import FUSIONS, check_fusion, check_weight, rrf_fusion, weighted_fusion
 from llmds.heavy_hitters import HeavyHitters
 from llmds.hnsw import HNSW
-from llmds.inverted_index import InvertedIndex
+from llmds.inverted_index import InvertedIndex, split_doc_pairs
 from llmds.token_lru import TokenLRU
 from llmds.tokenizer import Tokenizer
 
@@ -281,20 +281,7 @@ class RetrievalPipeline:
         ValidationError
             As :meth:`add_document`, or duplicate ids within the batch.
         """
-        ids: list[int] = []
-        texts: list[str] = []
-        try:
-            for doc_id, text in documents:
-                ids.append(self._check_doc_id(doc_id))
-                if not isinstance(text, str):
-                    raise ValidationError(
-                        f"text of doc {doc_id} must be str, got {type(text).__name__}"
-                    )
-                texts.append(text)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ValidationError):
-                raise
-            raise ValidationError("documents must be an iterable of (doc_id, text) pairs") from exc
+        ids, texts = split_doc_pairs(documents, self._check_doc_id)
         n = len(ids)
         if len(set(ids)) != n:
             raise ValidationError("documents contain a repeated doc_id")
