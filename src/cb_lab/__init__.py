@@ -8,7 +8,7 @@ Top-level names load lazily, so ``import cb_lab`` does not import torch.
 
 from __future__ import annotations
 
-import importlib
+from llmds._lazy import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -27,14 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cb_lab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports("cb_lab", _EXPORTS, globals())

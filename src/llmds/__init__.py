@@ -8,8 +8,9 @@ torch only with the engine.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from llmds._lazy import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -40,17 +41,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'llmds' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports("llmds", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,7 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from llmds.indexed_heap import IndexedHeap
     from llmds.inverted_index import InvertedIndex
     from llmds.kv_cache import KVCache
-    from llmds.paged_allocator import PageStats, PagedAllocator
+    from llmds.paged_allocator import PagedAllocator, PageStats
     from llmds.retrieval_pipeline import RetrievalPipeline
     from llmds.scheduler import Scheduler
     from llmds.token_lru import TokenLRU
