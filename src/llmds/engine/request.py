@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
+from llmds.engine.config import SamplingParams
 from llmds.errors import ValidationError
 
 __all__ = ["RequestStatus", "RequestState", "SamplingParams"]
@@ -91,61 +92,6 @@ def _token_ids(name: str, ids) -> tuple[int, ...]:
     if any(t < 0 for t in out):
         raise ValidationError(f"{name} must be non-negative token ids")
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """How to sample a request's tokens (validated once, immutable).
-
-    Parameters
-    ----------
-    temperature : float
-        >= 0; 0 means greedy.
-    top_p : float
-        Nucleus mass in (0, 1]; 1 disables.
-    top_k : int
-        -1 disables, else >= 1.
-    max_tokens : int
-        Tokens to generate, >= 0 (0 finishes the request at once).
-    stop_token_ids : sequence of int
-        Extra token ids that stop generation (the engine adds EOS unless
-        ``ignore_eos``).
-    seed : int or None
-        Per-request sampling seed.
-    ignore_eos : bool
-        Keep generating past EOS.
-    """
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_tokens: int = 16
-    stop_token_ids: tuple[int, ...] = ()
-    seed: int | None = None
-    ignore_eos: bool = False
-
-    def __post_init__(self) -> None:
-        t = _float("temperature", self.temperature)
-        if not 0.0 <= t < math.inf:
-            raise ValidationError(f"temperature must be finite and >= 0, got {t}")
-        p = _float("top_p", self.top_p)
-        if not 0.0 < p <= 1.0:
-            raise ValidationError(f"top_p must be in (0, 1], got {p}")
-        k = _int("top_k", self.top_k)
-        if k != -1 and k < 1:
-            raise ValidationError(f"top_k must be -1 (disabled) or >= 1, got {k}")
-        m = _int("max_tokens", self.max_tokens, lo=0)
-        stops = _token_ids("stop_token_ids", self.stop_token_ids)
-        seed = None if self.seed is None else _int("seed", self.seed)
-        if not isinstance(self.ignore_eos, bool):
-            raise ValidationError(f"ignore_eos must be a bool, got {type(self.ignore_eos).__name__}")
-        for name, value in (("temperature", t), ("top_p", p), ("top_k", k), ("max_tokens", m),
-                            ("stop_token_ids", stops), ("seed", seed)):
-            object.__setattr__(self, name, value)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
 
 
 class RequestState:

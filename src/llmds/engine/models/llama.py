@@ -1,0 +1,189 @@
+"""Llama / SmolLM2 forward over one flattened batch, with paged K/V.
+
+One call of :meth:`LlamaModel.forward` runs every token the step planned, of every request,
+through the 30 layers at once: the decode tokens first (one per decoding request), then each
+prefill chunk.  The linear layers see ``[num_tokens, hidden]`` (that is where batching pays);
+attention is per request:
+
+* decode tokens: one numba call per layer for all of them (``paged_decode_attention``), reading
+  K/V through the block tables;
+* a prefill chunk of ``n`` tokens at positions ``[start, start + n)``: ``scaled_dot_product_attention``
+  of its queries against K/V ``[0, start + n)``, a zero-copy slice of the layer's slot view when
+  the request's blocks are one ascending run, else a gather; causal within the chunk.
+
+K/V of every token are written into the layer's block tensor at ``slot_mapping`` before its
+attention, so a chunk sees its own keys and any earlier chunk's (or a shared prefix's).
+
+Numerics follow transformers' ``LlamaForCausalLM`` op for op in float32 (RMSNorm in float32 then
+cast, rotate-half RoPE from the same ``inv_freq``, SiLU-gated MLP), which is what makes greedy
+outputs token-identical; in bfloat16 the linear layers run in bfloat16 (oneDNN) while norms,
+RoPE tables and attention accumulate in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llmds.engine.loader import ModelConfig, ModelWeights
+from llmds.engine.models._attn_kernels import paged_decode_attention
+
+__all__ = ["ForwardBatch", "PrefillChunk", "LlamaModel"]
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    """Tokens ``[offset, offset + n)`` of the flat batch are positions ``[start, start + n)`` of one request.
+
+    ``kv`` addresses the request's K/V of positions ``[0, start + n)`` in a layer's slot view:
+    a ``slice`` when they are one run of slots (zero-copy), else an int64 tensor of slots.
+    """
+
+    offset: int
+    n: int
+    start: int
+    kv: slice | torch.Tensor
+
+
+@dataclass(slots=True)
+class ForwardBatch:
+    """Inputs of one step (built by the runner from the plan and the block tables).
+
+    input_ids, positions, slot_mapping : int64 [num_tokens]
+    num_decode : the first ``num_decode`` tokens are decodes, one per request
+    decode_block_tables : int32 [num_decode, max_blocks]; decode_context_lens : int32 [num_decode]
+    prefills : the prefill chunks after the decodes, in order
+    logits_indices : int64 [num_sampling]: flat rows whose logits are returned (last token of
+        each decode and of each chunk that completes its request's prompt)
+    """
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    num_decode: int
+    decode_block_tables: np.ndarray
+    decode_context_lens: np.ndarray
+    prefills: list[PrefillChunk]
+    logits_indices: torch.Tensor
+
+
+class LlamaModel:
+    """The forward pass.  Owns the (cast) weights; reads and writes the K/V block tensors it is given.
+
+    Parameters
+    ----------
+    config, weights : from :func:`llmds.engine.loader.load_model` (float32)
+    dtype : torch.float32 or torch.bfloat16 (weights and activations)
+    k_cache, v_cache : [num_layers, num_blocks, block_size, num_kv_heads, head_dim] (float32 or bfloat16)
+    """
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, dtype: torch.dtype,
+                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        self.config = config
+        self.dtype = dtype
+        cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
+        self.embed = cast(weights.embed)
+        self.lm_head = self.embed if weights.lm_head is weights.embed else cast(weights.lm_head)
+        self.norm = cast(weights.norm)
+        self.layers = [tuple(cast(getattr(lw, f)) for f in ("attn_norm", "qkv", "o", "ffn_norm", "gate_up", "down"))
+                       for lw in weights.layers]
+        nl, nb, bs, hkv, hd = k_cache.shape
+        if (nl, hkv, hd) != (config.num_layers, config.num_kv_heads, config.head_dim):
+            raise ValueError(f"KV cache shape {tuple(k_cache.shape)} does not fit the model")
+        self.block_size = bs
+        self.k_cache, self.v_cache = k_cache, v_cache
+        # flat slot views per layer, for torch (writes, prefill) and numpy (decode kernel)
+        self.k_slots = [k_cache[i].view(nb * bs, hkv, hd) for i in range(nl)]
+        self.v_slots = [v_cache[i].view(nb * bs, hkv, hd) for i in range(nl)]
+        if k_cache.dtype == torch.bfloat16:
+            self.k_np = [t.view(torch.int16).numpy().view(np.uint16) for t in self.k_slots]
+            self.v_np = [t.view(torch.int16).numpy().view(np.uint16) for t in self.v_slots]
+        else:
+            self.k_np = [t.numpy() for t in self.k_slots]
+            self.v_np = [t.numpy() for t in self.v_slots]
+        # RoPE tables exactly as transformers builds them (float32)
+        hd2 = torch.arange(0, hd, 2, dtype=torch.int64).float() / hd
+        inv_freq = 1.0 / (config.rope_theta ** hd2)
+        pos = torch.arange(config.max_position_embeddings, dtype=torch.float32)
+        freqs = torch.outer(pos, inv_freq)
+        self.cos = freqs.cos()  # [max_pos, hd/2]; transformers' cat(freqs, freqs) repeats these
+        self.sin = freqs.sin()
+        self.scale = hd ** -0.5
+
+    # ------------------------------------------------------------------ ops
+    def _rms_norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
+        return w * xf.to(x.dtype)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [T, heads, hd]; cos/sin [T, 1, hd/2]: (x1 c - x2 s, x2 c + x1 s) (rotate-half form)."""
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        if x.dtype != torch.float32:
+            x1, x2 = x1.float(), x2.float()
+            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1).to(x.dtype)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
+
+    # -------------------------------------------------------------- forward
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """Float32 logits ``[len(batch.logits_indices), vocab]``."""
+        c = self.config
+        T = batch.input_ids.shape[0]
+        nh, nkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
+        qs, ks = c.q_size, c.kv_size
+        nd = batch.num_decode
+        h = F.embedding(batch.input_ids, self.embed)
+        cos = self.cos[batch.positions].unsqueeze(1)
+        sin = self.sin[batch.positions].unsqueeze(1)
+        slots = batch.slot_mapping
+        attn = torch.empty((T, nh, hd), dtype=torch.float32)
+        attn_np = attn.numpy()
+        if nd:
+            dec_tables, dec_lens = batch.decode_block_tables, batch.decode_context_lens
+        for li, (attn_norm, w_qkv, w_o, ffn_norm, w_gate_up, w_down) in enumerate(self.layers):
+            x = self._rms_norm(h, attn_norm)
+            qkv = F.linear(x, w_qkv)
+            q = self._rope(qkv[:, :qs].view(T, nh, hd), cos, sin)
+            k = self._rope(qkv[:, qs:qs + ks].view(T, nkv, hd), cos, sin)
+            v = qkv[:, qs + ks:].view(T, nkv, hd)
+            kc, vc = self.k_slots[li], self.v_slots[li]
+            kc.index_copy_(0, slots, k.to(kc.dtype))
+            vc.index_copy_(0, slots, v.to(vc.dtype))
+            if nd:
+                qd = q[:nd].float().contiguous()
+                paged_decode_attention(qd.numpy(), self.k_np[li], self.v_np[li], dec_tables, dec_lens,
+                                       self.block_size, np.float32(self.scale), attn_np[:nd])
+            for p in batch.prefills:
+                self._prefill_attention(q, kc, vc, p, attn)
+            o = F.linear(attn.view(T, qs).to(h.dtype), w_o)
+            h = h + o
+            x = self._rms_norm(h, ffn_norm)
+            gu = F.linear(x, w_gate_up)
+            f = c.intermediate_size
+            h = h + F.linear(F.silu(gu[:, :f]) * gu[:, f:], w_down)
+        last = h.index_select(0, batch.logits_indices)
+        return F.linear(self._rms_norm(last, self.norm), self.lm_head).float()
+
+    def _prefill_attention(self, q, kc, vc, p: PrefillChunk, out) -> None:
+        n, start = p.n, p.start
+        ctx = start + n
+        if isinstance(p.kv, slice):
+            K, V = kc[p.kv], vc[p.kv]
+        else:
+            K, V = kc.index_select(0, p.kv), vc.index_select(0, p.kv)
+        qf = q[p.offset:p.offset + n].transpose(0, 1).unsqueeze(0).float()  # [1, nh, n, hd]
+        K = K.transpose(0, 1).unsqueeze(0).float()  # [1, nkv, ctx, hd]
+        V = V.transpose(0, 1).unsqueeze(0).float()
+        if start == 0:
+            o = F.scaled_dot_product_attention(qf, K, V, is_causal=True, scale=self.scale, enable_gqa=True)
+        else:
+            rows = torch.arange(start, ctx).unsqueeze(1)
+            mask = torch.arange(ctx).unsqueeze(0) <= rows  # [n, ctx]: causal, offset by start
+            o = F.scaled_dot_product_attention(qf, K, V, attn_mask=mask, scale=self.scale, enable_gqa=True)
+        out[p.offset:p.offset + n] = o[0].transpose(0, 1)
