@@ -223,6 +223,7 @@ class LLMEngine:
         plan = self.planner.schedule()
         m = self.metrics
         if plan.is_empty:
+            self.planner.update(plan, [])
             self._gauges()
             return outputs
         now = self.clock()

@@ -159,7 +159,9 @@ class Detokenizer:
                 if hit is not None:
                     self.stopped = hit
                     self.text = self.text[:cut]
-                    return self.flush()
+                    out = self.text[self._sent:]
+                    self._sent = len(self.text)
+                    return out
         end = len(self.text) - self._hold
         if end <= self._sent:
             return ""
@@ -168,7 +170,13 @@ class Detokenizer:
         return out
 
     def flush(self) -> str:
-        """The text held back (call when the request finishes)."""
+        """The text held back (call when the request finishes), an incomplete last character included."""
+        ids = self._ids
+        if self.stopped is None and self._read < len(ids):
+            dec = self._tok._tok.decode
+            prefix_text = dec(ids[self._prefix:self._read], skip_special_tokens=self._skip)
+            self.text += dec(ids[self._prefix:], skip_special_tokens=self._skip)[len(prefix_text):]
+            self._prefix = self._read = len(ids)
         out = self.text[self._sent:]
         self._sent = len(self.text)
         return out
