@@ -206,7 +206,19 @@ class LLMEngine:
             return False
         self.planner.abort(request_id)
         self.metrics.requests_finished["abort"] += 1
+        if live in self._finished_now:
+            self._finished_now.remove(live)
         return True
+
+    def abort_all(self, reason: str = "abort") -> list[RequestOutput]:
+        """Finish every live request now (``finish_reason=reason``), freeing all blocks; their final outputs."""
+        outs = []
+        for rid in list(self._live):
+            live = self._live.pop(rid)
+            self.planner.abort(rid)
+            outs.append(self._final(live, [], reason=reason))
+        self._finished_now.clear()
+        return outs
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._live)
@@ -293,9 +305,9 @@ class LLMEngine:
         m.step_seconds += time.perf_counter() - t0
         return outputs
 
-    def _final(self, live: _Live, new: list[int], lp=None, delta: str = "") -> RequestOutput:
+    def _final(self, live: _Live, new: list[int], lp=None, delta: str = "", reason: str | None = None) -> RequestOutput:
         s, now = live.seq, self.clock()
-        reason = s.finish_reason or "length"
+        reason = reason or s.finish_reason or "length"
         stop_reason = live.detok.stopped
         if stop_reason is None and reason == "stop" and s.output_token_ids:
             stop_reason = s.output_token_ids[-1]
