@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from contextlib import contextmanager
@@ -75,6 +76,13 @@ def missing_bench_extra(exc: BaseException) -> str | None:
     if top not in BENCH_EXTRA_MODULES:
         return None
     return f"this benchmark needs the `bench` extra (no module named {top!r}): {INSTALL_HINT}"
+
+
+def require_bench_extra(*modules: str) -> None:
+    """Fail before any work when one of ``modules`` (of the ``bench`` extra) is not installed."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 
 @contextmanager

@@ -20,7 +20,14 @@ import json
 import time
 import traceback
 from pathlib import Path
-from benchmarks._common import add_out_arg, missing_bench_extra, out_path, run_main, write_results
+from benchmarks._common import (
+    add_out_arg,
+    missing_bench_extra,
+    out_path,
+    require_bench_extra,
+    run_main,
+    write_results,
+)
 
 PARTS = {  # part -> (module, runner)
     "lexical": ("benchmarks.retrieval_lexical", "run_lexical"),
@@ -59,6 +66,7 @@ def run_all(quick: bool = False, only: list[str] | None = None, verbose: bool = 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    require_bench_extra("bm25s", "rank_bm25", "tantivy", "hnswlib", "faiss")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run of every part")
     ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts (default: all)")

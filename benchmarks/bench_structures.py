@@ -31,7 +31,14 @@ from llmds.cmsketch import CountMinSketch
 from llmds.indexed_heap import IndexedHeap
 from llmds.token_lru import TokenLRU
 from llmds.utils import Timer, calculate_statistics
-from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
+from benchmarks._common import (
+    add_out_arg,
+    out_path,
+    ratio_rule,
+    require_bench_extra,
+    run_main,
+    write_results,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_structures.json"
 
@@ -508,6 +515,7 @@ def print_table(rows):
 
 
 def main(argv=None) -> dict:
+    require_bench_extra("cachetools", "probables")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, smoke run")
     ap.add_argument("--repeats", type=int, default=5)
