@@ -208,6 +208,7 @@ class LLMEngine:
         self.metrics.requests_finished["abort"] += 1
         if live in self._finished_now:
             self._finished_now.remove(live)
+        self._gauges()  # no step may follow (an idle engine): keep running/waiting/KV usage true
         return True
 
     def abort_all(self, reason: str = "abort") -> list[RequestOutput]:
@@ -218,6 +219,7 @@ class LLMEngine:
             self.planner.abort(rid)
             outs.append(self._final(live, [], reason=reason))
         self._finished_now.clear()
+        self._gauges()
         return outs
 
     def has_unfinished_requests(self) -> bool:
