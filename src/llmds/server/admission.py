@@ -80,6 +80,9 @@ class AdmissionGate:
         if self.waiting_requests + 1 > self.max_waiting_requests:
             return self.reject("waiting_requests", f"{self.waiting_requests} requests are waiting for the "
                                f"engine (max_waiting_requests={self.max_waiting_requests})", 1.0)
+        if prompt_tokens > self.max_waiting_tokens:  # never admissible: not a rate problem
+            return self.reject("waiting_tokens", f"the prompt has {prompt_tokens} tokens, more than "
+                               f"max_waiting_tokens={self.max_waiting_tokens}", math.inf)
         if self.waiting_tokens + prompt_tokens > self.max_waiting_tokens:
             return self.reject("waiting_tokens", f"{self.waiting_tokens} prompt tokens are waiting for the "
                                f"engine and this request adds {prompt_tokens} "

@@ -93,7 +93,7 @@ def create_app(state: ServerState):
             messages = rag_messages(messages, [c for c, _ in hits])
             extra["rag"] = {"chunks": [{"id": c.id, "source": c.source, "score": s} for c, s in hits]}
         ids = state.encode_chat(messages)
-        max_tokens = body.requested_max_tokens() or state.engine.max_model_len
+        max_tokens = body.requested_max_tokens() or state.default_max_tokens(len(ids))
         params = _params(body, max_tokens, body.logprobs_k())
         gen = await state.generate(ids, params, body.priority)
         fmt = ChatFormat(state.engine.tokenizer, state.model_name, extra)

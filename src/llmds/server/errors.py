@@ -109,7 +109,7 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
     if not errors:
         return APIError(400, "invalid request body")
     e = errors[0]
-    loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in e.get("loc", ()) if p != "body" and not _is_type_tag(p)]
     if e.get("type") == "json_invalid":
         return APIError(400, f"the body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}",
                         code="invalid_json")
@@ -121,6 +121,12 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
         shown = json.dumps(value)[:80] if _jsonable(value) else type(value).__name__
         msg = f"{param or 'body'}: {e.get('msg', 'invalid value')} (got {shown})"
     return APIError(400, msg, param=param, code="invalid_value")
+
+
+def _is_type_tag(part: Any) -> bool:
+    """pydantic puts the union member it tried in ``loc`` (``"str"``, ``"list[int]"``): not a field."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "list", "dict", "none")
+                                      or "[" in part or "-" in part)
 
 
 def _jsonable(value: Any) -> bool:

@@ -75,14 +75,17 @@ class ServerState:
         self.embedder = None
         self.rag_error: str | None = None
         self.rag_ready = threading.Event()  # set when retrieval is ready or has failed
-        self.idle_blocks = engine.block_manager.num_free_blocks
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # the longest prompt + output that fits both the model's context and the KV pool
+        self.context_limit = min(engine.max_model_len, engine.num_blocks * engine.config.block_size)
         self.created = int(time.time())
         self._idle = threading.Condition()
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Start the engine thread (call on the event loop) and prepare retrieval in the background."""
-        self.aengine.start()
+        self.loop = asyncio.get_running_loop()
+        self.aengine.start(self.loop)
         if self.config.rag:
             threading.Thread(target=self._load_rag, name="llmds-rag", daemon=True).start()
         else:
@@ -139,6 +142,10 @@ class ServerState:
         gen = Generation(self, rid, ticket)
         await asyncio.sleep(0)  # the stream's first step runs now: from here closing it aborts
         return gen
+
+    def default_max_tokens(self, prompt_tokens: int) -> int:
+        """``max_tokens`` when a chat request names none: the rest of what fits (at least 1)."""
+        return max(1, self.context_limit - prompt_tokens)
 
     def _enter(self) -> None:
         with self._idle:
@@ -203,8 +210,9 @@ def rejection_error(rej: Rejection) -> APIError:
     import math
 
     if not math.isfinite(rej.retry_after):
-        return APIError(400, f"this request can never be admitted: {rej.message}; ask for fewer tokens",
-                        param="max_tokens", code="request_too_large")
+        return APIError(400, f"this request can never be admitted: {rej.message}",
+                        param="max_tokens" if rej.reason == "tokens_per_second" else "messages",
+                        code="request_too_large")
     return APIError(429, f"Rate limit reached ({rej.reason}): {rej.message}. Retry after "
                     f"{rej.retry_after:.1f} s.", type="rate_limit_error", code="rate_limit_exceeded",
                     headers=retry_after_header(rej.retry_after))
