@@ -61,7 +61,7 @@ class Guard:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             return await self._too_large(send)
         if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
+            return await self._run(scope, receive, send)
         chunks, size = [], 0
         while True:  # read the body here, so an oversized chunked body never reaches a route
             msg = await receive()
@@ -83,7 +83,22 @@ class Guard:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()  # after the body: the disconnect
 
-        await self.app(scope, replay, send)
+        await self._run(scope, replay, send)
+
+    async def _run(self, scope, receive, send) -> None:
+        """The app, with a server fault confined to its own request (a 500, the connection kept)."""
+        started = False
+
+        async def tracked(msg):
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:  # noqa: BLE001 - logged by the app's handler, which answered 500 already
+            if not started:
+                await _send_json(send, 500, error_body("internal server error", "server_error", None, None))
 
     async def _too_large(self, send) -> None:
         self.on_too_large()
