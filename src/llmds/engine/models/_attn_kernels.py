@@ -14,8 +14,10 @@ request's K and V once per layer, the same traffic as vLLM's CPU paged-attention
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import overload
+
+from llmds._jit import njit
 
 __all__ = ["paged_decode_attention"]
 
