@@ -161,14 +161,14 @@ def _index(a: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from llmds.embeddings import MiniLMEmbedder
-    from llmds.server.rag import RagIndex
+    from llmds.server.rag import RagIndex, collect_chunks
 
     t0 = time.perf_counter()
+    chunks = collect_chunks(a.paths, a.chunk_words)  # bad paths fail before the model loads
     with Progress(transient=True) as bar:
-        task = bar.add_task("embedding chunks", total=None)
+        task = bar.add_task(f"embedding {len(chunks)} chunks", total=len(chunks))
         emb = MiniLMEmbedder().load()
-        idx = RagIndex.from_paths(a.paths, emb, max_words=a.chunk_words,
-                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+        idx = RagIndex(chunks, emb, progress=lambda done, total: bar.update(task, completed=done))
     idx.save(a.out)
     sources = len({c.source for c in idx.chunks.values()})
     sys.stdout.write(f"indexed {len(idx)} chunks of {sources} documents in {time.perf_counter() - t0:.1f} s "
@@ -197,9 +197,12 @@ def _search(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
-    from llmds.bench_runner import run_benchmarks
+    from llmds.bench_runner import BenchError, run_benchmarks
 
-    return run_benchmarks(a.which, a.args)
+    try:
+        return run_benchmarks(a.which, a.args)
+    except BenchError as exc:
+        raise UserError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------- parser

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 from llmds.errors import CorruptFileError, ValidationError
 
-__all__ = ["Chunk", "RagIndex", "chunk_text", "default_docs", "rag_messages", "DOC_SUFFIXES"]
+__all__ = ["Chunk", "RagIndex", "chunk_text", "collect_chunks", "default_docs", "rag_messages", "DOC_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 
@@ -118,22 +118,7 @@ class RagIndex:
     def from_paths(cls, paths: Iterable[str | os.PathLike], embedder: Any, max_words: int = 160,
                    progress: Callable[[int, int], None] | None = None) -> RagIndex:
         """Chunk every document file under ``paths`` (files or folders; .md/.txt/.rst) and index them."""
-        files: list[Path] = []
-        for p in map(Path, paths):
-            if p.is_dir():
-                files += _doc_files(p)
-            elif p.is_file():
-                files.append(p)
-            else:
-                raise ValidationError(f"no such document file or folder: {p}")
-        chunks: list[Chunk] = []
-        for f in files:
-            text = f.read_text(encoding="utf-8", errors="replace")
-            for start, end in chunk_text(text, max_words):
-                chunks.append(Chunk(len(chunks), f.name, start, end, text[start:end]))
-        if not chunks:
-            raise ValidationError(f"no text found in {[str(p) for p in paths]} (looked for {DOC_SUFFIXES})")
-        return cls(chunks, embedder, progress=progress)
+        return cls(collect_chunks(paths, max_words), embedder, progress=progress)
 
     # ------------------------------------------------------------- save / load
     def save(self, path: str | os.PathLike) -> None:
@@ -179,6 +164,27 @@ class RagIndex:
 
     def __len__(self) -> int:
         return len(self.chunks)
+
+
+def collect_chunks(paths: Iterable[str | os.PathLike], max_words: int = 160) -> list[Chunk]:
+    """The chunks of every document file under ``paths`` (files or folders), ids in path order."""
+    paths = list(paths)
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += _doc_files(p)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValidationError(f"no such document file or folder: {p}")
+    chunks: list[Chunk] = []
+    for f in files:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        for start, end in chunk_text(text, max_words):
+            chunks.append(Chunk(len(chunks), f.name, start, end, text[start:end]))
+    if not chunks:
+        raise ValidationError(f"no text found in {[str(p) for p in paths]} (looked for {DOC_SUFFIXES})")
+    return chunks
 
 
 def rag_messages(messages: list[dict[str, str]], chunks: list[Chunk]) -> list[dict[str, str]]:
