@@ -74,7 +74,7 @@ class _Collector:
             yield _histogram(f"llmds:{h.name}", _HISTOGRAMS[h.name], h)
         done = CounterMetricFamily("llmds:request_success", "Finished requests by finish reason",
                                    labels=["finished_reason"])
-        for reason, n in sorted(m.requests_finished.items()):
+        for reason, n in sorted(dict(m.requests_finished).items()):
             done.add_metric([reason], n)
         yield done
         bm = st.engine.block_manager
