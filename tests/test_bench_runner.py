@@ -34,7 +34,7 @@ def test_server_table_ratios_and_notes():
     vllm32 = next(line for line in table.splitlines() if line.startswith("vllm") and " 32 " in line)
     assert vllm32.split()[-2:] == ["1.25", "2.00"]  # 600/480 throughput, 1800/900 p99 TTFT
     assert "llama.cpp: skipped (not installed)" in table
-    assert "free KV blocks after 10/10" in table
+    assert "KV blocks after: 10 free + 0 pinned hot prefixes of 10" in table
     assert "HTTP layer cost 6.2%" in table  # 1 - 600/640
 
 

@@ -61,6 +61,7 @@ def create_app(state: ServerState):
         bm = state.engine.block_manager
         return {"status": "ok", "model": state.model_name, "rag": _rag_status(state),
                 "kv_free_blocks": bm.num_free_blocks, "kv_num_blocks": state.engine.num_blocks,
+                "kv_pinned_blocks": state.engine.metrics.num_pinned_blocks,
                 "requests_in_flight": state.metrics.in_flight}
 
     @api.get("/metrics")
