@@ -238,6 +238,16 @@ async def load(url: str, clients: int, duration: float) -> dict:
             **_pcts("ttft", ttft), **_pcts("itl", itl)}
 
 
+def warm_up(url: str) -> None:
+    """Two whole requests (caches, compiled kernels), none cut short."""
+    import httpx
+
+    for q in QUESTIONS[:2]:
+        httpx.post(url + "/v1/chat/completions", timeout=600, json={
+            "model": MODEL, "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+            "max_tokens": 16, "temperature": 0}).raise_for_status()
+
+
 def _pcts(name: str, xs: list[float]) -> dict:
     import numpy as np
 
@@ -295,7 +305,7 @@ def run_peer(server: Server, levels: list[int], duration: float, repeats: int) -
     try:
         server.start()
         res["start_seconds"] = server.start_seconds
-        asyncio.run(load(server.url, 1, 3.0))  # warm-up: compile caches, first requests
+        warm_up(server.url)
         res["rss_idle_mb"] = server.rss_bytes() / 2**20
         for n in levels:
             runs = [asyncio.run(load(server.url, n, duration)) for _ in range(repeats)]
