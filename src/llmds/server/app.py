@@ -16,7 +16,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from llmds.server.errors import APIError, install_handlers, retry_after_header
+from llmds.errors import LLMDSError
+from llmds.server.errors import APIError, from_llmds_error, install_handlers, retry_after_header
 from llmds.server.http import ClientGone, EventStream, Guard, unless_disconnected
 from llmds.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RetrieveRequest
 from llmds.server.state import ServerState
@@ -110,14 +111,12 @@ def create_app(state: ServerState):
         for p in body.prompts():
             try:
                 prompts.append(state.engine.encode_prompt(p))
-            except Exception as exc:  # ValidationError: empty prompt, token id out of the vocabulary
-                from llmds.server.errors import from_llmds_error
-
+            except LLMDSError as exc:  # an empty prompt, a token id outside the vocabulary
                 raise from_llmds_error(exc, "prompt") from None
         gens = []
         try:
             for ids in prompts:
-                gens.append(await state.generate(ids, params, body.priority))
+                gens.append(await state.generate(ids, params, body.priority, param="prompt"))
         except BaseException:
             for g in gens:
                 await g.close()
@@ -184,12 +183,9 @@ def _check_llm(state: ServerState, model: str | None, logit_bias) -> None:
 
 
 def _params(body, max_tokens: int, logprobs: int | None):
-    from llmds.errors import ValidationError
-    from llmds.server.errors import from_llmds_error
-
     try:
         return body.sampling_params(max_tokens, logprobs)
-    except ValidationError as exc:
+    except LLMDSError as exc:
         raise from_llmds_error(exc) from None
 
 

@@ -18,7 +18,7 @@ from typing import Any, Hashable
 
 from llmds._checks import check_int
 from llmds.engine.engine import RequestOutput
-from llmds.errors import LLMDSError
+from llmds.errors import CapacityError, LLMDSError
 from llmds.server.admission import AdmissionGate, Rejection, Ticket
 from llmds.server.errors import APIError, from_llmds_error, retry_after_header
 
@@ -119,13 +119,14 @@ class ServerState:
             self.rag_ready.set()
 
     # ------------------------------------------------------------------- requests
-    async def generate(self, prompt_ids: list[int], params, priority: int = 0) -> Generation:
-        """Admit and queue a request; raises :class:`APIError` (4xx / 429 / 503) when refused."""
+    async def generate(self, prompt_ids: list[int], params, priority: int = 0, param: str = "messages") -> Generation:
+        """Admit and queue a request; raises :class:`APIError` (4xx / 429 / 503) when refused
+        (``param``: the request field that holds the prompt)."""
         eng = self.engine
         if len(prompt_ids) >= eng.max_model_len:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; this model's context is "
                            f"{eng.max_model_len} tokens (prompt + at least one generated token)",
-                           param="messages", code="context_length_exceeded")
+                           param=param, code="context_length_exceeded")
         max_new = min(params.max_tokens, eng.max_model_len - len(prompt_ids))
         ticket = self.gate.admit(len(prompt_ids), max_new)
         if isinstance(ticket, Rejection):
@@ -137,7 +138,7 @@ class ServerState:
             ticket.close()
             self._leave()
             if isinstance(exc, LLMDSError):
-                raise from_llmds_error(exc) from None
+                raise from_llmds_error(exc, param if isinstance(exc, CapacityError) else None) from None
             raise
         gen = Generation(self, rid, ticket)
         await asyncio.sleep(0)  # the stream's first step runs now: from here closing it aborts
