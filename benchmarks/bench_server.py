@@ -16,8 +16,9 @@ Servers, one at a time (the machine has 2 cores):
   ``use_extra_bufts=False``: its AMX path segfaults here), skipped when llama-cpp-python is not
   installed (``pip install 'llama-cpp-python[server]'``, a ~12 min compile; never a test dependency).
 
-Also the engine alone, in process, on the same closed loop: the HTTP layer's cost is
-``1 - server tok/s / engine tok/s``.  Startup: seconds from launch to a healthy server.
+Also the engine alone, in a fresh process, on the same closed loop at the top level, each run
+right after a server run (same machine weather): the HTTP layer's cost is the median of
+``1 - server tok/s / engine tok/s`` over those pairs.  Startup: seconds from launch to a healthy server.
 
 Run: ``python -m benchmarks.bench_server [--quick] [--duration S] [--repeats R]``; medians of
 the repeats; writes ``benchmarks/results/bench_server.json``.
@@ -189,8 +190,13 @@ main()
 
 
 # ------------------------------------------------------------------------ load
-async def load(url: str, clients: int, duration: float) -> dict:
-    """Closed-loop streaming clients for ``duration`` s; tokens counted inside the window."""
+async def load(url: str, clients: int, duration: float, drain: float = 300.0) -> dict:
+    """Closed-loop streaming clients for ``duration`` s; tokens counted inside the window.
+
+    Requests in flight at the deadline are read to their end (uncounted, up to ``drain`` s), not
+    dropped: a server that does not abort on disconnect (llama.cpp with ``interrupt_requests=False``)
+    would otherwise start the next run with the abandoned requests still generating.
+    """
     import httpx
 
     start = time.perf_counter()
@@ -220,16 +226,16 @@ async def load(url: str, clients: int, duration: float) -> dict:
                         continue
                     now = time.perf_counter()
                     if now > deadline:
-                        return
+                        continue  # drained, not counted
                     (ttft.append(now - t0) if first else itl.append(now - last))
                     first, last = False, now
                     tokens[0] += 1
-            done[0] += 1
+            done[0] += time.perf_counter() <= deadline
 
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), limits=limits) as c:
         tasks = [asyncio.create_task(client(c, i)) for i in range(clients)]
-        await asyncio.wait(tasks, timeout=duration + 5)
+        await asyncio.wait(tasks, timeout=duration + drain)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -308,9 +314,18 @@ def run_peer(server: Server, levels: list[int], duration: float, repeats: int) -
         warm_up(server.url)
         res["rss_idle_mb"] = server.rss_bytes() / 2**20
         for n in levels:
-            runs = [asyncio.run(load(server.url, n, duration)) for _ in range(repeats)]
+            runs, alone = [], []
+            for _ in range(repeats):
+                runs.append(asyncio.run(load(server.url, n, duration)))
+                if server.name == "llmds" and n == max(levels):  # paired: same machine weather
+                    alone.append(engine_alone_process(n, duration))
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             med["runs"] = runs
+            if alone:
+                res["engine_alone"] = {"clients": n, "tok_s": statistics.median(a["tok_s"] for a in alone),
+                                       "http_cost": statistics.median(1 - r["tok_s"] / a["tok_s"]
+                                                                      for r, a in zip(runs, alone)),
+                                       "runs": [a["tok_s"] for a in alone]}
             res["levels"][str(n)] = med
             print(f"  {server.name:9s} {n:3d} clients: {med['tok_s']:7.1f} tok/s  "
                   f"TTFT p50 {med['ttft_p50_ms']:8.1f} ms  p99 {med['ttft_p99_ms']:8.1f} ms  "
@@ -318,7 +333,7 @@ def run_peer(server: Server, levels: list[int], duration: float, repeats: int) -
                   flush=True)
         res["rss_after_mb"] = server.rss_bytes() / 2**20
         if server.name == "llmds":
-            h = httpx.get(server.url + "/health").json()
+            h = _idle_health(server.url)
             res["kv_free_blocks_after"], res["kv_num_blocks"] = h["kv_free_blocks"], h["kv_num_blocks"]
             res["kv_pinned_blocks_after"] = h["kv_pinned_blocks"]  # hot prefixes pinned on purpose
     except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, the others still run
@@ -327,6 +342,18 @@ def run_peer(server: Server, levels: list[int], duration: float, repeats: int) -
     finally:
         res["exit_status"] = server.stop()
     return res
+
+
+def _idle_health(url: str, timeout: float = 60.0) -> dict:
+    """``/health`` once no request is in flight (their aborts or ends applied)."""
+    import httpx
+
+    end = time.perf_counter() + timeout
+    while True:
+        h = httpx.get(url + "/health").json()
+        if h["requests_in_flight"] == 0 or time.perf_counter() > end:
+            return h
+        time.sleep(0.1)
 
 
 def format_table(r: dict) -> str:
@@ -352,10 +379,10 @@ def format_table(r: dict) -> str:
         lines.append(f"{name}: {extra}")
     for name, why in r["skipped"].items():
         lines.append(f"{name}: skipped ({why})")
-    for n, e in r["engine_alone"].items():
-        srv = ours.get(n, {}).get("tok_s")
-        cost = f"; HTTP layer cost {1 - srv / e['tok_s']:.1%}" if srv else ""
-        lines.append(f"engine alone, {n} in flight: {e['tok_s']:.1f} tok/s{cost}")
+    e = r["servers"].get("llmds", {}).get("engine_alone")
+    if e:
+        lines.append(f"engine alone (in process, no HTTP), {e['clients']} in flight: {e['tok_s']:.1f} tok/s; "
+                     f"HTTP layer cost {e['http_cost']:.1%} (median of the paired runs)")
     return "\n".join(lines)
 
 
@@ -377,7 +404,7 @@ def main(argv=None) -> dict:
     makers = {"llmds": llmds_server, "vllm": vllm_server, "llama.cpp": llamacpp_server}
     result = {"clients": args.clients, "duration": args.duration, "repeats": args.repeats, "max_tokens": MAX_TOKENS,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "servers": {}, "skipped": {}, "engine_alone": {}}
+              "servers": {}, "skipped": {}}
     for name in args.servers:
         server = makers[name](_free_port())
         if isinstance(server, str):
@@ -386,9 +413,6 @@ def main(argv=None) -> dict:
             continue
         print(f"{name}: starting", flush=True)
         result["servers"][name] = run_peer(server, args.clients, args.duration, args.repeats)
-    top = max(args.clients)
-    runs = [engine_alone_process(top, args.duration) for _ in range(args.repeats)]
-    result["engine_alone"][str(top)] = {"tok_s": statistics.median(r["tok_s"] for r in runs)}
     print(format_table(result))
     write_results(out_path(args, RESULTS), result)
     return result

@@ -113,8 +113,8 @@ async def _disconnected(receive) -> None:
             return
 
 
-async def unless_disconnected(receive, work: Awaitable[Any]) -> Any:
-    """``await work`` unless the client disconnects first (then it is cancelled: ``ClientGone``)."""
+async def _race(receive, work: Awaitable[Any]) -> asyncio.Future:
+    """Run ``work`` until it ends or the client disconnects (then it is cancelled); its task."""
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(_disconnected(receive))
     try:
@@ -125,6 +125,12 @@ async def unless_disconnected(receive, work: Awaitable[Any]) -> Any:
                 t.cancel()
                 with suppress(asyncio.CancelledError):
                     await t
+    return task
+
+
+async def unless_disconnected(receive, work: Awaitable[Any]) -> Any:
+    """``await work`` unless the client disconnects first (then it is cancelled: ``ClientGone``)."""
+    task = await _race(receive, work)
     if task.cancelled():
         raise ClientGone()
     return task.result()
@@ -148,16 +154,9 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": ev, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        task = asyncio.ensure_future(pump())
-        watch = asyncio.ensure_future(_disconnected(receive))
         try:
-            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+            task = await _race(receive, pump())
         finally:
-            for t in (watch, task):
-                if not t.done():
-                    t.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await t
             await self.events.aclose()  # its finally closes the generations (abort if unfinished)
-        if task.done() and not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None:
             raise task.exception()
