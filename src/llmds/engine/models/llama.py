@@ -98,35 +98,39 @@ class LlamaModel:
         # flat slot views per layer, for torch (writes, prefill) and numpy (decode kernel)
         self.k_slots = [k_cache[i].view(nb * bs, hkv, hd) for i in range(nl)]
         self.v_slots = [v_cache[i].view(nb * bs, hkv, hd) for i in range(nl)]
+        # per-layer block tensors as numpy (bfloat16 as its uint16 bits) for the decode kernel
         if k_cache.dtype == torch.bfloat16:
-            self.k_np = [t.view(torch.int16).numpy().view(np.uint16) for t in self.k_slots]
-            self.v_np = [t.view(torch.int16).numpy().view(np.uint16) for t in self.v_slots]
+            self.k_np = [k_cache[i].view(torch.int16).numpy().view(np.uint16) for i in range(nl)]
+            self.v_np = [v_cache[i].view(torch.int16).numpy().view(np.uint16) for i in range(nl)]
         else:
-            self.k_np = [t.numpy() for t in self.k_slots]
-            self.v_np = [t.numpy() for t in self.v_slots]
+            self.k_np = [k_cache[i].numpy() for i in range(nl)]
+            self.v_np = [v_cache[i].numpy() for i in range(nl)]
         # RoPE tables exactly as transformers builds them (float32)
         hd2 = torch.arange(0, hd, 2, dtype=torch.int64).float() / hd
         inv_freq = 1.0 / (config.rope_theta ** hd2)
         pos = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(pos, inv_freq)
-        self.cos = freqs.cos()  # [max_pos, hd/2]; transformers' cat(freqs, freqs) repeats these
-        self.sin = freqs.sin()
+        # [max_pos, hd/2] (transformers' cat(freqs, freqs) repeats these), in the model dtype
+        self.cos = freqs.cos().to(dtype)
+        self.sin = freqs.sin().to(dtype)
         self.scale = hd ** -0.5
+        self._norm = self._rms_norm_exact if dtype == torch.float32 else self._rms_norm_fused
 
     # ------------------------------------------------------------------ ops
-    def _rms_norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
-        return w * xf.to(x.dtype)
+    def _rms_norm_exact(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """transformers' LlamaRMSNorm op for op (float32: the exactness reference)."""
+        xf = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
+        return w * xf
+
+    def _rms_norm_fused(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """One fused op (it accumulates in float32) for bfloat16."""
+        return F.rms_norm(x, (x.shape[-1],), w, self.config.rms_norm_eps)
 
     @staticmethod
     def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [T, heads, hd]; cos/sin [T, 1, hd/2]: (x1 c - x2 s, x2 c + x1 s) (rotate-half form)."""
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
-        if x.dtype != torch.float32:
-            x1, x2 = x1.float(), x2.float()
-            return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1).to(x.dtype)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), -1)
 
     # -------------------------------------------------------------- forward
@@ -147,28 +151,28 @@ class LlamaModel:
         if nd:
             dec_tables, dec_lens = batch.decode_block_tables, batch.decode_context_lens
         for li, (attn_norm, w_qkv, w_o, ffn_norm, w_gate_up, w_down) in enumerate(self.layers):
-            x = self._rms_norm(h, attn_norm)
+            x = self._norm(h, attn_norm)
             qkv = F.linear(x, w_qkv)
-            q = self._rope(qkv[:, :qs].view(T, nh, hd), cos, sin)
-            k = self._rope(qkv[:, qs:qs + ks].view(T, nkv, hd), cos, sin)
+            qk = self._rope(qkv[:, :qs + ks].view(T, nh + nkv, hd), cos, sin)  # q and k heads at once
+            q, k = qk[:, :nh], qk[:, nh:]
             v = qkv[:, qs + ks:].view(T, nkv, hd)
             kc, vc = self.k_slots[li], self.v_slots[li]
-            kc.index_copy_(0, slots, k.to(kc.dtype))
-            vc.index_copy_(0, slots, v.to(vc.dtype))
+            kc.index_copy_(0, slots, k if k.dtype == kc.dtype else k.to(kc.dtype))
+            vc.index_copy_(0, slots, v if v.dtype == vc.dtype else v.to(vc.dtype))
             if nd:
                 qd = q[:nd].float().contiguous()
                 paged_decode_attention(qd.numpy(), self.k_np[li], self.v_np[li], dec_tables, dec_lens,
-                                       self.block_size, np.float32(self.scale), attn_np[:nd])
+                                       np.float32(self.scale), attn_np[:nd])
             for p in batch.prefills:
                 self._prefill_attention(q, kc, vc, p, attn)
             o = F.linear(attn.view(T, qs).to(h.dtype), w_o)
             h = h + o
-            x = self._rms_norm(h, ffn_norm)
+            x = self._norm(h, ffn_norm)
             gu = F.linear(x, w_gate_up)
             f = c.intermediate_size
             h = h + F.linear(F.silu(gu[:, :f]) * gu[:, f:], w_down)
         last = h.index_select(0, batch.logits_indices)
-        return F.linear(self._rms_norm(last, self.norm), self.lm_head).float()
+        return F.linear(self._norm(last, self.norm), self.lm_head).float()
 
     def _prefill_attention(self, q, kc, vc, p: PrefillChunk, out) -> None:
         n, start = p.n, p.start
