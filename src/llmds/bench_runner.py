@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llmds.errors import StateError, ValidationError
+
 __all__ = ["BENCHMARKS", "run_benchmarks", "plot_results"]
 
 log = logging.getLogger(__name__)
@@ -29,14 +31,10 @@ BENCHMARKS = {
 }
 
 
-class BenchError(Exception):
-    pass
-
-
 def checkout_root() -> Path:
     root = Path(__file__).resolve().parents[2]
     if not (root / "benchmarks" / "_common.py").is_file():
-        raise BenchError("`llmds bench` runs the benchmarks of a source checkout; none was found beside "
+        raise StateError("`llmds bench` runs the benchmarks of a source checkout; none was found beside "
                          f"this installation ({root})")
     return root
 
@@ -45,9 +43,7 @@ def run_benchmarks(which: list[str], args: list[str]) -> int:
     """Run the named benchmark groups (all when empty) and plot what they wrote; the worst exit status."""
     unknown = [w for w in which if w not in BENCHMARKS]
     if unknown:
-        from llmds.cli import UserError
-
-        raise UserError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+        raise ValidationError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
     root = checkout_root()
     status = 0
     for group in which or list(BENCHMARKS):

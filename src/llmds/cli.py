@@ -197,12 +197,9 @@ def _search(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
-    from llmds.bench_runner import BenchError, run_benchmarks
+    from llmds.bench_runner import run_benchmarks
 
-    try:
-        return run_benchmarks(a.which, a.args)
-    except BenchError as exc:
-        raise UserError(str(exc)) from None
+    return run_benchmarks(a.which, a.args)
 
 
 # ----------------------------------------------------------------------- parser
