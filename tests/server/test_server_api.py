@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import API_KEY, DOCS, chat_body, metric
+from server_helpers import API_KEY, DOCS, chat_body, metric
 
 MODEL = "SmolLM2-135M-Instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

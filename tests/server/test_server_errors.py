@@ -11,7 +11,7 @@ import asyncio
 
 import httpx
 import pytest
-from conftest import API_KEY, NUM_BLOCKS, chat_body, metric
+from server_helpers import API_KEY, NUM_BLOCKS, chat_body, metric
 
 MSG = [{"role": "user", "content": "hi"}]
 

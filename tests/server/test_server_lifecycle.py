@@ -12,7 +12,7 @@ import threading
 
 import httpx
 import pytest
-from conftest import API_KEY, chat_body, metric
+from server_helpers import API_KEY, chat_body, metric
 
 LONG = "Write a very long story about a lighthouse keeper and his cat, with many chapters."
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY
+from server_helpers import API_KEY
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -8,7 +8,7 @@ hypothesis directly: schemathesis' pytest plugin does not run under pytest 9.)
 from __future__ import annotations
 
 import pytest
-from conftest import API_KEY
+from server_helpers import API_KEY
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
