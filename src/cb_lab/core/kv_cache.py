@@ -1,10 +1,338 @@
-"""KV caches of cb_lab (defined in :mod:`llmds.engine.paged_kv`).
+"""Per-request KV caches of the cb_lab API: dense, and paged on the shared block pool.
 
-``DenseKVCache`` keeps contiguous, doubling buffers; ``PagedKVCache`` keeps its
-rows in the blocks of a ``TensorKVCache`` on the shared ``PagedAllocator``
-(``pool=`` to share one pool between requests).
+Both store the keys and values of one request as ``[num_tokens, dim]`` rows.
+
+* :class:`DenseKVCache` keeps one preallocated buffer per K and V and doubles
+  it when full (amortised O(1) per appended row; never a copy per token).
+* :class:`PagedKVCache` keeps its rows in the blocks of a
+  :class:`~llmds.engine.kv_arena.TensorKVCache` (blocks handed out by the
+  shared :class:`~llmds.paged_allocator.PagedAllocator`).  Pass ``pool=`` to
+  share one arena between many requests (a fixed pool: running out raises
+  ``KVMemoryError``, nothing changed); without it the cache has a private
+  arena that grows to twice its size, in whole blocks, when full.  ``append``
+  writes the rows straight into their block slots (one ``index_copy_``);
+  ``get_kv`` is a zero-copy view when the request's blocks are consecutive,
+  otherwise one gather through the block table.
+
+Views returned by ``get_kv`` stay valid until the next ``append``/``retain``/
+``release`` of that cache.  ``retain(index)`` keeps only the given rows (used by
+cache compression); ``num_appended`` counts every row ever appended.
 """
 
-from llmds.engine.paged_kv import BaseKVCache, DenseKVCache, PagedKVCache
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from llmds.engine.kv_arena import TensorKVCache
+from cb_lab.exceptions import KVCacheError, KVMemoryError, ValidationError
 
 __all__ = ["BaseKVCache", "DenseKVCache", "PagedKVCache"]
+
+_ids = itertools.count()
+
+
+def _check_device(device) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (TypeError, RuntimeError) as exc:
+        raise ValidationError(
+            f"device must name a torch device such as 'cpu', got {device!r}"
+        ) from exc
+
+
+class BaseKVCache(ABC):
+    """Append-only store of one request's keys and values, ``[num_tokens, dim]`` each."""
+
+    device: torch.device | None = None
+    dim: int | None = None  # row width, fixed by the first append
+    dtype: torch.dtype | None = None
+    num_appended: int = 0  # rows ever appended (retain does not lower it)
+
+    @abstractmethod
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        """Append ``[n, dim]`` keys and values."""
+
+    @abstractmethod
+    def get_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All stored keys and values, ``[num_tokens, dim]`` each."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def retain(self, index) -> None:
+        """Keep only the rows ``index`` (ints in ``[0, len)``, in the order given)."""
+        raise KVCacheError(f"{type(self).__name__} does not support retain()")
+
+    def release(self) -> None:
+        """Drop every row (and give blocks back to a shared pool)."""
+        raise KVCacheError(f"{type(self).__name__} does not support release()")
+
+    # ------------------------------------------------------------- helpers
+    def _check_rows(self, k: torch.Tensor, v: torch.Tensor) -> int:
+        """Validate an append; fixes dim/dtype/device on the first one; returns n rows."""
+        for name, t in (("k_new", k), ("v_new", v)):
+            if not isinstance(t, torch.Tensor):
+                raise ValidationError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 2 or not t.is_floating_point():
+                raise ValidationError(
+                    f"{name} must be a floating 2-D tensor [n, dim], got "
+                    f"{tuple(t.shape)} {t.dtype}"
+                )
+        if k.shape != v.shape or k.dtype != v.dtype or k.device != v.device:
+            raise ValidationError(
+                f"k_new {tuple(k.shape)} {k.dtype} {k.device} and v_new "
+                f"{tuple(v.shape)} {v.dtype} {v.device} must match"
+            )
+        if self.device is not None and k.device != self.device:
+            raise ValidationError(f"KV rows are on {k.device}; this cache is on {self.device}")
+        if self.dim is not None and (k.size(1) != self.dim or k.dtype != self.dtype):
+            raise ValidationError(
+                f"KV rows are [n, {k.size(1)}] {k.dtype}; this cache holds "
+                f"[n, {self.dim}] {self.dtype}"
+            )
+        return k.size(0)
+
+    def _check_index(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            idx = index.to(self.device)
+        else:
+            arr = np.asarray(index)
+            if arr.size == 0:
+                arr = arr.astype(np.int64)
+            elif arr.dtype.kind not in "iu":
+                raise ValidationError(f"index must hold ints, got dtype {arr.dtype}")
+            idx = torch.as_tensor(arr, device=self.device)
+        if idx.dim() != 1 or idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
+            raise ValidationError(
+                f"index must be a 1-D integer sequence, got {tuple(idx.shape)} {idx.dtype}"
+            )
+        idx = idx.to(torch.int64)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
+            raise ValidationError(f"index values must be in [0, {len(self)})")
+        return idx
+
+    def _empty(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.empty(0, self.dim or 0, dtype=self.dtype or torch.float32, device=self.device)
+        return t, t.clone()
+
+
+class DenseKVCache(BaseKVCache):
+    """Contiguous K/V buffers, doubled when full; ``get_kv`` returns views.
+
+    Parameters
+    ----------
+    device : torch.device, optional
+        Where rows must live (default: wherever the first append's rows are).
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = _check_device(device)
+        self.dim = None
+        self.dtype = None
+        self.num_appended = 0
+        self._k: torch.Tensor | None = None  # [capacity, dim]
+        self._v: torch.Tensor | None = None
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self._k is None else self._k.size(0)
+
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        n = self._check_rows(k_new, v_new)
+        if n == 0:
+            return
+        if self._k is None:
+            self.dim, self.dtype, self.device = k_new.size(1), k_new.dtype, k_new.device
+        end = self._n + n
+        if end > self.capacity:
+            cap = max(16, 2 * self.capacity, end)
+            k = torch.empty(cap, self.dim, dtype=self.dtype, device=self.device)
+            v = torch.empty_like(k)
+            if self._n:
+                k[: self._n] = self._k[: self._n]
+                v[: self._n] = self._v[: self._n]
+            self._k, self._v = k, v
+        self._k[self._n : end] = k_new
+        self._v[self._n : end] = v_new
+        self._n = end
+        self.num_appended += n
+
+    def get_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._k is None:
+            return self._empty()
+        return self._k[: self._n], self._v[: self._n]
+
+    def retain(self, index) -> None:
+        idx = self._check_index(index)
+        if self._k is None:
+            return
+        m = idx.numel()
+        self._k[:m] = self._k.index_select(0, idx)  # index_select copies, so no aliasing
+        self._v[:m] = self._v.index_select(0, idx)
+        self._n = m
+
+    def release(self) -> None:
+        self._k = self._v = None
+        self._n = 0
+
+
+class PagedKVCache(BaseKVCache):
+    """Rows stored in the blocks of a :class:`TensorKVCache` (see the module docstring).
+
+    Parameters
+    ----------
+    block_size : int, optional
+        Tokens per block (default 64, or the pool's block size).
+    device : torch.device, optional
+        Device of a private arena (default CPU).
+    pool : TensorKVCache, optional
+        A shared arena; its ``num_kv_heads * head_dim`` must equal the row width.
+    layer : int
+        Which layer of ``pool`` this cache uses (default 0).
+    """
+
+    def __init__(
+        self,
+        block_size: int | None = None,
+        device: torch.device | str | None = None,
+        pool: TensorKVCache | None = None,
+        layer: int = 0,
+    ) -> None:
+        if pool is not None and not isinstance(pool, TensorKVCache):
+            raise ValidationError(f"pool must be a TensorKVCache, got {type(pool).__name__}")
+        if block_size is None:
+            block_size = pool.block_size if pool is not None else 64
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+            raise ValidationError(f"block_size must be a positive int, got {block_size!r}")
+        if pool is not None and block_size != pool.block_size:
+            raise ValidationError(
+                f"block_size={block_size} differs from the pool's {pool.block_size}"
+            )
+        self.block_size = block_size
+        self.device = _check_device(device) if pool is None else pool.device
+        if self.device is None:
+            self.device = torch.device("cpu")
+        self._shared = pool is not None
+        self._pool = pool
+        self._layer = pool._check_layer(layer) if pool is not None else 0
+        self._sid = ("PagedKVCache", next(_ids))  # this cache's request id in the arena
+        self._n = 0
+        self.num_appended = 0
+        self.dim = self.dtype = None
+        if pool is not None:
+            self.dim, self.dtype = pool.num_kv_heads * pool.head_dim, pool.dtype
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def pool(self) -> TensorKVCache | None:
+        return self._pool
+
+    def block_table(self) -> list[int]:
+        """Block ids holding this cache's rows, in token order."""
+        return self._pool.block_table(self._sid) if self._n else []
+
+    def is_contiguous(self) -> bool:
+        """True when ``get_kv`` is a zero-copy view (the blocks are consecutive)."""
+        return self._n == 0 or self._pool.view_is_contiguous(self._sid)
+
+    # ------------------------------------------------------------ storage
+    def _shape(self, t: torch.Tensor) -> torch.Tensor:
+        p = self._pool
+        return t.reshape(t.size(0), p.num_kv_heads, p.head_dim)
+
+    def _reserve(self, n: int) -> bool:
+        """Make room for ``n`` more rows in the arena; False when it is full."""
+        p = self._pool
+        if self._n == 0:
+            return (
+                p.allocate_for(self._sid, n, p.max_total_tokens, reserve=not self._shared)
+                if n <= p.max_total_tokens
+                else False
+            )
+        return p.append_tokens(self._sid, n)
+
+    def _grow_private(self, need: int) -> None:
+        """Move the rows to a private arena with room for ``need`` rows (whole blocks, doubling)."""
+        old, bs = self._pool, self.block_size
+        blocks = max(2, -(-need // bs), 2 * (old.num_blocks if old is not None else 0))
+        new = TensorKVCache(1, 1, self.dim, blocks * bs, bs, self.dtype, self.device)
+        if self._n:
+            k, v = old.k_view(self._sid, 0), old.v_view(self._sid, 0)
+            new.allocate_for(self._sid, self._n, new.max_total_tokens)
+            new.write(self._sid, 0, range(self._n), k, v)
+        self._pool = new
+
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        n = self._check_rows(k_new, v_new)
+        if n == 0:
+            return
+        if self.dim is None:
+            self.dim, self.dtype = k_new.size(1), k_new.dtype
+        if self._pool is None:
+            self._grow_private(n)
+        if not self._reserve(n):
+            if self._shared:
+                p = self._pool
+                raise KVMemoryError(
+                    f"the shared KV pool is out of blocks: {n} more rows need "
+                    f"{-(-(self._n + n) // p.block_size)} blocks for this cache, "
+                    f"{p.allocator.num_free} of {p.num_blocks} are free; release finished "
+                    "requests' caches or give the pool more tokens"
+                )
+            self._grow_private(self._n + n)
+            if not self._reserve(n):  # pragma: no cover - a fresh arena always has room
+                raise KVCacheError("private KV arena could not grow")
+        start = self._n
+        self._pool.write(
+            self._sid, self._layer, range(start, start + n), self._shape(k_new), self._shape(v_new)
+        )
+        self._n = start + n
+        self.num_appended += n
+
+    def get_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._n == 0:
+            return self._empty()
+        p, d = self._pool, self.dim
+        return (
+            p.k_view(self._sid, self._layer).reshape(self._n, d),
+            p.v_view(self._sid, self._layer).reshape(self._n, d),
+        )
+
+    def retain(self, index) -> None:
+        idx = self._check_index(index)
+        if self._n == 0:
+            return
+        p, sid, layer = self._pool, self._sid, self._layer
+        k = p.k_view(sid, layer).index_select(0, idx)  # copies: safe to free the blocks
+        v = p.v_view(sid, layer).index_select(0, idx)
+        p.free_for(sid)
+        self._n = 0
+        m = idx.numel()
+        if m:
+            if not self._reserve(m):  # pragma: no cover - m rows fitted a moment ago
+                raise KVCacheError("could not re-place retained KV rows")
+            p.write(sid, layer, range(m), k, v)
+            self._n = m
+
+    def release(self) -> None:
+        if self._pool is not None:
+            self._pool.free_for(self._sid)
+        self._n = 0
+
+    def __del__(self) -> None:
+        # give the blocks of a shared pool back when the cache is dropped
+        pool = getattr(self, "_pool", None)
+        if pool is not None and getattr(self, "_shared", False):
+            pool.free_for(self._sid)

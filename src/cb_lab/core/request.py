@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from llmds.engine.lab_errors import RequestError, ValidationError
-from llmds.engine.paged_kv import BaseKVCache
+from cb_lab.exceptions import RequestError, ValidationError
+from cb_lab.core.kv_cache import BaseKVCache
 from llmds.engine.request import RequestState, RequestStatus
 
 __all__ = ["Request"]

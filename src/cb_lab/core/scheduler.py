@@ -11,7 +11,7 @@ budget of ``max_tokens_per_step`` tokens.  This class only executes the plan:
 3. append each request's new K/V to its cache, store sampled tokens (the
    output at a request's last computed position), and report the step.
 
-Plugins are called at the points listed in :mod:`llmds.engine.plugins`.
+Plugins are called at the points listed in :mod:`cb_lab.plugins.base`.
 
 If the model or a plugin raises between planning and applying a step, the
 step is cancelled and the error re-raised unchanged (with a note): the
@@ -33,8 +33,8 @@ from typing import Any, Callable, Hashable
 import torch
 
 from cb_lab.core.request import Request
-from llmds.engine.batch import pack_chunks, ragged_causal_mask
-from llmds.engine.lab_errors import (
+from cb_lab.core.batch_builder import pack_chunks, ragged_causal_mask
+from cb_lab.exceptions import (
     ConfigurationError,
     DuplicateRequestError,
     KVMemoryError,
@@ -43,9 +43,9 @@ from llmds.engine.lab_errors import (
     SchedulerError,
     ValidationError,
 )
-from llmds.engine.models.tiny import TinyLLM
+from cb_lab.model.tiny_llm import TinyLLM
 from llmds.engine.planner import KVManager, Planner, PlannerConfig
-from llmds.engine.plugins import AttentionRecord, PluginManager
+from cb_lab.plugins.base import AttentionRecord, PluginManager
 from llmds.engine.request import RequestStatus
 from llmds.errors import CapacityError
 
