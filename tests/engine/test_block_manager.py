@@ -269,7 +269,7 @@ def test_append_slots_short_changes_nothing_and_free_idempotent():
     assert not bm.can_allocate(b, 4) and not bm.allocate(b, 4) and b.block_table == []
     a.num_computed_tokens = 4
     assert bm.append_slots(a, 1) and a.block_table == [0, 1, 2]
-    a.num_tokens = 7  # pretend two outputs arrived
+    a.num_output_tokens = 2  # pretend two outputs arrived (7 known tokens)
     a.num_computed_tokens = 6
     assert bm.append_slots(a, 1) is False and a.block_table == [0, 1, 2]
     with pytest.raises(ValidationError):
@@ -453,7 +453,7 @@ def test_append_decode_slots_all_or_nothing():
         for s in seqs:
             assert kv.allocate(s, 1)
             s.output_token_ids.append(5)  # as if it sampled one token and decoded it
-            s.num_output_tokens, s.num_tokens, s.num_computed_tokens = 1, 2, 2
+            s.num_output_tokens, s.num_computed_tokens = 1, 2
         assert not kv.append_decode_slots(seqs + seqs[:1])  # 3 blocks wanted, 2 free
         assert kv.num_free_blocks == 2
         if isinstance(kv, BlockManager):

@@ -177,7 +177,6 @@ class Request(RequestState):
             )
         self._record_output(tok)
         self.num_computed_tokens = self.num_tokens  # the fed token's KV is now computed
-        self.num_tokens += 1
         self.num_output_tokens += 1
         if self.num_output_tokens >= self.max_new_tokens:
             self.status = RequestStatus.FINISHED_LENGTH

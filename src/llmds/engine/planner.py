@@ -58,19 +58,18 @@ queue is an ``IndexedHeap`` (O(log n) push/pop/delete).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Hashable, Iterable
 
+from llmds._checks import check_choice, check_int
 from llmds.engine.block_manager import KVManager, NullKV
 from llmds.engine.decode_batch import DecodeBatch
 from llmds.engine.request import RequestState, RequestStatus
+from llmds.engine.request_queue import POLICIES, RequestQueue, urgency_key
 from llmds.errors import CapacityError, NotFoundError, StateError, ValidationError
-from llmds.indexed_heap import IndexedHeap
 
 __all__ = ["KVManager", "PlannerConfig", "StepPlan", "Planner"]
 
-_POLICIES = ("fcfs", "priority", "edf")
 _RUNNING = RequestStatus.RUNNING
 _WAITING = RequestStatus.WAITING
 _PREEMPTED = RequestStatus.PREEMPTED
@@ -101,22 +100,19 @@ class PlannerConfig:
     policy: str = "fcfs"
 
     def __post_init__(self) -> None:
-        for name in ("max_num_batched_tokens", "max_num_seqs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValidationError(f"{name} must be an int >= 1, got {v!r}")
-        if self.max_num_batched_tokens < self.max_num_seqs:
+        budget = check_int("max_num_batched_tokens", self.max_num_batched_tokens, 1)
+        seqs = check_int("max_num_seqs", self.max_num_seqs, 1)
+        if budget < seqs:
             raise ValidationError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
-                f"({self.max_num_seqs}) so every running request can decode each step"
+                f"max_num_batched_tokens ({budget}) must be >= max_num_seqs "
+                f"({seqs}) so every running request can decode each step"
             )
         c = self.prefill_chunk_size
-        if c is None:
-            object.__setattr__(self, "prefill_chunk_size", self.max_num_batched_tokens)
-        elif isinstance(c, bool) or not isinstance(c, int) or c < 1:
-            raise ValidationError(f"prefill_chunk_size must be None or an int >= 1, got {c!r}")
-        if self.policy not in _POLICIES:
-            raise ValidationError(f"policy must be one of {_POLICIES}, got {self.policy!r}")
+        chunk = budget if c is None else check_int("prefill_chunk_size", c, 1)
+        check_choice("policy", self.policy, POLICIES)
+        for name, value in (("max_num_batched_tokens", budget), ("max_num_seqs", seqs),
+                            ("prefill_chunk_size", chunk)):
+            object.__setattr__(self, name, value)
 
 
 class StepPlan:
@@ -174,12 +170,6 @@ class StepPlan:
         )
 
 
-def _float_order(x: float) -> int:
-    """Order-preserving map of a float to an int in [0, 2**64)."""
-    b = struct.unpack("<q", struct.pack("<d", x))[0]
-    return (b if b >= 0 else -(b & 0x7FFFFFFFFFFFFFFF)) + (1 << 63)
-
-
 class Planner:
     """Continuous-batching step planner over a :class:`KVManager`.
 
@@ -192,13 +182,12 @@ class Planner:
     Notes
     -----
     Requests past their prefill live in a :class:`DecodeBatch`, which
-    advances all of them with one clock tick per step and indexes the
-    requests that need per-request work (a block boundary, max_new_tokens);
-    so a decode step costs O(1) Python work plus C-level list operations and
-    the requests that have an event.
+    advances their counters in one loop per step and indexes the requests
+    that need per-request work (a block boundary, max_new_tokens); waiting
+    requests live in a :class:`~llmds.engine.request_queue.RequestQueue`.
     """
 
-    __slots__ = ("config", "kv", "_waiting", "_requests", "_batch", "_prefilling", "_arrivals",
+    __slots__ = ("config", "kv", "_waiting", "_requests", "_batch", "_prefilling",
                  "_admits", "_admit_base", "_step", "_in_flight", "_deferred_aborts", "_rank")
 
     def __init__(self, config: PlannerConfig | None = None, kv: KVManager | None = None) -> None:
@@ -212,22 +201,16 @@ class Planner:
             raise ValidationError("kv must implement the KVManager protocol")
         self.config = config
         self.kv = kv
-        self._waiting = IndexedHeap()  # {request_id: _queue_score}, smallest first
+        self._waiting = RequestQueue(config.policy)
         self._requests: dict[Hashable, RequestState] = {}  # waiting + running
         self._batch = DecodeBatch(kv.block_size)  # running, prefill done
         self._prefilling: list[RequestState] = []  # running, prefill in progress (admission order)
-        self._arrivals = 0
         self._admits = 0
         self._admit_base = 0  # _admits before the in-flight plan's admissions
         self._step = 0
         self._in_flight: StepPlan | None = None
         self._deferred_aborts: list[Hashable] = []
-        if config.policy == "fcfs":
-            self._rank = _rank_fcfs
-        elif config.policy == "priority":
-            self._rank = _rank_priority
-        else:
-            self._rank = _rank_edf
+        self._rank = urgency_key(config.policy)
 
     # ----------------------------------------------------------------- queries
     @property
@@ -275,15 +258,13 @@ class Planner:
             raise ValidationError(f"expected a RequestState, got {type(seq).__name__}")
         if seq.request_id in self._requests:
             raise ValidationError(f"request id {seq.request_id!r} is already live; ids must be unique")
-        if seq.status is not _WAITING or seq._clk is not None or seq.num_computed_tokens or seq.block_table:
+        if seq.status is not _WAITING or seq.num_computed_tokens or seq.block_table:
             raise ValidationError(f"request {seq.request_id!r} is not new (status {seq.status.name})")
         if seq.max_new_tokens == 0:
             seq.status = _LENGTH
             return False
         self.kv.check_fits(seq)
-        seq._queue_score = self._queue_score(seq, self._arrivals)
-        self._arrivals += 1
-        self._waiting.push(seq.request_id, seq._queue_score)
+        self._waiting.add(seq)
         self._requests[seq.request_id] = seq
         return True
 
@@ -351,7 +332,7 @@ class Planner:
             waiting, requests = self._waiting, self._requests
             room = cfg.max_num_seqs - self.num_running
             while budget > 0 and room > 0 and waiting:
-                s = requests[waiting.peek()[1]]
+                s = requests[waiting.peek()]
                 if room == cfg.max_num_seqs:  # nothing runs, so nothing changed in this call yet
                     self._check_still_fits(s)
                 hit = kv.match_prefix(s)
@@ -432,12 +413,11 @@ class Planner:
             k = nd
             started = []
             for s, n in prefill:
-                c = s._num_computed + n
-                s._num_computed = c
-                if c != s._num_tokens:
+                c = s.num_computed_tokens + n
+                s.num_computed_tokens = c
+                if c != s.num_prompt_tokens + s.num_output_tokens:
                     continue
-                s._num_tokens += 1
-                s._num_output += 1
+                s.num_output_tokens += 1
                 if token_ids is not None:
                     t = toks[k]
                     k += 1
@@ -446,7 +426,7 @@ class Planner:
                         s.status = _STOPPED
                         fin(s)
                         continue
-                if s._num_output >= s.max_new_tokens:
+                if s.num_output_tokens >= s.max_new_tokens:
                     s.status = _LENGTH
                     fin(s)
                 else:
@@ -511,7 +491,7 @@ class Planner:
                 s.num_cached_tokens = 0
                 s.status = _PREEMPTED if s.num_preemptions else _WAITING
                 s._admit_seq = -1
-                self._waiting.push(s.request_id, s._queue_score)
+                self._waiting.requeue(s)
             self._admits = base
         self._step = plan.step_id
         self._in_flight = None
@@ -573,22 +553,12 @@ class Planner:
                 f"cannot schedule: {exc} (it was queued before the blocks were pinned: abort it or unpin)"
             ) from None
 
-    def _queue_score(self, seq: RequestState, arrival: int) -> int:
-        policy = self.config.policy
-        if policy == "fcfs":
-            return arrival
-        prio = (seq.priority + (1 << 63)) << 64
-        if policy == "priority":
-            return prio + arrival
-        dl = (1 << 64) if seq.deadline is None else _float_order(seq.deadline)
-        return (dl << 128) + prio + arrival
-
     def _preempt_one(self, preempted: list[RequestState]) -> RequestState:
         """Preempt the least urgent running request (the victim) and requeue it."""
         return self._preempt(max(self._batch.members() + self._prefilling, key=self._rank), preempted)
 
     def _preempt(self, victim: RequestState, preempted: list[RequestState]) -> RequestState:
-        if victim._clk is not None:
+        if victim.request_id in self._batch:
             self._batch.leave(victim)
         else:
             self._prefilling.remove(victim)
@@ -597,15 +567,15 @@ class Planner:
         victim.num_cached_tokens = 0
         victim.status = _PREEMPTED
         victim.num_preemptions += 1
-        self._waiting.push(victim.request_id, victim._queue_score)
+        self._waiting.requeue(victim)
         preempted.append(victim)
         return victim
 
     def _finish_now(self, seq: RequestState, status: RequestStatus) -> None:
         rid = seq.request_id
         if rid in self._waiting:
-            self._waiting.delete(rid)
-        elif seq._clk is not None:
+            self._waiting.remove(rid)
+        elif rid in self._batch:
             self._batch.leave(seq)
         elif seq in self._prefilling:
             self._prefilling.remove(seq)
@@ -613,15 +583,3 @@ class Planner:
         seq.status = status
         del self._requests[rid]
 
-
-# urgency keys of running requests: the victim is the max, service order ascending
-def _rank_fcfs(s: RequestState):
-    return s._admit_seq
-
-
-def _rank_priority(s: RequestState):
-    return (s.priority, s._admit_seq)
-
-
-def _rank_edf(s: RequestState):
-    return (float("inf") if s.deadline is None else s.deadline, s.priority, s._admit_seq)
