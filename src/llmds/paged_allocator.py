@@ -237,6 +237,34 @@ class PagedAllocator:
         self._total_refs += 1
         self._alloc_count += 1
 
+    def try_take(self, page_id: int) -> bool:
+        """Take ``page_id`` (refcount 0 → 1) if it is in the pool, free and not cached; O(1).
+
+        For owners that grow a run of pages in place: False (nothing changed)
+        for an allocated, cached or out-of-range page.
+        """
+        if not 0 <= page_id < self.max_pages or self._ref[page_id] or self._cached[page_id]:
+            return False
+        self._unlink(page_id)
+        self._ref[page_id] = 1
+        self._total_refs += 1
+        self._alloc_count += 1
+        return True
+
+    def head_run(self, limit: int) -> int:
+        """Length (at most ``limit``) of the run of consecutive, uncached page ids at the
+        head of the free list: ``alloc(k)`` for ``k`` up to it returns one ascending run.
+        O(limit)."""
+        p, nxt, cached = self._head, self._next, self._cached
+        n = 0
+        while p != _NIL and n < limit and not cached[p]:
+            n += 1
+            q = nxt[p]
+            if q != p + 1:
+                break
+            p = q
+        return n
+
     # ------------------------------------------------------------ ref counting
     def incref(self, page_ids: Iterable[int]) -> None:
         """Add one reference to each allocated page (a page may repeat)."""

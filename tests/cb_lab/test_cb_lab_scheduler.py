@@ -26,7 +26,7 @@ from cb_lab.model.tiny_llm import TinyLLM
 from cb_lab.plugins.base import AttentionPlugin, CachePlugin, PluginManager, SchedulerPlugin
 from cb_lab.plugins.builtin import CacheCompressionPlugin
 from llmds import errors
-from llmds.engine.block_manager import BlockCountKV, BlockManager
+from llmds.engine.block_manager import BlockManager
 from llmds.engine.kv_arena import TensorKVCache
 from llmds.engine.request import RequestState, RequestStatus
 
@@ -80,7 +80,8 @@ def test_random_workloads_equal_isolated_runs(spec, budget, chunk, kv_blocks):
     kv = None
     if kv_blocks is not None:  # big enough for the longest request alone, often too small for all
         need = max(-(-(n + max(m, 1) - 1) // kv_blocks) for n, m, _ in spec)
-        kv = BlockCountKV(num_blocks=need + 1, block_size=kv_blocks)
+        kv = BlockManager(num_blocks=need + 1, block_size=kv_blocks)
+    chunk = min(chunk, budget)
     stats = run_scheduler(Scheduler(model, budget, chunk, kv=kv), reqs, [a for _, _, a in spec])
     assert all(s["total_tokens"] <= budget for s in stats)
     for r in reqs:
@@ -104,10 +105,70 @@ def test_paged_cache_decoding_equals_dense_cache():
     assert pool.allocator.num_free == pool.num_blocks  # finished requests gave their blocks back
 
 
+@pytest.mark.parametrize("blocks", [64, 6])  # roomy, and tight enough to preempt
+def test_paged_caches_in_the_planners_blocks_equal_dense(blocks):
+    """The scheduler drives a real BlockManager: paged caches hold their rows in exactly the
+    blocks the planner allocated, and decode as the dense caches do (1e-6)."""
+    model = TinyLLM(DIM, seed=4)
+    dense = _requests(DenseKVCache, seed=9)
+    run_scheduler(Scheduler(model, 6, 3), dense)
+    bm = BlockManager(blocks, 4)
+    sched = Scheduler(model, 6, 3, kv=bm)
+    paged = _requests(PagedKVCache, seed=9)
+    pending, stats = list(paged), []
+    while pending or sched.active:
+        if pending:
+            sched.add_request(pending.pop(0))
+        stats.append(sched.step())
+        for r in sched.active:
+            c = r.kv_cache
+            assert c.is_bound and c.pool is sched.kv_storage
+            if len(c):  # the rows live in the planner's blocks, at the request's positions
+                assert c.block_table() == r.block_table[: -(-len(c) // 4)]
+                k, _ = c.get_kv()
+                flat = sched.kv_storage.k_layer(0)
+                slots = [r.block_table[i // 4] * 4 + i % 4 for i in range(len(c))]
+                assert torch.equal(flat[slots].reshape(len(c), DIM), k)
+        assert bm.stats()["block_tables"] == sum(1 for r in sched.active if r.block_table)
+    assert (blocks == 6) == any(s["preempted_request_ids"] for s in stats)
+    for d, p in zip(dense, paged):
+        assert_close(torch.stack(p.generated_tokens), torch.stack(d.generated_tokens), atol=1e-6)
+        assert not p.kv_cache.is_bound and len(p.kv_cache) == 0  # released when it finished
+    assert bm.num_free_blocks == blocks and bm.stats()["block_tables"] == 0
+
+
+def test_finished_paged_cache_keeps_its_rows_outside_the_freed_blocks():
+    model = TinyLLM(DIM, seed=4)
+    bm = BlockManager(16, 4)
+    sched = Scheduler(model, 6, 3, kv=bm, release_finished_kv=False)
+    reqs = _requests(PagedKVCache, seed=9)
+    dense = _requests(DenseKVCache, seed=9)
+    run_scheduler(sched, reqs)
+    run_scheduler(Scheduler(model, 6, 3, release_finished_kv=False), dense)
+    assert bm.num_free_blocks == 16
+    sched.kv_storage.k_cache.fill_(float("nan"))  # the planner's blocks are reused: rows must not be there
+    for p, d in zip(reqs, dense):
+        assert not p.kv_cache.is_bound and len(p.kv_cache) == len(d.kv_cache) > 0
+        for a, b in zip(p.kv_cache.get_kv(), d.kv_cache.get_kv()):
+            assert_close(a, b, atol=1e-6)
+
+
+def test_a_paged_cache_on_its_own_pool_cannot_bypass_the_planners_blocks():
+    sched = Scheduler(TinyLLM(DIM), kv=BlockManager(8, 4))
+    pool = TensorKVCache(1, 1, DIM, 64, block_size=4)
+    with pytest.raises(ValidationError, match="without pool"):
+        sched.add_request(Request("a", torch.randn(3, DIM), 2, PagedKVCache(pool=pool)))
+    with pytest.raises(ValidationError, match="block_size=8"):
+        sched.add_request(Request("a", torch.randn(3, DIM), 2, PagedKVCache(block_size=8)))
+    assert not sched.active and not sched.planner.has_unfinished() and sched.kv_storage is None
+    sched.add_request(Request("a", torch.randn(3, DIM), 2, PagedKVCache(block_size=4)))
+    assert sched.active[0].kv_cache.is_bound
+
+
 def test_preemption_by_planner_recomputes_and_outputs_stay_exact():
     model = TinyLLM(DIM, seed=5)
     reqs = _requests(DenseKVCache, seed=2)
-    sched = Scheduler(model, 8, 4, kv=BlockCountKV(num_blocks=5, block_size=3))
+    sched = Scheduler(model, 8, 4, kv=BlockManager(num_blocks=5, block_size=3))
     stats = run_scheduler(sched, reqs)
     assert any(s["preempted_request_ids"] for s in stats)
     for r in reqs:
@@ -115,17 +176,32 @@ def test_preemption_by_planner_recomputes_and_outputs_stay_exact():
         assert_close(torch.stack(r.generated_tokens), ref, atol=1e-5)
 
 
-def test_zero_max_new_tokens_finishes_at_once_and_empty_step():
+def test_zero_max_new_tokens_finishes_at_once_and_leaves_active_at_the_next_step():
     sched = Scheduler(TinyLLM(DIM))
     s = sched.step()
     assert s["status"] == "no_active_requests" and s["total_tokens"] == 0
     req = Request("z", torch.randn(4, DIM), 0, DenseKVCache())
     assert req.finished
     sched.add_request(req)
-    assert req.finished and not sched.active and req.generated_tokens == []
+    # finished, but (as in the reference) still active until the next step removes it
+    assert req.finished and sched.active == [req] and req.generated_tokens == []
+    with pytest.raises(DuplicateRequestError):
+        sched.add_request(Request("z", torch.randn(4, DIM), 1, DenseKVCache()))
+    assert sched.abort("z") is req and req.status is RequestStatus.FINISHED_LENGTH  # already finished
     s = sched.step()
-    assert s["status"] == "no_active_requests" and s["finished_request_ids"] == ["z"]
-    assert s["finished_requests"] == 1 and s["step_id"] == 1
+    assert s["status"] == "completed" and s["finished_request_ids"] == ["z"] and s["total_tokens"] == 0
+    assert s["finished_requests"] == 1 and s["step_id"] == 1 and s["active_requests"] == 0
+    assert not sched.active and sched.step()["status"] == "no_active_requests"
+    sched.add_request(Request("z", torch.randn(4, DIM), 0, DenseKVCache()))  # the id is free again
+    sched.add_request(Request("w", torch.randn(2, DIM), 2, DenseKVCache()))
+    stats = run_scheduler(sched, [])
+    assert stats[0]["finished_request_ids"] == ["z"] and stats[-1]["finished_request_ids"] == ["w"]
+
+
+def test_prefill_chunk_larger_than_the_step_budget_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="cannot exceed max_tokens_per_step"):
+        Scheduler(TinyLLM(DIM), max_tokens_per_step=4, prefill_chunk_size=5)
+    assert Scheduler(TinyLLM(DIM), max_tokens_per_step=4, prefill_chunk_size=4).prefill_chunk_size == 4
 
 
 def test_step_duration_uses_injected_clock():
@@ -161,7 +237,7 @@ def test_request_manual_api_and_states():
 
 def test_scheduler_errors_are_typed_and_change_nothing():
     model = TinyLLM(DIM)
-    for budget, chunk in [(0, 4), (8, 0), (-1, 2), (8, 2.5)]:
+    for budget, chunk in [(0, 4), (8, 0), (-1, 2), (8, 2.5), (3, 4)]:
         with pytest.raises(ConfigurationError) as ei:
             Scheduler(model, budget, chunk)
         assert isinstance(ei.value, errors.ValidationError) and isinstance(ei.value, ValueError)
@@ -186,7 +262,7 @@ def test_scheduler_errors_are_typed_and_change_nothing():
         sched.abort("nope")
     assert isinstance(ei.value, KeyError) and isinstance(ei.value, errors.NotFoundError)
     with pytest.raises(KVMemoryError):
-        Scheduler(model, kv=BlockCountKV(2, 2)).add_request(
+        Scheduler(model, kv=BlockManager(2, 2)).add_request(
             Request("big", torch.randn(9, DIM), 1, DenseKVCache())
         )
     assert [r.req_id for r in sched.active] == ["a"]
@@ -311,9 +387,9 @@ def _setup(name):
     model = TinyLLM(DIM, num_heads=2, seed=3)
     if name == "dense":
         return Scheduler(model, 5, 2), _requests(DenseKVCache)
-    pool = TensorKVCache(1, 1, DIM, 128, block_size=4)  # cb_lab caches on one shared pool
-    sched = Scheduler(model, 8, 4, kv=BlockCountKV(num_blocks=5, block_size=3))  # tight: preempts
-    return sched, _requests(lambda: PagedKVCache(pool=pool), seed=0)
+    # tight: preempts; the paged caches store into the planner's blocks
+    sched = Scheduler(model, 8, 4, kv=BlockManager(num_blocks=5, block_size=3))
+    return sched, _requests(PagedKVCache, seed=0)
 
 
 ARRIVALS = [0, 0, 2, 3, 5]
@@ -360,8 +436,8 @@ def test_failing_step_is_cancelled_and_outputs_equal_a_run_without_it(hook, at, 
         assert r.finished and len(r.generated_tokens) == r.max_new_tokens
         assert_close(torch.stack(r.generated_tokens), out, atol=1e-6)
     if setup != "dense":
-        pool = reqs[0].kv_cache.pool
-        assert pool.allocator.num_free == pool.num_blocks
+        bm = sched.planner.kv
+        assert bm.num_free_blocks == bm.num_blocks and bm.allocator.num_free == bm.num_blocks
         assert any(s["preempted_request_ids"] for s in stats)
 
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from llmds.engine.block_manager import BlockCountKV, BlockManager
+from llmds.engine.block_manager import BlockManager
 from llmds.engine.planner import Planner, PlannerConfig
 from llmds.engine.request import RequestState, RequestStatus
 from llmds.errors import CapacityError, StateError, ValidationError
@@ -75,6 +75,29 @@ class FakeKV:
             assert full[-bs:] == pc.tokens_of(b) and len(full) % bs == 0, f"indexed block {b}: wrong tokens"
             assert pc.chain_keys(full, len(full) // bs)[-1] == pc.key_of(b), f"indexed block {b}: wrong prefix"
             assert self.mem[b] == [full[: len(full) - bs + j + 1] for j in range(bs)], f"block {b}: stale slots"
+
+
+def room_blocks(seqs):
+    """Blocks held as growth rooms: ``[block_table[-1] + 1, _room_end)`` of each request with a room."""
+    out = []
+    for s in seqs:
+        if s._room_end:
+            assert s.block_table and s._contig, "only a contiguous table has a room"
+            out += range(s.block_table[-1] + 1, s._room_end)
+    return out
+
+
+def check_placement_stats(bm, seqs):
+    """The manager's placement counters equal a recount over the live requests."""
+    tables = [s.block_table for s in seqs if s.block_table]
+    runs = [t for t in tables if all(b - a == 1 for a, b in zip(t, t[1:]))]
+    for s in seqs:
+        assert s._contig == (s.block_table == list(range(s.block_table[0], s.block_table[0] + len(s.block_table)))
+                             if s.block_table else True)
+    st_ = bm.stats()
+    assert (st_["block_tables"], st_["contiguous_tables"]) == (len(tables), len(runs))
+    assert st_["room_blocks"] == len(room_blocks(seqs))
+    assert bm.num_free_blocks == bm.allocator.num_free + st_["room_blocks"] == st_["num_free_blocks"]
 
 
 def tok_fn(s):
@@ -181,8 +204,8 @@ def test_lru_eviction_order_of_cached_blocks():
     bm.free(b)  # then 6,5,4; the partial blocks 3 and 7 go to the head (reused first)
     assert bm.num_free_blocks == 12 and len(bm.prefix_cache) == 6
     got = []
-    while bm.num_free_blocks:
-        s = RequestState(("y", len(got)), num_prompt_tokens=1)
+    while bm.num_free_blocks:  # one-block requests (peak 1: placement takes the free-list head)
+        s = RequestState(("y", len(got)), num_prompt_tokens=1, max_new_tokens=1)
         bm.allocate(s, 1)
         got += s.block_table
         if len(got) == 6:
@@ -287,18 +310,18 @@ def test_capacity_checks():
         bm.check_fits(RequestState(1, num_prompt_tokens=17))
     bm.check_fits(RequestState(1, num_prompt_tokens=16, max_new_tokens=1))
     with pytest.raises(CapacityError):
-        BlockCountKV(4, 4).check_fits(RequestState(1, num_prompt_tokens=16, max_new_tokens=2))
+        BlockManager(4, 4).check_fits(RequestState(1, num_prompt_tokens=16, max_new_tokens=2))
 
 
-# --------------------------------------------------------------------- equality with BlockCountKV
+# --------------------------------------------------- token ids without caching plan as lengths-only
 @settings(max_examples=40, deadline=None)
 @given(lens=st.lists(st.tuples(st.integers(1, 20), st.integers(1, 6)), min_size=1, max_size=10),
        blocks=st.integers(4, 20), bs=st.integers(1, 4), budget=st.integers(2, 16))
-def test_without_caching_plans_equal_block_count_kv(lens, blocks, bs, budget):
+def test_without_caching_plans_equal_lengths_only_requests(lens, blocks, bs, budget):
     # (with caching on, a preempted request may hit its own blocks and plans legitimately differ)
     cfg = PlannerConfig(max_num_batched_tokens=budget, max_num_seqs=min(4, budget), prefill_chunk_size=5)
     bm = BlockManager(blocks, bs, enable_prefix_caching=False)
-    p1, p2 = Planner(cfg, bm), Planner(cfg, BlockCountKV(blocks, bs))
+    p1, p2 = Planner(cfg, bm), Planner(cfg, BlockManager(blocks, bs))
     nxt = 1000
     for i, (n, mx) in enumerate(lens):
         toks = list(range(nxt, nxt + n))
@@ -403,9 +426,13 @@ class BlockAccounting(RuleBasedStateMachine):
         for pages in self.pins:
             for b in pages:
                 expect[b] += 1
+        rooms = room_blocks(self.live.values())
+        for b in rooms:
+            expect[b] += 1
         assert [alloc.refcount(b) for b in range(self.bm.num_blocks)] == expect
         assert alloc.num_free == expect.count(0)
         assert sorted(alloc.free_pages()) == [b for b in range(self.bm.num_blocks) if expect[b] == 0]
+        check_placement_stats(self.bm, self.live.values())
 
     def teardown(self):
         drive(self.p, self.fake)
@@ -448,22 +475,22 @@ def test_random_workload_with_shared_prefixes_kv_correct():
 
 
 def test_append_decode_slots_all_or_nothing():
-    for kv in (BlockManager(4, 2), BlockCountKV(4, 2)):
-        seqs = [RequestState(i, [i], max_new_tokens=3) for i in range(2)]
-        for s in seqs:
-            assert kv.allocate(s, 1)
-            s.output_token_ids.append(5)  # as if it sampled one token and decoded it
-            s.num_output_tokens, s.num_computed_tokens = 1, 2
-        assert not kv.append_decode_slots(seqs + seqs[:1])  # 3 blocks wanted, 2 free
-        assert kv.num_free_blocks == 2
-        if isinstance(kv, BlockManager):
-            assert len(kv.prefix_cache) == 0
-        assert kv.append_decode_slots(seqs) and kv.num_free_blocks == 0
-        if isinstance(kv, BlockManager):
-            assert [s.block_table for s in seqs] == [[0, 2], [1, 3]]
-            # the blocks that just filled are registered: (0, 5) and (1, 5)
-            assert kv.prefix_cache.tokens_of(0) == (0, 5) and kv.prefix_cache.tokens_of(1) == (1, 5)
-            assert [s._num_hashed_blocks for s in seqs] == [1, 1]
-        for s in seqs:
-            kv.free(s)
-        assert kv.num_free_blocks == 4
+    kv = BlockManager(4, 2)
+    seqs = [RequestState(i, [i], max_new_tokens=3) for i in range(2)]
+    for s in seqs:
+        assert kv.allocate(s, 1)
+        s.output_token_ids.append(5)  # as if it sampled one token and decoded it
+        s.num_output_tokens, s.num_computed_tokens = 1, 2
+    # each table is placed with a room for its peak (2 blocks): [0] + room [1], [2] + room [3]
+    assert [s.block_table for s in seqs] == [[0], [2]] and kv.stats()["room_blocks"] == 2
+    assert not kv.append_decode_slots(seqs + seqs[:1])  # 3 blocks wanted, 2 free
+    assert kv.num_free_blocks == 2 and len(kv.prefix_cache) == 0
+    assert [s.block_table for s in seqs] == [[0], [2]] and kv.stats()["room_blocks"] == 2
+    assert kv.append_decode_slots(seqs) and kv.num_free_blocks == 0
+    assert [s.block_table for s in seqs] == [[0, 1], [2, 3]] and kv.stats()["contiguous_tables"] == 2
+    # the blocks that just filled are registered: (0, 5) and (1, 5)
+    assert kv.prefix_cache.tokens_of(0) == (0, 5) and kv.prefix_cache.tokens_of(2) == (1, 5)
+    assert [s._num_hashed_blocks for s in seqs] == [1, 1]
+    for s in seqs:
+        kv.free(s)
+    assert kv.num_free_blocks == 4 and kv.stats()["block_tables"] == 0

@@ -1,18 +1,28 @@
-"""Per-request KV caches of the cb_lab API: dense, and paged on the shared block pool.
+"""Per-request KV caches of the cb_lab API: dense, and paged on a block manager's blocks.
 
 Both store the keys and values of one request as ``[num_tokens, dim]`` rows.
 
 * :class:`DenseKVCache` keeps one preallocated buffer per K and V and doubles
   it when full (amortised O(1) per appended row; never a copy per token).
-* :class:`PagedKVCache` keeps its rows in the blocks of a
-  :class:`~llmds.engine.kv_arena.TensorKVCache` (blocks handed out by the
-  shared :class:`~llmds.paged_allocator.PagedAllocator`).  Pass ``pool=`` to
-  share one arena between many requests (a fixed pool: running out raises
-  ``KVMemoryError``, nothing changed); without it the cache has a private
-  arena that grows to twice its size, in whole blocks, when full.  ``append``
-  writes the rows straight into their block slots (one ``index_copy_``);
-  ``get_kv`` is a zero-copy view when the request's blocks are consecutive,
-  otherwise one gather through the block table.
+* :class:`PagedKVCache` keeps its rows in blocks that a
+  :class:`~llmds.engine.block_manager.BlockManager` allocated; row ``i`` lives
+  in block ``table[i // block_size]`` at offset ``i % block_size`` of a
+  :class:`~llmds.engine.kv_storage.KVStorage`.  Whose table, depends on who
+  drives it:
+
+  - **a Scheduler with a block manager** (``Scheduler(kv=BlockManager(...))``):
+    the cache is bound to its request when the request is added, and stores
+    into the request's own table, the blocks the planner allocated for it
+    (the planner sees the real blocks; preemption and finishing free them);
+  - ``pool=TensorKVCache(...)``: one table of that arena, shared with other
+    caches on the same pool (a fixed pool: running out raises
+    ``KVMemoryError``, nothing changed);
+  - neither: a private arena that grows to twice its size, in whole blocks,
+    when full.
+
+  ``append`` writes the rows straight into their block slots; ``get_kv`` is a
+  zero-copy view when the table is one run of consecutive blocks, otherwise
+  one gather through the table.
 
 Views returned by ``get_kv`` stay valid until the next ``append``/``retain``/
 ``release`` of that cache.  ``retain(index)`` keeps only the given rows (used by
@@ -27,7 +37,9 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
+from llmds._checks import check_int
 from llmds.engine.kv_arena import TensorKVCache
+from llmds.engine.kv_storage import KVStorage
 from cb_lab.exceptions import KVCacheError, KVMemoryError, ValidationError
 
 __all__ = ["BaseKVCache", "DenseKVCache", "PagedKVCache"]
@@ -187,12 +199,13 @@ class DenseKVCache(BaseKVCache):
 
 
 class PagedKVCache(BaseKVCache):
-    """Rows stored in the blocks of a :class:`TensorKVCache` (see the module docstring).
+    """Rows stored in blocks a block manager allocated (see the module docstring).
 
     Parameters
     ----------
     block_size : int, optional
-        Tokens per block (default 64, or the pool's block size).
+        Tokens per block (default 64, or the pool's block size; a scheduler's
+        block manager must have the same block size if one is given).
     device : torch.device, optional
         Device of a private arena (default CPU).
     pool : TensorKVCache, optional
@@ -210,10 +223,10 @@ class PagedKVCache(BaseKVCache):
     ) -> None:
         if pool is not None and not isinstance(pool, TensorKVCache):
             raise ValidationError(f"pool must be a TensorKVCache, got {type(pool).__name__}")
+        self._block_size_given = block_size is not None
         if block_size is None:
             block_size = pool.block_size if pool is not None else 64
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-            raise ValidationError(f"block_size must be a positive int, got {block_size!r}")
+        block_size = check_int("block_size", block_size, 1)
         if pool is not None and block_size != pool.block_size:
             raise ValidationError(
                 f"block_size={block_size} differs from the pool's {pool.block_size}"
@@ -224,8 +237,10 @@ class PagedKVCache(BaseKVCache):
             self.device = torch.device("cpu")
         self._shared = pool is not None
         self._pool = pool
-        self._layer = pool._check_layer(layer) if pool is not None else 0
-        self._sid = ("PagedKVCache", next(_ids))  # this cache's request id in the arena
+        self._layer = pool.storage.check_layer(layer) if pool is not None else 0
+        self._sid = ("PagedKVCache", next(_ids))  # this cache's request id in an arena
+        self._seq = None  # bound: the request whose block table holds the rows
+        self._storage: KVStorage | None = None  # bound: the scheduler's storage
         self._n = 0
         self.num_appended = 0
         self.dim = self.dtype = None
@@ -236,21 +251,74 @@ class PagedKVCache(BaseKVCache):
         return self._n
 
     @property
-    def pool(self) -> TensorKVCache | None:
-        return self._pool
+    def pool(self):
+        """Where the rows live: the arena (``TensorKVCache``), or the scheduler's ``KVStorage``."""
+        return self._storage if self._seq is not None else self._pool
+
+    @property
+    def is_bound(self) -> bool:
+        """True while the rows live in a scheduler's request's block table."""
+        return self._seq is not None
 
     def block_table(self) -> list[int]:
-        """Block ids holding this cache's rows, in token order."""
-        return self._pool.block_table(self._sid) if self._n else []
+        """Block ids holding this cache's rows, in row order."""
+        if not self._n:
+            return []
+        if self._seq is not None:
+            return self._seq.block_table[: -(-self._n // self.block_size)]
+        return self._pool.block_table(self._sid)
 
     def is_contiguous(self) -> bool:
         """True when ``get_kv`` is a zero-copy view (the blocks are consecutive)."""
-        return self._n == 0 or self._pool.view_is_contiguous(self._sid)
+        if self._n == 0:
+            return True
+        if self._seq is not None:
+            return self._seq._contig
+        return self._pool.view_is_contiguous(self._sid)
+
+    # ------------------------------------------------------------ binding
+    def _bind(self, storage: KVStorage, seq) -> None:
+        """Store into ``seq``'s block table in ``storage`` from now on (the cache must be empty).
+
+        Called by a Scheduler with a block manager when it adds ``seq``."""
+        if self._n or self._shared:
+            raise KVCacheError("only an empty cache without a pool can store into a request's blocks")
+        if self._block_size_given and self.block_size != storage.block_size:
+            raise ValidationError(
+                f"this PagedKVCache has block_size={self.block_size}; the scheduler's block manager "
+                f"uses {storage.block_size}: create it as PagedKVCache() or with that block size"
+            )
+        self.release()
+        self._pool = None
+        self._seq, self._storage = seq, storage
+        self.block_size = storage.block_size
+        self.device, self.dim, self.dtype = storage.device, storage.head_dim, storage.dtype
+
+    def _unbind(self) -> None:
+        """Stop using the request's table: copy the rows to a private arena first.
+
+        The scheduler calls it when the request leaves it without releasing its
+        cache, right after the planner freed the blocks (nothing has written them yet)."""
+        if self._seq is None:
+            return
+        m = self._n
+        k, v = self._bound_rows(self._table_when_bound) if m else (None, None)
+        self._seq = self._storage = self._pool = None
+        self._n = 0
+        if m:
+            self._grow_private(m)
+            self._reserve(m)
+            self._store(k, v)
 
     # ------------------------------------------------------------ storage
     def _shape(self, t: torch.Tensor) -> torch.Tensor:
-        p = self._pool
-        return t.reshape(t.size(0), p.num_kv_heads, p.head_dim)
+        return t.reshape(t.size(0), -1, self.dim if self._seq is not None else self._pool.head_dim)
+
+    def _bound_rows(self, table) -> tuple[torch.Tensor, torch.Tensor]:
+        st, n = self._storage, self._n
+        contig = all(b - a == 1 for a, b in zip(table, table[1:]))
+        return (st.k_view(0, table, n, contig).reshape(n, self.dim),
+                st.v_view(0, table, n, contig).reshape(n, self.dim))
 
     def _reserve(self, n: int) -> bool:
         """Make room for ``n`` more rows in the arena; False when it is full."""
@@ -274,36 +342,55 @@ class PagedKVCache(BaseKVCache):
             new.write(self._sid, 0, range(self._n), k, v)
         self._pool = new
 
+    def _store(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        """Write rows ``[_n, _n + n)`` (room already made) and count them."""
+        start, n = self._n, k_new.size(0)
+        if self._seq is not None:
+            seq, st = self._seq, self._storage
+            if (start + n) > len(seq.block_table) * self.block_size:
+                raise KVCacheError(
+                    f"request {seq.request_id!r} holds {len(seq.block_table)} blocks of {self.block_size} "
+                    f"tokens; {start + n} rows do not fit (rows are appended by its scheduler's steps)"
+                )
+            self._table_when_bound = seq.block_table  # the same list until the request is re-admitted
+            slots, _ = st.slots(seq.block_table, range(start, start + n), start + n, seq._contig)
+            st.scatter(0, slots, self._shape(k_new), self._shape(v_new))
+        else:
+            self._pool.write(self._sid, self._layer, range(start, start + n),
+                             self._shape(k_new), self._shape(v_new))
+        self._n = start + n
+
     def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
         n = self._check_rows(k_new, v_new)
         if n == 0:
             return
         if self.dim is None:
             self.dim, self.dtype = k_new.size(1), k_new.dtype
-        if self._pool is None:
-            self._grow_private(n)
-        if not self._reserve(n):
-            if self._shared:
-                p = self._pool
-                raise KVMemoryError(
-                    f"the shared KV pool is out of blocks: {n} more rows need "
-                    f"{-(-(self._n + n) // p.block_size)} blocks for this cache, "
-                    f"{p.allocator.num_free} of {p.num_blocks} are free; release finished "
-                    "requests' caches or give the pool more tokens"
-                )
-            self._grow_private(self._n + n)
-            if not self._reserve(n):  # pragma: no cover - a fresh arena always has room
-                raise KVCacheError("private KV arena could not grow")
-        start = self._n
-        self._pool.write(
-            self._sid, self._layer, range(start, start + n), self._shape(k_new), self._shape(v_new)
-        )
-        self._n = start + n
+        if self._seq is None:
+            if self._pool is None:
+                self._grow_private(n)
+            if not self._reserve(n):
+                if self._shared:
+                    p = self._pool
+                    raise KVMemoryError(
+                        f"the shared KV pool is out of blocks: {n} more rows need "
+                        f"{-(-(self._n + n) // p.block_size)} blocks for this cache, "
+                        f"{p.available_blocks()} of {p.num_blocks} are available; release finished "
+                        "requests' caches or give the pool more tokens"
+                    )
+                self._grow_private(self._n + n)
+                if not self._reserve(n):  # pragma: no cover - a fresh arena always has room
+                    raise KVCacheError("private KV arena could not grow")
+        self._store(k_new, v_new)
         self.num_appended += n
 
     def get_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._n == 0:
             return self._empty()
+        if self._seq is not None:
+            seq, st, n = self._seq, self._storage, self._n
+            return (st.k_view(0, seq.block_table, n, seq._contig).reshape(n, self.dim),
+                    st.v_view(0, seq.block_table, n, seq._contig).reshape(n, self.dim))
         p, d = self._pool, self.dim
         return (
             p.k_view(self._sid, self._layer).reshape(self._n, d),
@@ -314,20 +401,20 @@ class PagedKVCache(BaseKVCache):
         idx = self._check_index(index)
         if self._n == 0:
             return
-        p, sid, layer = self._pool, self._sid, self._layer
-        k = p.k_view(sid, layer).index_select(0, idx)  # copies: safe to free the blocks
-        v = p.v_view(sid, layer).index_select(0, idx)
-        p.free_for(sid)
-        self._n = 0
+        k, v = self.get_kv()
+        k, v = k.index_select(0, idx), v.index_select(0, idx)  # copies: safe to overwrite the rows
         m = idx.numel()
-        if m:
-            if not self._reserve(m):  # pragma: no cover - m rows fitted a moment ago
+        if self._seq is None:
+            self._pool.free_for(self._sid)
+            self._n = 0
+            if m and not self._reserve(m):  # pragma: no cover - m rows fitted a moment ago
                 raise KVCacheError("could not re-place retained KV rows")
-            p.write(sid, layer, range(m), k, v)
-            self._n = m
+        self._n = 0
+        if m:
+            self._store(k, v)
 
     def release(self) -> None:
-        if self._pool is not None:
+        if self._seq is None and self._pool is not None:
             self._pool.free_for(self._sid)
         self._n = 0
 

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import Hashable, Iterable
 
 from llmds._checks import check_choice, check_int
-from llmds.engine.block_manager import KVManager, NullKV
+from llmds.engine.kv_manager import KVManager, NullKV
 from llmds.engine.decode_batch import DecodeBatch
 from llmds.engine.request import RequestState, RequestStatus
 from llmds.engine.request_queue import POLICIES, RequestQueue, urgency_key
