@@ -25,13 +25,14 @@ Step policy (vLLM v1 style):
    admitted in queue order while budget, ``max_num_seqs`` and blocks allow;
    the first one that does not fit blocks the queue (no overtaking).
 
-Orders.  Queue order (``policy``): ``"fcfs"`` by arrival (order of ``add``),
-``"priority"`` by ``(priority, arrival)``, ``"edf"`` by ``(deadline,
-priority, arrival)`` with no deadline last.  Urgency among running requests
-uses the same key with the admission counter in place of arrival, so the
-preemption victim is the lowest-priority, most recently admitted request.
+Orders (:mod:`llmds.engine.request_queue`): queue order by ``policy``
+(``"fcfs"``, ``"priority"``, ``"edf"``); among running requests the same key
+with the admission counter in place of arrival, so the preemption victim is
+the lowest-priority, most recently admitted request.
 
-Cancelling a plan (``cancel``) rolls the step back: no token advances; the
+Cancelling a plan (``cancel``) is the one rollback path of a failed step:
+KV blocks are returned only there, through the KV manager's ``rollback``, and
+cb_lab's scheduler cuts its caches back after it.  No token advances; the
 requests the plan admitted go back to the waiting queue at their position
 and free their blocks; the running ones give back the blocks allocated for
 the plan's new tokens (between steps a running request holds blocks for
@@ -41,31 +42,26 @@ served their (never written) KV.  Preemptions made by ``schedule()`` stand:
 the victims are already waiting, to be recomputed.  The next ``schedule()``
 reuses the cancelled plan's ``step_id``.
 
-Pinned prefix blocks are not available to requests that do not share them:
-``add`` rejects a request that could never fit beside the pins, and
-``pin_prefix`` refuses a pin that would leave a live request unable to
-finish.  If pins made directly on the KV manager do that anyway, such a
-request ends up preempting itself; once it heads the queue with nothing
-running, ``schedule()`` raises ``CapacityError`` naming it (abort it or
-unpin), changing nothing, instead of readmitting and preempting it forever.
+Pins (``pin_prefix``) never strand a live request: a pin that would is
+refused; if pins made directly on the KV manager strand the queue head with
+nothing running, ``schedule()`` raises ``CapacityError`` naming it instead of
+readmitting and preempting it forever.
 
-Costs: a decode step is O(1) Python work plus C-level list operations over
-the running requests (see ``decode_batch``), plus per-request work only for
-requests with an event: a block boundary (1 in ``block_size`` steps),
-finishing, preemption.  Admissions cost one prefix lookup each; the waiting
-queue is an ``IndexedHeap`` (O(log n) push/pop/delete).
+Costs: a decode step is one loop over the running requests' counters plus
+C-level list operations (see ``decode_batch``), and per-request work only for
+requests with an event (a block boundary, finishing, preemption).  Admissions
+cost one prefix lookup each; the waiting queue is O(log n) per operation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Hashable, Iterable
 
-from llmds._checks import check_choice, check_int
-from llmds.engine.kv_manager import KVManager, NullKV
 from llmds.engine.decode_batch import DecodeBatch
+from llmds.engine.kv_manager import KVManager, NullKV
 from llmds.engine.request import RequestState, RequestStatus
-from llmds.engine.request_queue import POLICIES, RequestQueue, urgency_key
+from llmds.engine.request_queue import RequestQueue, urgency_key
+from llmds.engine.step_plan import PlannerConfig, StepPlan
 from llmds.errors import CapacityError, NotFoundError, StateError, ValidationError
 
 __all__ = ["KVManager", "PlannerConfig", "StepPlan", "Planner"]
@@ -76,98 +72,6 @@ _PREEMPTED = RequestStatus.PREEMPTED
 _STOPPED = RequestStatus.FINISHED_STOPPED
 _LENGTH = RequestStatus.FINISHED_LENGTH
 _ABORTED = RequestStatus.FINISHED_ABORTED
-
-
-@dataclass(frozen=True, slots=True)
-class PlannerConfig:
-    """Step budget and policy (validated once).
-
-    Parameters
-    ----------
-    max_num_batched_tokens : int
-        Tokens computed per step, decode and prefill together (>= max_num_seqs).
-    max_num_seqs : int
-        Running requests at most.
-    prefill_chunk_size : int or None
-        Prompt tokens one request may prefill per step; None = the whole budget.
-    policy : {"fcfs", "priority", "edf"}
-        Waiting-queue order and preemption order (see module docstring).
-    """
-
-    max_num_batched_tokens: int = 2048
-    max_num_seqs: int = 256
-    prefill_chunk_size: int | None = None
-    policy: str = "fcfs"
-
-    def __post_init__(self) -> None:
-        budget = check_int("max_num_batched_tokens", self.max_num_batched_tokens, 1)
-        seqs = check_int("max_num_seqs", self.max_num_seqs, 1)
-        if budget < seqs:
-            raise ValidationError(
-                f"max_num_batched_tokens ({budget}) must be >= max_num_seqs "
-                f"({seqs}) so every running request can decode each step"
-            )
-        c = self.prefill_chunk_size
-        chunk = budget if c is None else check_int("prefill_chunk_size", c, 1)
-        check_choice("policy", self.policy, POLICIES)
-        for name, value in (("max_num_batched_tokens", budget), ("max_num_seqs", seqs),
-                            ("prefill_chunk_size", chunk)):
-            object.__setattr__(self, name, value)
-
-
-class StepPlan:
-    """The work of one step (read-only for the caller).
-
-    Attributes
-    ----------
-    step_id : int
-    decode : list[RequestState]
-        Requests computing their last sampled token (one token each).
-    prefill : list[tuple[RequestState, int]]
-        ``(request, num_tokens)``: compute prompt(+output) tokens
-        ``[request.num_computed_tokens, + num_tokens)``.  A prefill item may
-        read KV written by an *earlier* item of the same plan (same-step
-        prefix sharing): run prefills in plan order, or in one pass that
-        writes each layer's KV before its attention.
-    preempted : list[RequestState]
-        Requests preempted this step (already back in the waiting queue).
-    num_batched_tokens : int
-        ``len(decode) + sum of prefill tokens``.
-    """
-
-    __slots__ = ("step_id", "decode", "prefill", "preempted", "num_batched_tokens")
-
-    def __init__(self, step_id: int, decode: list, prefill: list, preempted: list, num_batched_tokens: int):
-        self.step_id = step_id
-        self.decode = decode
-        self.prefill = prefill
-        self.preempted = preempted
-        self.num_batched_tokens = num_batched_tokens
-
-    @property
-    def num_decode_tokens(self) -> int:
-        return len(self.decode)
-
-    @property
-    def num_prefill_tokens(self) -> int:
-        return self.num_batched_tokens - len(self.decode)
-
-    @property
-    def is_empty(self) -> bool:
-        return self.num_batched_tokens == 0
-
-    @property
-    def sampling(self) -> list[RequestState]:
-        """Requests that sample a token this step, in the order ``update`` expects
-        their token ids: every decode, then each prefill that completes its prompt
-        (read it before ``update``, which advances the counters)."""
-        return self.decode + [s for s, n in self.prefill if s.num_computed_tokens + n == s.num_tokens]
-
-    def __repr__(self) -> str:
-        return (
-            f"StepPlan(step={self.step_id}, decode={len(self.decode)}, prefill={len(self.prefill)}, "
-            f"tokens={self.num_batched_tokens}, preempted={len(self.preempted)})"
-        )
 
 
 class Planner:
@@ -378,14 +282,8 @@ class Planner:
             raise StateError("update() expects the plan returned by the last schedule()")
         decode, prefill = plan.decode, plan.prefill
         nd = len(decode)
-        completing = [s for s, n in prefill if s.num_computed_tokens + n == s.num_tokens] if prefill else ()
         if token_ids is not None:
-            toks = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
-            if len(toks) != nd + len(completing):
-                raise ValidationError(
-                    f"got {len(toks)} token ids; plan.sampling has {nd + len(completing)} requests "
-                    f"({nd} decodes + {len(completing)} completed prefills)"
-                )
+            toks = plan.check_token_ids(token_ids)
         stops = list(finished_ids) if finished_ids else ()
         for rid in stops:
             if rid not in self._requests:
@@ -443,12 +341,7 @@ class Planner:
                 fin(s)
         self._in_flight = None
         if self._deferred_aborts:
-            for rid in self._deferred_aborts:
-                s = self._requests.get(rid)
-                if s is not None and not s.is_finished:
-                    self._finish_now(s, _ABORTED)
-                    fin(s)
-            self._deferred_aborts.clear()
+            finished += self._apply_deferred_aborts()
         if finished:
             free, requests = self.kv.free, self._requests
             for s in finished:
@@ -458,19 +351,13 @@ class Planner:
         return finished
 
     def cancel(self, plan: StepPlan) -> list[RequestState]:
-        """Roll back a plan that will not be run (its model or a plugin failed).
+        """Roll back a plan that will not be run (its model or a plugin failed); call it
+        instead of ``update``.  See the module docstring for what is undone (every
+        request's blocks through ``kv.rollback``); preemptions made by ``schedule()``
+        stand, and the next ``schedule()`` reuses ``plan.step_id``.
 
-        Call it instead of ``update``.  Afterwards the planner is between
-        steps again: no request advanced; requests the plan admitted are
-        waiting again at their queue position with no blocks; running ones
-        hold blocks for exactly their computed tokens (blocks allocated for
-        the plan's new tokens are returned); prefix-index entries registered
-        for the plan's not-yet-computed blocks are removed (``kv.rollback``).
-        Requests the plan preempted stay preempted (already waiting, to be
-        recomputed).  The next ``schedule()`` reuses ``plan.step_id``.
-
-        Returns the requests finished by aborts that arrived while the plan
-        was in flight (FINISHED_ABORTED), as ``update`` would have.
+        Returns the requests finished by aborts that arrived while the plan was in
+        flight (FINISHED_ABORTED), as ``update`` would have.
         """
         if plan is not self._in_flight:
             raise StateError("cancel() expects the plan returned by the last schedule(), not yet updated")
@@ -495,15 +382,7 @@ class Planner:
             self._admits = base
         self._step = plan.step_id
         self._in_flight = None
-        finished: list[RequestState] = []
-        if self._deferred_aborts:
-            for rid in self._deferred_aborts:
-                s = self._requests.get(rid)
-                if s is not None and not s.is_finished:
-                    self._finish_now(s, _ABORTED)
-                    finished.append(s)
-            self._deferred_aborts.clear()
-        return finished
+        return self._apply_deferred_aborts()
 
     def preempt(self, request_id: Hashable) -> RequestState:
         """Preempt a running request now: free its KV and requeue it to be recomputed.
@@ -543,6 +422,17 @@ class Planner:
         unpin(list(block_ids))
 
     # ---------------------------------------------------------------- internals
+    def _apply_deferred_aborts(self) -> list[RequestState]:
+        """Finish the requests aborted while the plan was in flight (FINISHED_ABORTED)."""
+        out = []
+        for rid in self._deferred_aborts:
+            s = self._requests.get(rid)
+            if s is not None and not s.is_finished:
+                self._finish_now(s, _ABORTED)
+                out.append(s)
+        self._deferred_aborts.clear()
+        return out
+
     def _check_still_fits(self, seq: RequestState) -> None:
         """The queue head, with nothing running: if it could never fit beside the current
         pins (made after it was added), say so instead of preempting it forever."""
