@@ -494,3 +494,73 @@ def test_append_decode_slots_all_or_nothing():
     for s in seqs:
         kv.free(s)
     assert kv.num_free_blocks == 4 and kv.stats()["block_tables"] == 0
+
+
+# --------------------------------------------------------------------- placement: runs and rooms
+def test_tables_are_runs_with_growth_rooms_up_to_the_peak():
+    bm = BlockManager(16, 4)
+    a = RequestState("a", num_prompt_tokens=5, max_new_tokens=8)  # peak: 12 KV tokens = 3 blocks
+    b = RequestState("b", num_prompt_tokens=4, max_new_tokens=1)  # peak 1 block: no room
+    assert bm.allocate(a, 5) and bm.allocate(b, 4)
+    assert a.block_table == [0, 1] and a._room_end == 3 and b.block_table == [3]
+    st_ = bm.stats()
+    assert (st_["block_tables"], st_["contiguous_tables"], st_["room_blocks"]) == (2, 2, 1)
+    assert bm.num_free_blocks == 13 and bm.allocator.num_free == 12 and bm.usage() == 3 / 16
+    a.num_output_tokens, a.num_computed_tokens = 4, 8
+    assert bm.append_slots(a, 1) and a.block_table == [0, 1, 2] and a._room_end == 0  # from the room
+    assert bm.is_contiguous(a) and bm.stats()["room_blocks"] == 0
+    a.num_output_tokens, a.num_computed_tokens = 7, 12  # past its peak: no room, the next block is 3 (b's)
+    assert bm.append_slots(a, 0) and bm.append_slots(a, 0)
+    a.num_output_tokens = 8
+    assert bm.append_slots(a, 1) and a.block_table == [0, 1, 2, 4] and not bm.is_contiguous(a)
+    assert bm.stats()["contiguous_tables"] == 1
+    bm.free(b)
+    c = RequestState("c", num_prompt_tokens=4, max_new_tokens=5)  # peak 2: head run [3, 5, ...] is too short
+    assert bm.allocate(c, 4) and c.block_table == [5] and c._room_end == 7  # first free run that holds it
+
+
+def test_rooms_are_given_back_before_cached_blocks_are_evicted():
+    bm = BlockManager(8, 2)
+    warm = R("warm", [1, 2, 3, 4, 9], max_new=1)
+    assert bm.allocate(warm, 5)
+    bm.free(warm)  # blocks 0, 1 hold [1, 2], [3, 4]: cached, free
+    x = RequestState("x", num_prompt_tokens=2, max_new_tokens=7)  # peak 4 blocks: [2] + room [3, 6)
+    assert bm.allocate(x, 2) and x.block_table == [2] and x._room_end == 6
+    y = RequestState("y", num_prompt_tokens=6, max_new_tokens=1)  # 3 blocks; only 6, 7 are uncached free
+    assert bm.allocate(y, 6) and y.block_table == [3, 4, 5]  # x's room was given back, not a cached block
+    assert x._room_end == 0 and bm.evictions == 0
+    z = RequestState("z", num_prompt_tokens=4, max_new_tokens=1)
+    assert bm.allocate(z, 4) and z.block_table == [6, 7] and bm.evictions == 0
+    again = R("again", [1, 2, 3, 4, 5])  # the cached prefix survived
+    assert bm.match_prefix(again) == 4
+
+
+def test_rollback_returns_a_runs_blocks_to_its_room_and_the_redo_gets_them_back():
+    bm = BlockManager(16, 2)
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2, prefill_chunk_size=3), bm)
+    a = R("a", range(7), max_new=4)  # peak 5 blocks
+    p.add(a)
+    plan = p.schedule()
+    p.update(plan, [0] * len(plan.sampling))
+    before = (list(a.block_table), a._room_end)
+    plan = p.schedule()  # a prefills 3 more tokens: one more block from its room
+    assert len(a.block_table) == 3
+    p.cancel(plan)
+    assert (a.block_table, a._room_end) == before
+    plan = p.schedule()
+    assert a.block_table == list(range(3)) and bm.is_contiguous(a)
+    p.update(plan, [0] * len(plan.sampling))
+    drive(p)
+    assert bm.num_free_blocks == 16 and bm.stats()["block_tables"] == 0 and bm.allocator.num_free == 16
+
+
+def test_constructor_validates_and_maps_the_allocators_names():
+    from llmds.paged_allocator import PagedAllocator
+
+    pool = PagedAllocator(4, 10)  # page_size 4, max_pages 10
+    bm = BlockManager(10, 4, allocator=pool)
+    assert (bm.num_blocks, bm.block_size, bm.allocator) == (10, 4, pool)
+    for kw in (dict(num_blocks=0), dict(block_size=0), dict(num_blocks=2.0), dict(enable_prefix_caching=1),
+               dict(allocator=object()), dict(allocator=PagedAllocator(4, 9))):
+        with pytest.raises(ValidationError):
+            BlockManager(**(dict(num_blocks=10, block_size=4) | kw))

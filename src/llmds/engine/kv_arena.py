@@ -101,15 +101,26 @@ class TensorKVCache:
     block_manager : BlockManager, optional
         A block manager to share (e.g. the engine's); same size rule.  Default:
         a new one on ``allocator`` (or a new pool), without prefix caching.
+    storage : KVStorage, optional
+        The tensors to share (e.g. the engine's); its shape, dtype and device must
+        be the ones the other arguments give.  See :meth:`over`.
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, max_total_tokens: int,
                  block_size: int = 16, dtype: torch.dtype = torch.float32, device="cpu", *,
-                 allocator: PagedAllocator | None = None, block_manager: BlockManager | None = None) -> None:
+                 allocator: PagedAllocator | None = None, block_manager: BlockManager | None = None,
+                 storage: KVStorage | None = None) -> None:
         self.max_total_tokens = check_int("max_total_tokens", max_total_tokens, 1)
         bs = check_int("block_size", block_size, 1)
         num_blocks = -(-self.max_total_tokens // bs)
-        self.storage = KVStorage(num_layers, num_kv_heads, head_dim, num_blocks, bs, dtype, device)
+        if storage is None:
+            storage = KVStorage(num_layers, num_kv_heads, head_dim, num_blocks, bs, dtype, device)
+        elif not isinstance(storage, KVStorage) or storage.shape_key() != KVStorage.key_of(
+                num_layers, num_kv_heads, head_dim, num_blocks, bs, dtype, device):
+            raise ValidationError(f"storage {storage!r} does not have the arena's shape: {num_layers} layers, "
+                                  f"{num_kv_heads} kv heads, head_dim {head_dim}, {num_blocks} blocks of "
+                                  f"{bs}, {dtype} on {device}")
+        self.storage = storage
         if block_manager is None:
             if allocator is not None and not isinstance(allocator, PagedAllocator):
                 raise ValidationError(f"allocator must be a PagedAllocator, got {type(allocator).__name__}")
@@ -138,6 +149,16 @@ class TensorKVCache:
                 f"head_dim={self.head_dim}, blocks={self.num_blocks}x{self.block_size}, "
                 f"dtype={self.dtype}, device={self.device}, "
                 f"sequences={len(self._seqs)}, free_blocks={self.block_manager.num_free_blocks})")
+
+    @classmethod
+    def over(cls, storage: KVStorage, block_manager: BlockManager) -> TensorKVCache:
+        """The request-keyed API on an existing storage and block manager (e.g. the engine's),
+        so arena requests and the planner's share one pool and one set of tensors."""
+        if not isinstance(storage, KVStorage):
+            raise ValidationError(f"storage must be a KVStorage, got {type(storage).__name__}")
+        return cls(storage.num_layers, storage.num_kv_heads, storage.head_dim,
+                   storage.num_blocks * storage.block_size, storage.block_size, storage.dtype,
+                   storage.device, block_manager=block_manager, storage=storage)
 
     # ------------------------------------------------------------ sizing
     @staticmethod

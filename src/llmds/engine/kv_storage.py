@@ -74,13 +74,9 @@ class KVStorage:
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int,
                  block_size: int = 16, dtype: torch.dtype = torch.float32, device="cpu") -> None:
-        self.num_layers = check_int("num_layers", num_layers, 1)
-        self.num_kv_heads = check_int("num_kv_heads", num_kv_heads, 1)
-        self.head_dim = check_int("head_dim", head_dim, 1)
-        self.num_blocks = check_int("num_blocks", num_blocks, 1)
-        self.block_size = check_int("block_size", block_size, 1)
-        self.dtype = check_dtype(dtype)
-        self.device = _check_device(device)
+        (self.num_layers, self.num_kv_heads, self.head_dim, self.num_blocks, self.block_size,
+         self.dtype, self.device) = self.key_of(num_layers, num_kv_heads, head_dim, num_blocks, block_size,
+                                                dtype, device)
         shape = (self.num_layers, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         self.k_cache = torch.empty(shape, dtype=dtype, device=self.device)  # undefined until written
         self.v_cache = torch.empty(shape, dtype=dtype, device=self.device)
@@ -89,6 +85,19 @@ class KVStorage:
         self._k_all, self._v_all = self.k_cache.view(flat), self.v_cache.view(flat)
         self._k_flat = [self._k_all[i] for i in range(self.num_layers)]
         self._v_flat = [self._v_all[i] for i in range(self.num_layers)]
+
+    @staticmethod
+    def key_of(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device) -> tuple:
+        """Validated ``(layers, kv_heads, head_dim, blocks, block_size, dtype, device)``."""
+        dims = tuple(check_int(n, v, 1) for n, v in (
+            ("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+            ("num_blocks", num_blocks), ("block_size", block_size)))
+        return dims + (check_dtype(dtype), _check_device(device))
+
+    def shape_key(self) -> tuple:
+        """This storage's :meth:`key_of` tuple (two storages with equal keys are interchangeable)."""
+        return (self.num_layers, self.num_kv_heads, self.head_dim, self.num_blocks, self.block_size,
+                self.dtype, self.device)
 
     def __repr__(self) -> str:
         return (f"KVStorage(layers={self.num_layers}, kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
