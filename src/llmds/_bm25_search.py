@@ -8,7 +8,7 @@ the index and passed in, so a query allocates only a few small arrays.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llmds._jit import njit
 
 __all__ = ["search_batch"]
 

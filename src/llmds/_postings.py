@@ -17,7 +17,7 @@ are therefore >= 1, which the decoder checks.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llmds._jit import njit
 
 __all__ = [
     "bm25_weights",
