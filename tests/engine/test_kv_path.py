@@ -249,13 +249,13 @@ class KVPath(RuleBasedStateMachine):
         check_placement_stats(self.bm, seqs)
 
     def teardown(self):
+        for rid in list(self.arena_rows):  # the arena's requests hold blocks the planner may need
+            self.arena_free_id(rid)
         for _ in range(500):
             if not self.p.has_unfinished():
                 break
             self.step()
         assert not self.p.has_unfinished()
-        for rid in list(self.arena_rows):
-            self.arena_free_id(rid)
         while self.pins:
             self.p.unpin(self.pins.pop())
         stats = self.bm.allocator.stats()

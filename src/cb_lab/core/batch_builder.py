@@ -20,7 +20,9 @@ from typing import Hashable, Sequence
 
 import torch
 
+from cb_lab.core.request import check_req_id
 from cb_lab.exceptions import ValidationError
+from llmds._checks import check_int
 
 __all__ = ["TokenMeta", "RaggedBatch", "ragged_causal_mask", "pack_chunks", "build_ragged_batch"]
 
@@ -91,10 +93,8 @@ def _check_chunk(i: int, chunk) -> tuple[Hashable, int, torch.Tensor]:
             f"chunk {i} must be a (req_id, start_pos, tokens) tuple, got {chunk!r}"
         )
     rid, start, toks = chunk
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise ValidationError(f"chunk {i}: req_id must be a str or int, got {type(rid).__name__}")
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ValidationError(f"chunk {i}: start_pos must be an int >= 0, got {start!r}")
+    check_req_id(f"chunk {i}: req_id", rid)
+    start = check_int(f"chunk {i}: start_pos", start, 0)
     if not isinstance(toks, torch.Tensor) or toks.dim() != 2:
         shape = tuple(toks.shape) if isinstance(toks, torch.Tensor) else type(toks).__name__
         raise ValidationError(f"chunk {i}: tokens must be a 2-D tensor [len, dim], got {shape}")

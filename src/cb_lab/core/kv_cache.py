@@ -39,23 +39,12 @@ import torch
 
 from llmds._checks import check_int
 from llmds.engine.kv_arena import TensorKVCache
-from llmds.engine.kv_storage import KVStorage
+from llmds.engine.kv_storage import KVStorage, check_device
 from cb_lab.exceptions import KVCacheError, KVMemoryError, ValidationError
 
 __all__ = ["BaseKVCache", "DenseKVCache", "PagedKVCache"]
 
 _ids = itertools.count()
-
-
-def _check_device(device) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        return torch.device(device)
-    except (TypeError, RuntimeError) as exc:
-        raise ValidationError(
-            f"device must name a torch device such as 'cpu', got {device!r}"
-        ) from exc
 
 
 class BaseKVCache(ABC):
@@ -144,7 +133,7 @@ class DenseKVCache(BaseKVCache):
     """
 
     def __init__(self, device: torch.device | str | None = None) -> None:
-        self.device = _check_device(device)
+        self.device = None if device is None else check_device(device)
         self.dim = None
         self.dtype = None
         self.num_appended = 0
@@ -232,7 +221,7 @@ class PagedKVCache(BaseKVCache):
                 f"block_size={block_size} differs from the pool's {pool.block_size}"
             )
         self.block_size = block_size
-        self.device = _check_device(device) if pool is None else pool.device
+        self.device = (None if device is None else check_device(device)) if pool is None else pool.device
         if self.device is None:
             self.device = torch.device("cpu")
         self._shared = pool is not None

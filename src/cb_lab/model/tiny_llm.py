@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from cb_lab.exceptions import ValidationError
+from llmds._checks import check_int
+from llmds.engine.kv_storage import check_dtype
 
 __all__ = ["TinyLLM", "RaggedOutput", "attention"]
 
@@ -72,13 +74,10 @@ class TinyLLM(nn.Module):
         self, dim: int = 16, num_heads: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32
     ) -> None:
         super().__init__()
-        for name, val in (("dim", dim), ("num_heads", num_heads)):
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-                raise ValidationError(f"{name} must be a positive int, got {val!r}")
+        dim, num_heads = check_int("dim", dim, 1), check_int("num_heads", num_heads, 1)
         if dim % num_heads:
             raise ValidationError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValidationError(f"dtype must be a floating torch dtype, got {dtype!r}")
+        check_dtype(dtype)
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads

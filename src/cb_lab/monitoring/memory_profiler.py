@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from cb_lab.exceptions import MonitoringError, ValidationError
+from cb_lab.exceptions import MonitoringError
+from llmds._checks import check_float
 from llmds.utils import MemoryProfiler as _RSSProfiler
 
 __all__ = ["MemoryProfiler", "MemorySnapshot", "DetailedMemoryProfiler", "MemoryLeakDetector"]
@@ -103,14 +104,7 @@ class DetailedMemoryProfiler:
         count_tensors: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if (
-            isinstance(sampling_interval, bool)
-            or not isinstance(sampling_interval, (int, float))
-            or not sampling_interval > 0
-        ):
-            raise ValidationError(
-                f"sampling_interval must be seconds > 0, got {sampling_interval!r}"
-            )
+        sampling_interval = check_float("sampling_interval (seconds)", sampling_interval, 0.0, low_open=True)
         import psutil
 
         self.process = psutil.Process()
@@ -258,13 +252,7 @@ class MemoryLeakDetector:
     def __init__(
         self, threshold_mb: float = 10.0, memory_fn: Callable[[], float] | None = None
     ) -> None:
-        if (
-            isinstance(threshold_mb, bool)
-            or not isinstance(threshold_mb, (int, float))
-            or not threshold_mb > 0
-        ):
-            raise ValidationError(f"threshold_mb must be > 0, got {threshold_mb!r}")
-        self.threshold_mb = float(threshold_mb)
+        self.threshold_mb = check_float("threshold_mb", threshold_mb, 0.0, low_open=True)
         if memory_fn is None:
             import psutil
 

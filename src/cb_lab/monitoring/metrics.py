@@ -8,12 +8,12 @@ so the summary carries p50/p95/p99 like every other llmds component.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable
 
 from cb_lab.exceptions import MonitoringError, RequestNotFoundError, ValidationError
+from llmds._checks import check_float, check_int
 from cb_lab.monitoring.memory_profiler import MemoryProfiler
 from llmds.utils import MetricsCollector as LatencyCollector
 
@@ -51,12 +51,6 @@ class RequestMetrics:
     peak_memory_mb: float = 0.0
     status: str = "started"
     history: list = field(default_factory=list)  # statuses in order
-
-
-def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"{name} must be an int >= 0, got {value!r}")
-    return value
 
 
 class MetricsCollector:
@@ -110,21 +104,14 @@ class MetricsCollector:
             ("active_requests", active_requests),
             ("finished_requests", finished_requests),
         ):
-            _count(name, val)
-        if (
-            isinstance(step_duration, bool)
-            or not isinstance(step_duration, (int, float))
-            or not (0.0 <= step_duration < math.inf)
-        ):
-            raise ValidationError(
-                f"step_duration must be finite seconds >= 0, got {step_duration!r}"
-            )
+            check_int(name, val, 0)
+        step_duration = check_float("step_duration (seconds)", step_duration, 0.0)
         if not isinstance(status, str):
             raise ValidationError(f"status must be a str, got {type(status).__name__}")
         total = (
             decode_tokens + prefill_tokens
             if total_tokens is None
-            else _count("total_tokens", total_tokens)
+            else check_int("total_tokens", total_tokens, 0)
         )
         finished_ids = tuple(finished_request_ids)
         mem = gpu = 0.0
@@ -186,7 +173,7 @@ class MetricsCollector:
     # --------------------------------------------------------------- requests
     def start_request_tracking(self, req_id: Hashable, total_tokens: int = 0) -> None:
         """Start tracking a request; raises ``MonitoringError`` if it already is."""
-        _count("total_tokens", total_tokens)
+        check_int("total_tokens", total_tokens, 0)
         if req_id in self.request_metrics:
             raise MonitoringError(f"request {req_id!r} is already tracked; finish or reset first")
         self.request_metrics[req_id] = RequestMetrics(
@@ -211,9 +198,9 @@ class MetricsCollector:
         """Set a tracked request's token counts and/or status."""
         r = self._get(req_id)
         if prefill_tokens is not None:
-            r.prefill_tokens = _count("prefill_tokens", prefill_tokens)
+            r.prefill_tokens = check_int("prefill_tokens", prefill_tokens, 0)
         if decode_tokens is not None:
-            r.decode_tokens = _count("decode_tokens", decode_tokens)
+            r.decode_tokens = check_int("decode_tokens", decode_tokens, 0)
         if status is not None:
             r.status = status
             r.history.append(status)

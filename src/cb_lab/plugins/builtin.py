@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from cb_lab.exceptions import ValidationError
+from llmds._checks import check_float, check_int
 from cb_lab.monitoring.metrics import MetricsCollector
 from cb_lab.plugins.base import AttentionPlugin, AttentionRecord, CachePlugin, SchedulerPlugin
 
@@ -134,15 +135,9 @@ class CacheCompressionPlugin(CachePlugin):
     def __init__(
         self, compression_ratio: float = 0.5, num_sink_tokens: int = 2, min_tokens: int = 4
     ) -> None:
-        if (
-            isinstance(compression_ratio, bool)
-            or not isinstance(compression_ratio, (int, float))
-            or not 0.0 < compression_ratio <= 1.0
-        ):
-            raise ValidationError(f"compression_ratio must be in (0, 1], got {compression_ratio!r}")
-        for name, v in (("num_sink_tokens", num_sink_tokens), ("min_tokens", min_tokens)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValidationError(f"{name} must be an int >= 0, got {v!r}")
+        compression_ratio = check_float("compression_ratio", compression_ratio, 0.0, 1.0, low_open=True)
+        num_sink_tokens = check_int("num_sink_tokens", num_sink_tokens, 0)
+        min_tokens = check_int("min_tokens", min_tokens, 0)
         self.compression_ratio = float(compression_ratio)
         self.num_sink_tokens = num_sink_tokens
         self.min_tokens = max(1, min_tokens)
@@ -186,8 +181,8 @@ class AttentionVisualizationPlugin(AttentionPlugin):
         self, save_dir: str = "attention_viz", every_n_steps: int = 1, max_images: int | None = None
     ) -> None:
         self.save_dir = os.fspath(save_dir)
-        self.every_n_steps = every_n_steps
-        self.max_images = max_images
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
+        self.max_images = None if max_images is None else check_int("max_images", max_images, 0)
         self.saved_files: list[str] = []
         self.attention_patterns: list[dict[str, Any]] = []
 

@@ -37,7 +37,7 @@ import torch
 from llmds._checks import check_int, is_int
 from llmds.errors import ValidationError
 
-__all__ = ["KVStorage", "check_dtype"]
+__all__ = ["KVStorage", "check_device", "check_dtype"]
 
 
 def check_dtype(dtype) -> torch.dtype:
@@ -46,7 +46,7 @@ def check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def _check_device(device) -> torch.device:
+def check_device(device) -> torch.device:
     try:
         return torch.device(device)
     except (TypeError, RuntimeError) as exc:
@@ -92,7 +92,7 @@ class KVStorage:
         dims = tuple(check_int(n, v, 1) for n, v in (
             ("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
             ("num_blocks", num_blocks), ("block_size", block_size)))
-        return dims + (check_dtype(dtype), _check_device(device))
+        return dims + (check_dtype(dtype), check_device(device))
 
     def shape_key(self) -> tuple:
         """This storage's :meth:`key_of` tuple (two storages with equal keys are interchangeable)."""
