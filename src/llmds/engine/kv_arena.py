@@ -311,12 +311,18 @@ class TensorKVCache:
         otherwise a copy gathered through the block table.
         """
         seq = self._get(request_id)
-        return self.storage.k_view(layer, self._table(seq), seq.num_computed_tokens, seq._contig)
+        if seq._contig:  # the hot path: one slice of the layer's slot view
+            s = seq.block_table[0] * self.block_size
+            return self.storage.k_layer(layer)[s : s + seq.num_computed_tokens]
+        return self.storage.k_view(layer, self._table_tensor(seq), seq.num_computed_tokens, False)
 
     def v_view(self, request_id: Hashable, layer: int) -> torch.Tensor:
         """V counterpart of :meth:`k_view`."""
         seq = self._get(request_id)
-        return self.storage.v_view(layer, self._table(seq), seq.num_computed_tokens, seq._contig)
+        if seq._contig:
+            s = seq.block_table[0] * self.block_size
+            return self.storage.v_layer(layer)[s : s + seq.num_computed_tokens]
+        return self.storage.v_view(layer, self._table_tensor(seq), seq.num_computed_tokens, False)
 
     def kv_views(self, request_id: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of every layer, each ``[num_layers, used_tokens, num_kv_heads, head_dim]``.
