@@ -120,3 +120,15 @@ def test_writes_validate_and_change_nothing():
     s.write(1, slice(2, 4), k, k)  # a slice
     s.write(1, torch.tensor([4]), k[:1], k[:1])  # a slot tensor
     assert torch.all(s.k_layer(1)[2:6] == 1.0) and not s.k_layer(0).any()
+
+
+def test_readme_kv_path_example_runs_as_documented():
+    from tests.test_seed_docs import README, readme_python_blocks
+
+    (block,) = readme_python_blocks("The KV path")
+    ns: dict = {"__name__": "__readme__"}
+    exec(compile(block, str(README), "exec"), ns)
+    kv, bm = ns["kv"], ns["bm"]
+    assert kv.dtype is torch.bfloat16 and kv.nbytes <= 64 << 20 < kv.nbytes + kv.bytes_per_block(30, 3, 64, 16, torch.bfloat16)
+    assert ns["slots"].tolist() == list(range(40)) and ns["K"].shape == (40, 3, 64)
+    assert shares(ns["K"], kv.k_cache) and bm.num_free_blocks == kv.num_blocks
