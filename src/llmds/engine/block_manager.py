@@ -379,11 +379,12 @@ class BlockManager:
         """Release ``seq``'s blocks (idempotent); full computed blocks stay cached."""
         if not seq.block_table:
             return
-        if self.prefix_cache is not None and seq.prompt_token_ids is not None:
+        cached = self.prefix_cache is not None and seq.prompt_token_ids is not None
+        if cached:
             self._register(seq, seq.num_computed_tokens)
-            self.prefix_cache.free(self._runs.release(seq)[::-1])  # tail first: a prefix's head is evicted last
-        else:
-            self.allocator.free(self._runs.release(seq)[::-1])
+        table, room = self._runs.release(seq)
+        # one call; tail first, so a prefix's head is evicted last (room blocks are uncached)
+        (self.prefix_cache if cached else self.allocator).free(table[::-1] + room)
         seq._num_hashed_blocks = 0
         seq._last_key = ROOT_KEY
         self._match_seq = None

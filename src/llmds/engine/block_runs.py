@@ -74,10 +74,14 @@ class BlockRuns:
             self._free_room(seq)
 
     def _free_room(self, seq: RequestState) -> None:
+        self.allocator.free(self._take_room(seq))
+
+    def _take_room(self, seq: RequestState) -> list[int]:
+        """Forget ``seq``'s room; returns its blocks (still referenced) for the caller to free."""
         start, end = seq.block_table[-1] + 1, seq._room_end
-        self.allocator.free(list(range(start, end)))
         self.num_room_blocks -= end - start
         seq._room_end = 0
+        return list(range(start, end))
 
     def free_mask(self) -> np.ndarray:
         """Boolean ``[num_blocks]``: True for free blocks and room blocks."""
@@ -132,17 +136,20 @@ class BlockRuns:
             self.num_tables += 1
             self.num_contiguous += contig
 
-    def release(self, seq: RequestState) -> list[int]:
-        """Drop ``seq``'s room and stop counting its table; returns the table for the caller
-        to free (and leaves ``seq.block_table`` empty)."""
+    def release(self, seq: RequestState) -> tuple[list[int], list[int]]:
+        """Stop counting ``seq``'s table and room; returns ``(table, room blocks)`` for the caller
+        to free in one call (and leaves ``seq.block_table`` empty)."""
         bt = seq.block_table
+        room: list[int] = []
         if bt:
-            self.drop_room(seq)
+            if seq._room_end:
+                del self._rooms[id(seq)]
+                room = self._take_room(seq)
             self.num_tables -= 1
             self.num_contiguous -= seq._contig
             seq._contig = True
             seq.block_table = []
-        return bt
+        return bt, room
 
     # ----------------------------------------------------------------- growth
     def grow(self, seq: RequestState, k: int) -> None:

@@ -138,6 +138,9 @@ class TensorKVCache:
         self.num_layers, self.num_kv_heads, self.head_dim = st.num_layers, st.num_kv_heads, st.head_dim
         self.num_blocks, self.block_size, self.dtype, self.device = num_blocks, bs, st.dtype, st.device
         self.k_cache, self.v_cache = st.k_cache, st.v_cache
+        self._k_slots, self._v_slots = st.k_slots, st.v_slots  # [layers, slots, H, D] views
+        self._k_layers = [st.k_layer(i) for i in range(st.num_layers)]  # per-layer slot views
+        self._v_layers = [st.v_layer(i) for i in range(st.num_layers)]
         self.bytes_per_block = KVStorage.bytes_per_block(num_layers, num_kv_heads, head_dim, bs, st.dtype)
         self._seqs: dict[Hashable, _ArenaSeq] = {}  # insertion order
         self._reserved = 0  # sum over reserved requests of cap blocks - table length
@@ -313,7 +316,7 @@ class TensorKVCache:
         seq = self._get(request_id)
         if seq._contig:  # the hot path: one slice of the layer's slot view
             s = seq.block_table[0] * self.block_size
-            return self.storage.k_layer(layer)[s : s + seq.num_computed_tokens]
+            return self._k_layers[self.storage.check_layer(layer)][s : s + seq.num_computed_tokens]
         return self.storage.k_view(layer, self._table_tensor(seq), seq.num_computed_tokens, False)
 
     def v_view(self, request_id: Hashable, layer: int) -> torch.Tensor:
@@ -321,7 +324,7 @@ class TensorKVCache:
         seq = self._get(request_id)
         if seq._contig:
             s = seq.block_table[0] * self.block_size
-            return self.storage.v_layer(layer)[s : s + seq.num_computed_tokens]
+            return self._v_layers[self.storage.check_layer(layer)][s : s + seq.num_computed_tokens]
         return self.storage.v_view(layer, self._table_tensor(seq), seq.num_computed_tokens, False)
 
     def kv_views(self, request_id: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,7 +334,11 @@ class TensorKVCache:
         :meth:`view_is_contiguous`, otherwise copies gathered through the block table.
         """
         seq = self._get(request_id)
-        return self.storage.kv_views(self._table(seq), seq.num_computed_tokens, seq._contig)
+        if seq._contig:
+            s = seq.block_table[0] * self.block_size
+            e = s + seq.num_computed_tokens
+            return self._k_slots[:, s:e], self._v_slots[:, s:e]
+        return self.storage.kv_views(self._table_tensor(seq), seq.num_computed_tokens, False)
 
     def write(self, request_id: Hashable, layer: int, positions, k: torch.Tensor, v: torch.Tensor) -> None:
         """Scatter ``k``/``v`` ``[n, num_kv_heads, head_dim]`` to token ``positions`` of a request.
@@ -418,10 +425,6 @@ class TensorKVCache:
         if cap < prompt:
             raise ValidationError(f"max_tokens ({cap}) must be >= prompt_len ({prompt})")
         return prompt, cap
-
-    def _table(self, seq: _ArenaSeq):
-        """The table to read through: the list when it is a run (only its first id is used)."""
-        return seq.block_table if seq._contig else self._table_tensor(seq)
 
     def _table_tensor(self, seq: _ArenaSeq) -> torch.Tensor:
         if seq.table_tensor is None:

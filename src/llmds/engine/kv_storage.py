@@ -6,7 +6,8 @@ One preallocated K tensor and one V tensor hold every layer's blocks::
 
 Layer-major: ``k_cache[layer]`` is a contiguous ``[num_blocks, block_size, H,
 D]`` tensor and ``k_cache[layer].view(-1, H, D)`` (:meth:`k_layer`) its flat
-*slot* view, one row per token slot::
+*slot* view, one row per token slot (``k_slots`` / ``v_slots``: all layers'
+slot views, ``[num_layers, num_blocks * block_size, H, D]``)::
 
     slot = block_id * block_size + offset        (token t of a table: block table[t // block_size])
 
@@ -82,9 +83,10 @@ class KVStorage:
         self.v_cache = torch.empty(shape, dtype=dtype, device=self.device)
         self.num_slots = self.num_blocks * self.block_size
         flat = (self.num_layers, self.num_slots, self.num_kv_heads, self.head_dim)
-        self._k_all, self._v_all = self.k_cache.view(flat), self.v_cache.view(flat)
-        self._k_flat = [self._k_all[i] for i in range(self.num_layers)]
-        self._v_flat = [self._v_all[i] for i in range(self.num_layers)]
+        # every layer's slot view at once: [num_layers, num_blocks * block_size, H, D]
+        self.k_slots, self.v_slots = self.k_cache.view(flat), self.v_cache.view(flat)
+        self._k_flat = [self.k_slots[i] for i in range(self.num_layers)]
+        self._v_flat = [self.v_slots[i] for i in range(self.num_layers)]
 
     @staticmethod
     def key_of(num_layers, num_kv_heads, head_dim, num_blocks, block_size, dtype, device) -> tuple:
@@ -148,6 +150,8 @@ class KVStorage:
         return self._v_flat[self.check_layer(layer)]
 
     def check_layer(self, layer) -> int:
+        if type(layer) is int and 0 <= layer < self.num_layers:
+            return layer
         return check_int("layer", layer, 0, self.num_layers - 1)
 
     def slot_mapping(self, block_table, start: int, stop: int) -> torch.Tensor:
@@ -168,7 +172,8 @@ class KVStorage:
         table), else an int64 tensor on the device.  Vectorized; no per-token Python.
         """
         bs = self.block_size
-        self._check_span(block_table, num_tokens)
+        if not 0 <= num_tokens <= len(block_table) * bs:
+            self._check_span(block_table, num_tokens)  # raises
         if is_int(positions):
             p = int(positions)
             if not 0 <= p < num_tokens:
@@ -231,6 +236,10 @@ class KVStorage:
     def check_rows(self, k, v, n: int) -> None:
         """``k`` and ``v`` must be ``[n, num_kv_heads, head_dim]`` of the storage's dtype and device."""
         shape = (n, self.num_kv_heads, self.head_dim)
+        dt, dev = self.dtype, self.device
+        if (type(k) is torch.Tensor and type(v) is torch.Tensor and k.shape == shape and v.shape == shape
+                and k.dtype is dt and v.dtype is dt and k.device == dev and v.device == dev):
+            return  # the common case in one expression (every write checks its rows)
         for name, t in (("k", k), ("v", v)):
             if not isinstance(t, torch.Tensor):
                 raise ValidationError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -294,7 +303,7 @@ class KVStorage:
             contiguous = _is_run(block_table)
         if contiguous or not num_tokens:
             s = int(block_table[0]) * self.block_size if num_tokens else 0
-            return self._k_all[:, s : s + num_tokens], self._v_all[:, s : s + num_tokens]
+            return self.k_slots[:, s : s + num_tokens], self.v_slots[:, s : s + num_tokens]
         table = self._table_tensor(block_table)
         shape = (self.num_layers, -1, self.num_kv_heads, self.head_dim)
         k = self.k_cache.index_select(1, table).view(shape)[:, :num_tokens]
