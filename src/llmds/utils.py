@@ -90,11 +90,16 @@ class MemoryProfiler:
 
     def sample(self) -> int:
         """Read the current RSS in bytes, update the peak and return it."""
-        rss = self._process.memory_info().rss
+        return self.sample_info()[0]
+
+    def sample_info(self) -> tuple[int, int]:
+        """Read the current ``(rss, vms)`` in bytes, updating the RSS peak."""
+        info = self._process.memory_info()
+        rss = info.rss
         self._last = rss
         if rss > self._peak:
             self._peak = rss
-        return rss
+        return rss, info.vms
 
     def get_peak_rss_bytes(self) -> int:
         """Largest sampled RSS in bytes (0 before ``start``)."""

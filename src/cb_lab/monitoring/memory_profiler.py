@@ -1,7 +1,8 @@
 """Memory profilers of the cb_lab API (``cb_lab.monitoring.memory_profiler``).
 
-All readings are this process's RSS/VMS from psutil (MiB) plus, when torch is
-already imported and CUDA is available, the CUDA allocator's counters.  The
+Adapters over :class:`llmds.utils.MemoryProfiler` (the one reader of this
+process's memory): RSS/VMS in MiB plus, when torch is already imported and CUDA
+is available, the CUDA allocator's counters.  The
 memory source and clock can be injected, so tests drive them exactly.
 """
 
@@ -105,10 +106,9 @@ class DetailedMemoryProfiler:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         sampling_interval = check_float("sampling_interval (seconds)", sampling_interval, 0.0, low_open=True)
-        import psutil
-
-        self.process = psutil.Process()
-        self.sampling_interval = float(sampling_interval)
+        self.profiler = _RSSProfiler()  # llmds.utils: reads RSS/VMS and keeps the sampled RSS peak
+        self.profiler.start()
+        self.sampling_interval = sampling_interval
         self.count_tensors = count_tensors
         self.clock = clock
         self.snapshots: list[MemorySnapshot] = []
@@ -120,7 +120,7 @@ class DetailedMemoryProfiler:
         self._thread: threading.Thread | None = None
 
     def take_snapshot(self, context: str = "") -> MemorySnapshot:
-        info = self.process.memory_info()
+        rss, vms = self.profiler.sample_info()
         alloc, reserved = _cuda_mb()
         tensors = -1
         torch = sys.modules.get("torch")
@@ -128,8 +128,8 @@ class DetailedMemoryProfiler:
             tensors = sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
         snap = MemorySnapshot(
             self.clock(),
-            info.rss / _MB,
-            info.vms / _MB,
+            rss / _MB,
+            vms / _MB,
             alloc,
             reserved,
             tensors,
@@ -254,10 +254,7 @@ class MemoryLeakDetector:
     ) -> None:
         self.threshold_mb = check_float("threshold_mb", threshold_mb, 0.0, low_open=True)
         if memory_fn is None:
-            import psutil
-
-            proc = psutil.Process()
-            memory_fn = lambda: proc.memory_info().rss / _MB  # noqa: E731
+            memory_fn = _RSSProfiler().get_current_rss_mb  # llmds.utils: this process's RSS, MiB
         self.memory_fn = memory_fn
         self.baseline_memory: float | None = None
         self.measurements: list[float] = []
