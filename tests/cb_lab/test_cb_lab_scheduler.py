@@ -441,6 +441,27 @@ def test_failing_step_is_cancelled_and_outputs_equal_a_run_without_it(hook, at, 
         assert any(s["preempted_request_ids"] for s in stats)
 
 
+def test_failed_step_that_crossed_a_block_cuts_the_bound_cache_back_to_its_blocks():
+    """The planner's rollback returns the step's new block; the bound cache is cut to its rows
+    before the step without reading past its (now shorter) table, and the redo is exact."""
+    model = TinyLLM(DIM, seed=1)
+    bm = BlockManager(16, 2)
+    sched = Scheduler(model, 4, 2, kv=bm)
+    plugin = FailOnce("after_append", 2)  # step 1: rows 2..3 were appended into a new block
+    plugin.install(sched)
+    r = Request("a", _prompts(0, [5])[0], 3, PagedKVCache())
+    sched.add_request(r)
+    sched.step()
+    with pytest.raises(RuntimeError, match="injected"):
+        sched.step()
+    assert len(r.kv_cache) == r.num_computed_tokens == 2 and len(r.block_table) == 1
+    assert r.kv_cache.block_table() == r.block_table
+    while sched.active:
+        sched.step()
+    assert_close(torch.stack(r.generated_tokens), isolated_outputs(model, r.prompt, 3), atol=1e-5)
+    assert bm.num_free_blocks == 16
+
+
 def test_cache_shrunk_during_a_failed_step_is_recomputed():
     """A compressed cache cannot be cut back to its pre-step rows: its request is preempted."""
     model = TinyLLM(DIM, seed=11)

@@ -74,6 +74,12 @@ class BaseKVCache(ABC):
         """Drop every row (and give blocks back to a shared pool)."""
         raise KVCacheError(f"{type(self).__name__} does not support release()")
 
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` rows (``0 <= n <= len``): a failed step's rows are cut this way."""
+        n = check_int("n", n, 0, len(self))
+        if n < len(self):
+            self.retain(range(n))
+
     # ------------------------------------------------------------- helpers
     def _check_rows(self, k: torch.Tensor, v: torch.Tensor) -> int:
         """Validate an append; fixes dim/dtype/device on the first one; returns n rows."""
@@ -185,6 +191,9 @@ class DenseKVCache(BaseKVCache):
     def release(self) -> None:
         self._k = self._v = None
         self._n = 0
+
+    def truncate(self, n: int) -> None:
+        self._n = check_int("n", n, 0, self._n)
 
 
 class PagedKVCache(BaseKVCache):
@@ -406,6 +415,12 @@ class PagedKVCache(BaseKVCache):
         if self._seq is None and self._pool is not None:
             self._pool.free_for(self._sid)
         self._n = 0
+
+    def truncate(self, n: int) -> None:
+        if self._seq is None:
+            super().truncate(n)
+        else:  # the rows are a prefix of the request's table; its blocks are the planner's
+            self._n = check_int("n", n, 0, self._n)
 
     def __del__(self) -> None:
         # give the blocks of a shared pool back when the cache is dropped

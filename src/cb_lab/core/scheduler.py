@@ -355,7 +355,7 @@ class Scheduler:
                 cache.release()
             elif len(cache) == rows + added:  # nothing dropped during the step: cut the new rows
                 if added:
-                    cache.retain(range(rows))
+                    cache.truncate(rows)
             else:  # a cache plugin removed rows during the step: not restorable
                 cache.release()
                 lost.append(req)
