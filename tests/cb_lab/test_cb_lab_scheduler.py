@@ -73,10 +73,12 @@ def test_continuous_batching_equals_isolated_runs(budget, chunk):
     st.sampled_from([None, 2, 3]),
 )
 def test_random_workloads_equal_isolated_runs(spec, budget, chunk, kv_blocks):
-    """Random prompts, output lengths, arrival steps, budgets and (tight) block pools."""
+    """Random prompts, output lengths, arrival steps, budgets and (tight) block pools; with a
+    block manager the requests' paged caches store into the planner's blocks."""
     model = TinyLLM(DIM, num_heads=2, seed=8)
     prompts = _prompts(len(spec), [n for n, _, _ in spec])
-    reqs = [Request(i, p, m, DenseKVCache()) for i, (p, (_, m, _)) in enumerate(zip(prompts, spec))]
+    cache = DenseKVCache if kv_blocks is None else PagedKVCache
+    reqs = [Request(i, p, m, cache()) for i, (p, (_, m, _)) in enumerate(zip(prompts, spec))]
     kv = None
     if kv_blocks is not None:  # big enough for the longest request alone, often too small for all
         need = max(-(-(n + max(m, 1) - 1) // kv_blocks) for n, m, _ in spec)
@@ -89,6 +91,8 @@ def test_random_workloads_equal_isolated_runs(spec, budget, chunk, kv_blocks):
         if r.max_new_tokens:
             ref = isolated_outputs(model, r.prompt, r.max_new_tokens)
             assert_close(torch.stack(r.generated_tokens), ref, atol=1e-5)
+    if kv is not None:
+        assert kv.num_free_blocks == kv.num_blocks and kv.stats()["block_tables"] == 0
 
 
 def test_paged_cache_decoding_equals_dense_cache():
