@@ -25,15 +25,14 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
-from test_block_manager import PREFIXES, check_placement_stats, room_blocks, tok_fn  # noqa: E402
+from hypothesis.stateful import invariant, precondition, rule  # noqa: E402
+from test_block_manager import PlannerRules, check_placement_stats, room_blocks, tok_fn  # noqa: E402
 
 from llmds.engine.block_manager import BlockManager  # noqa: E402
 from llmds.engine.kv_arena import TensorKVCache  # noqa: E402
 from llmds.engine.kv_storage import KVStorage  # noqa: E402
 from llmds.engine.planner import Planner, PlannerConfig  # noqa: E402
-from llmds.engine.request import RequestState, RequestStatus  # noqa: E402
-from llmds.errors import CapacityError  # noqa: E402
+from llmds.engine.request import RequestStatus  # noqa: E402
 
 BS, NUM_BLOCKS, LAYERS = 2, 18, 2
 GARBAGE = -1.0
@@ -49,7 +48,7 @@ def expected_kv(prefix_codes, layer):
     return k, -k
 
 
-class KVPath(RuleBasedStateMachine):
+class KVPath(PlannerRules):
     def __init__(self):
         super().__init__()
         self.bm = BlockManager(NUM_BLOCKS, BS)
@@ -58,11 +57,8 @@ class KVPath(RuleBasedStateMachine):
         cfg = PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=3, policy="priority")
         self.p = Planner(cfg, self.bm)
         self.arena = TensorKVCache.over(self.storage, self.bm)
-        self.live: dict[int, RequestState] = {}
         self.arena_rows: dict[int, dict[int, float]] = {}  # arena request -> {position: code written}
-        self.pins: list[list[int]] = []
         self.prefix_of: dict[float, tuple] = {}  # K/V code -> the token prefix it was computed from
-        self.next_id = 0
 
     # ------------------------------------------------------------ the fake model
     def _codes(self, s, upto):
@@ -105,18 +101,7 @@ class KVPath(RuleBasedStateMachine):
             if i == fail_at:
                 return
 
-    # ------------------------------------------------------------ rules: planner
-    @rule(prefix=st.integers(0, 2), tail=st.lists(st.integers(0, 4), max_size=5), max_new=st.integers(0, 5),
-          prio=st.integers(0, 2))
-    def add(self, prefix, tail, max_new, prio):
-        s = RequestState(self.next_id, PREFIXES[prefix] + tail, max_new_tokens=max_new, priority=prio)
-        self.next_id += 1
-        try:
-            if self.p.add(s):
-                self.live[s.request_id] = s
-        except CapacityError:
-            pass
-
+    # ------------------------------------------------------------ rules: planner (+ PlannerRules)
     @rule()
     def step(self):
         if not self.p.has_unfinished():
@@ -138,33 +123,12 @@ class KVPath(RuleBasedStateMachine):
         for s in plan.preempted:
             assert s.block_table == [] and s.status is RequestStatus.PREEMPTED
 
-    @precondition(lambda self: self.live)
-    @rule(data=st.data())
-    def abort(self, data):
-        rid = data.draw(st.sampled_from(sorted(self.live)))
-        s = self.p.abort(rid)
-        assert s.status is RequestStatus.FINISHED_ABORTED and s.block_table == []
-        del self.live[rid]
-
     @precondition(lambda self: any(s.status is RequestStatus.RUNNING for s in self.live.values()))
     @rule(data=st.data())
     def preempt(self, data):
         rid = data.draw(st.sampled_from(sorted(r for r, s in self.live.items() if s.status is RequestStatus.RUNNING)))
         s = self.p.preempt(rid)
         assert s.status is RequestStatus.PREEMPTED and s.block_table == [] and s.num_computed_tokens == 0
-
-    @rule(prefix=st.integers(0, 2))
-    def pin(self, prefix):
-        if len(self.pins) < 2:
-            try:
-                self.pins.append(self.p.pin_prefix(PREFIXES[prefix]))
-            except CapacityError:
-                pass
-
-    @precondition(lambda self: self.pins)
-    @rule()
-    def unpin(self):
-        self.p.unpin(self.pins.pop())
 
     # ------------------------------------------------------------ rules: the arena on the same pool
     @rule(rid=st.integers(0, 2), prompt=st.integers(1, 5), extra=st.integers(0, 4), reserve=st.booleans())
