@@ -258,24 +258,14 @@ class Planner:
         return plan
 
     def update(self, plan: StepPlan, token_ids=None, finished_ids: Iterable[Hashable] = ()) -> list[RequestState]:
-        """Apply a step's results; returns the requests that finished.
+        """Apply a step's results; returns the requests that finished (their KV freed).
 
-        Parameters
-        ----------
-        plan : StepPlan
-            The plan returned by the last ``schedule()``.
-        token_ids : sequence of int, optional
-            One sampled token per request of ``plan.sampling`` (decodes, then
-            completing prefills), e.g. a list, numpy array or tensor.  None
-            (lengths-only models such as cb_lab's TinyLLM): one token each is
-            counted, not stored, and stop tokens are not checked.
-        finished_ids : iterable of ids
-            Requests the caller stops after this step (e.g. a stop string):
-            finished as FINISHED_STOPPED.
-
-        Advances ``num_computed_tokens`` by what the plan computed, appends
-        outputs, finishes requests at ``max_new_tokens`` (FINISHED_LENGTH) or on
-        a stop token (FINISHED_STOPPED), and frees their KV.  On a bad
+        ``token_ids``: one sampled id per request of ``plan.sampling`` (decodes, then
+        completing prefills) as a list, array or tensor; None for lengths-only models
+        (cb_lab's TinyLLM): outputs are counted, not stored, and stop ids not checked.
+        ``finished_ids``: requests the caller stops after this step (e.g. a stop
+        string), finished as FINISHED_STOPPED.  Requests reaching ``max_new_tokens``
+        finish as FINISHED_LENGTH, on a stop id as FINISHED_STOPPED.  On a bad
         argument nothing changes.
         """
         if plan is not self._in_flight:
@@ -385,13 +375,9 @@ class Planner:
         return self._apply_deferred_aborts()
 
     def preempt(self, request_id: Hashable) -> RequestState:
-        """Preempt a running request now: free its KV and requeue it to be recomputed.
-
-        For a caller that lost a request's KV (e.g. a cache it cannot restore
-        after ``cancel``).  Raises ``NotFoundError`` for an id that is not
-        live and ``StateError`` for a request that is not running or while a
-        plan is in flight.
-        """
+        """Preempt a running request now (free its KV, requeue it to be recomputed), e.g.
+        for a caller that lost its KV.  ``NotFoundError`` for an id that is not live,
+        ``StateError`` for one not running or while a plan is in flight."""
         if self._in_flight is not None:
             raise StateError("preempt() while a plan is in flight: update() or cancel() it first")
         seq = self.get(request_id)
