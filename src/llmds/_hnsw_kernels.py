@@ -320,6 +320,9 @@ def _link_back(s, node, level, mmax, dim, fdata, links0, upper, nodes, state, se
         links = upper
         r = nodes[s, N_OFF] + level - 1
     cnt = links[r, 0]
+    for j in range(1, cnt + 1):  # an old link to a reused slot: already there
+        if links[r, j] == node:
+            return
     if cnt < mmax:
         links[r, cnt + 1] = node
         links[r, 0] = cnt + 1
@@ -378,6 +381,21 @@ def insert_batch(start, stop, dim, ef_construction, fdata, links0, upper, nodes,
             rk, ri, nr = _search_layer(q, cur, cur_d, ef_construction, lc, False, fdata, links0,
                                        upper, nodes, visited, state)
             _sort_results(rk, ri, nr)
+            # Never link to self (a reused slot can be reached through old links to it)
+            # nor to deleted nodes (repair_links detached them from the graph) unless
+            # nothing else was found.
+            live = 0
+            for j in range(nr):
+                live += ri[j] != node and not nodes[ri[j], N_DELETED]
+            w = 0
+            for j in range(nr):
+                if ri[j] != node and (live == 0 or not nodes[ri[j], N_DELETED]):
+                    rk[w] = rk[j]
+                    ri[w] = ri[j]
+                    w += 1
+            nr = w
+            if nr == 0:
+                continue
             sd, si = rk, ri
             k = _select_heuristic(sd, si, nr, M, metric, fdata, dim, sel)
             if lc == 0:
@@ -400,6 +418,80 @@ def insert_batch(start, stop, dim, ef_construction, fdata, links0, upper, nodes,
         if lvl > max_level:
             state[S_ENTRY] = node
             state[S_MAXLEVEL] = lvl
+
+
+@njit(cache=True, fastmath=_FM, boundscheck=False)
+def repair_links(node, dim, fdata, links0, upper, nodes, state):
+    """Reconnect the neighbourhood of ``node`` (just marked deleted), layer by layer.
+
+    Every live out-neighbour ``n`` of ``node`` that links back to it loses that
+    link and re-selects its list (heuristic, up to its layer's maximum) from its
+    other neighbours plus ``node``'s live neighbours, as FreshDiskANN's delete
+    consolidation does; so the graph stays navigable around the hole.  ``node``
+    keeps its own links: links to it from nodes that are not its neighbours
+    still route through it until its slot is reused.
+    """
+    M = state[S_M]
+    metric = state[S_METRIC]
+    cd = np.empty(6 * M + 2, np.float32)
+    ci = np.empty(6 * M + 2, np.int32)
+    sel = np.empty(2 * M + 1, np.int32)
+    for lc in range(nodes[node, N_LEVEL] + 1):
+        if lc == 0:
+            links = links0
+            rn = node
+            mmax = 2 * M
+        else:
+            links = upper
+            rn = nodes[node, N_OFF] + lc - 1
+            mmax = M
+        cnt = links[rn, 0]
+        for j in range(1, cnt + 1):
+            nb = links[rn, j]
+            if nodes[nb, N_DELETED]:
+                continue
+            rb = nb if lc == 0 else nodes[nb, N_OFF] + lc - 1
+            cb = links[rb, 0]
+            back = False
+            for x in range(1, cb + 1):
+                if links[rb, x] == node:
+                    back = True
+            if not back:
+                continue
+            n = 0
+            for x in range(1, cb + 1):  # nb's other neighbours, then node's live ones
+                c = links[rb, x]
+                if c != node:
+                    ci[n] = c
+                    n += 1
+            for x in range(1, cnt + 1):
+                c = links[rn, x]
+                if c == nb or nodes[c, N_DELETED]:
+                    continue
+                dup = False
+                for y in range(n):
+                    if ci[y] == c:
+                        dup = True
+                        break
+                if not dup:
+                    ci[n] = c
+                    n += 1
+            for x in range(n):
+                cd[x] = _dist_nodes(metric, fdata, dim, nb, ci[x])
+            for a in range(1, n):  # stable insertion sort by distance
+                kd = cd[a]
+                ki = ci[a]
+                b = a - 1
+                while b >= 0 and cd[b] > kd:
+                    cd[b + 1] = cd[b]
+                    ci[b + 1] = ci[b]
+                    b -= 1
+                cd[b + 1] = kd
+                ci[b + 1] = ki
+            k = _select_heuristic(cd, ci, n, mmax, metric, fdata, dim, sel)
+            for x in range(k):
+                links[rb, x + 1] = sel[x]
+            links[rb, 0] = k
 
 
 # --------------------------------------------------------------------- search
