@@ -488,16 +488,37 @@ class HNSW:
                 "upper_off": nd[:, 0].copy(), "levels": nd[:, 3].astype(np.int32),
                 "labels": nd[:, 1].copy(), "deleted": nd[:, 2].astype(np.uint8)}
 
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        """Stored vectors (float32 [n, dim]; unit norm for cosine) of live ``ids``.
+
+        Raises
+        ------
+        NotFoundError
+            An id is not in the index.
+        """
+        nodes = []
+        for i in ids:
+            node = self._ids.get(i)
+            if node is None:
+                raise NotFoundError(f"id {i!r} is not in the index")
+            nodes.append(node)
+        return self._fdata[nodes, :self._dim].copy()
+
     # ------------------------------------------------------------ save/load
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index atomically (versioned, checksummed, no pickle)."""
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The saved form ``(arrays, meta)`` (:meth:`graph_arrays` and the settings)."""
         cfg = self._cfg
         meta = {"dim": cfg.dim, "M": cfg.M, "ef_construction": cfg.ef_construction,
                 "ef_search": self._ef, "ml": cfg.ml, "seed": cfg.seed, "metric": cfg.metric,
                 "max_elements": cfg.max_elements, "entry": int(self._state[_k.S_ENTRY]),
                 "max_level": int(self._state[_k.S_MAXLEVEL]), "next_id": self._next_id,
                 "rng": self._rng.bit_generator.state}
-        write_atomic(path, _MAGIC, _VERSION, self.graph_arrays(), meta)
+        return self.graph_arrays(), meta
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index atomically (versioned, checksummed, no pickle)."""
+        arrays, meta = self.to_arrays()
+        write_atomic(path, _MAGIC, _VERSION, arrays, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HNSW:
@@ -509,6 +530,12 @@ class HNSW:
             Truncated, corrupted, foreign or inconsistent file.
         """
         _, arrays, meta = read_checked(path, _MAGIC, (_VERSION,))
+        return cls.from_arrays(arrays, meta, os.fspath(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                    where: str = "HNSW") -> HNSW:
+        """Inverse of :meth:`to_arrays`; ``CorruptFileError`` on any broken invariant."""
         try:
             self = cls(meta["dim"], meta["M"], meta["ef_construction"], meta["ef_search"],
                        meta["ml"], meta["seed"], metric=meta["metric"],
@@ -517,7 +544,7 @@ class HNSW:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, CorruptFileError):
                 raise
-            raise CorruptFileError(f"{os.fspath(path)}: inconsistent HNSW file: {exc}") from None
+            raise CorruptFileError(f"{where}: inconsistent HNSW file: {exc}") from None
         return self
 
 
