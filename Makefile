@@ -2,12 +2,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
+# torch, installed first and on its own. TORCH_SPEC must satisfy the `engine` extra's pin
+# (torch==2.13.0; a local variant such as torch==2.13.0+cpu does). TORCH_INDEX_URL, empty by
+# default (pip's configured indexes), names the index torch comes from: where the default index
+# serves the multi-GB CUDA build, point it at PyTorch's CPU wheel index (the URL ending in /whl/cpu).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+TORCH_PIP_ARGS := $(if $(strip $(TORCH_INDEX_URL)),--index-url $(TORCH_INDEX_URL))
+
 .PHONY: test serve bench install install-bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,engine,embed]'
+	$(PIP) install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
+	$(PIP) install -q -e '.[dev,engine,embed]' '$(TORCH_SPEC)'
 	touch $@
 
 install: $(VENV)/.installed
@@ -18,14 +26,16 @@ test: install
 serve: install
 	$(PY) -m llmds.cli serve
 
+# the benchmark peers (hnswlib, faiss, bm25s, tantivy, pyprobables, ...): the `bench` extra
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PIP) install -q -e '.[bench]'
+	$(PIP) install -q -e '.[bench]' '$(TORCH_SPEC)'
 	touch $@
 
 install-bench: $(VENV)/.installed-bench
 
 BENCH_ARGS ?=
 
+# every benchmark; `make bench BENCH_ARGS=--quick` is a smoke run (results/quick/, not committed)
 bench: install-bench
 	$(PY) -m benchmarks.bench_structures $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_kv_cache $(BENCH_ARGS)

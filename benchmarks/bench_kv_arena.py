@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from llmds.engine.kv_arena import TensorKVCache
-from benchmarks._common import write_results
+from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
 
 L, H, D, BS = 30, 3, 64, 16  # SmolLM2-135M KV shape, block size 16
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_kv_arena.json"
@@ -177,17 +177,11 @@ def main(argv=None):
     ap.add_argument("--long-prompt", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"JSON path (default {RESULTS.name}; --quick writes bench_kv_arena_quick.json)",
-    )
+    add_out_arg(ap, RESULTS)
     args = ap.parse_args(argv)
     if args.quick:
         args.requests, args.decode, args.long_prompt, args.repeats = 4, 8, 256, 1
-    if args.out is None:
-        args.out = RESULTS.with_name("bench_kv_arena_quick.json") if args.quick else RESULTS
+    args.out = out_path(args, RESULTS)
     torch.set_num_threads(1)  # small copies: threads only add noise on a shared machine
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(args.prompt_min, args.prompt_max + 1, size=args.requests).tolist()
@@ -217,11 +211,12 @@ def main(argv=None):
         f"KV arena vs naive torch.cat growth  (L={L} H={H} D={D} bs={BS} fp32, "
         f"{args.requests} requests, prompts {args.prompt_min}-{args.prompt_max}, "
         f"decode {args.decode}, "
-        f"long prompt {args.long_prompt}, median of {args.repeats})"
+        f"long prompt {args.long_prompt}, median of {args.repeats}); "
+        + ratio_rule("naive us / arena us")
     )
     print(
         f"{'scenario':<9} {'op (per unit)':<42} {'arena us':>10} {'naive us':>10} "
-        f"{'naive/arena':>12}"
+        f"{'ratio':>12}"
     )
     units = {
         "alloc": "request",
@@ -274,4 +269,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,7 +16,7 @@ Token lists are generated before timing; each operation is timed with
 ``timeit`` does) for every peer alike; peers alternate which goes first.
 
 Run ``python -m benchmarks.bench_kv_cache [--quick]``; writes
-``benchmarks/results/bench_kv_cache.json``.
+``benchmarks/results/bench_kv_cache.json`` (``--quick``: ``results/quick/``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 
 from llmds.kv_cache import KVCache
 from llmds.utils import MemoryProfiler, compute_percentiles
-from benchmarks._common import write_results
+from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_kv_cache.json"
 OPS = ("attach", "get", "detach")
@@ -123,8 +123,10 @@ def benchmark_kv_cache(num_sequences: int = 1000, tokens_per_seq: int = 1000,
 
     Returns a dict with ``attach_p50_ms`` .. ``detach_p99_ms`` (KVCache, unique
     workload), ``peak_rss_mb``, ``naive`` (the peer's percentiles),
-    ``ratio_p50`` (KVCache / naive), and ``shared_prefix`` (sharing on vs off:
-    percentiles, ``pages_with_sharing``, ``pages_without_sharing``, ``pages_saved``).
+    ``peer_over_llmds_p50`` (naive p50 / KVCache p50: > 1 means KVCache is faster),
+    and ``shared_prefix`` (sharing on vs off: percentiles, ``off_over_on_p50`` (> 1
+    means sharing is faster), ``pages_with_sharing``, ``pages_without_sharing``,
+    ``pages_saved``).
     """
     ppseq = math.ceil((tokens_per_seq // 2) / page_size) + math.ceil(tokens_per_seq / page_size) + 1
     max_pages = num_sequences * ppseq + num_prefixes
@@ -154,11 +156,11 @@ def benchmark_kv_cache(num_sequences: int = 1000, tokens_per_seq: int = 1000,
     res.update(
         peak_rss_mb=mem.get_peak_rss_mb(),
         naive=naive,
-        ratio_p50={op: res[f"{op}_p50_ms"] / naive[f"{op}_p50_ms"] for op in OPS},
+        peer_over_llmds_p50={op: naive[f"{op}_p50_ms"] / res[f"{op}_p50_ms"] for op in OPS},
         shared_prefix={
             "sharing_on": on,
             "sharing_off": off,
-            "ratio_p50": {op: on[f"{op}_p50_ms"] / off[f"{op}_p50_ms"] for op in OPS},
+            "off_over_on_p50": {op: off[f"{op}_p50_ms"] / on[f"{op}_p50_ms"] for op in OPS},
             "pages_with_sharing": with_s,
             "pages_without_sharing": without_s,
             "pages_saved": without_s - with_s,
@@ -188,24 +190,26 @@ def _table(res: dict) -> str:
         f"KVCache benchmark: {cfg['num_sequences']} sequences x {cfg['tokens_per_seq']} tokens, "
         f"page_size {cfg['page_size']}, medians over {cfg['repeats']} repeats (ms per op)"
     )
-    hdr = f"{'op':<8}{'p50':>10}{'p95':>10}{'p99':>10} | {'peer p50':>10}{'p95':>10}{'p99':>10} | {'p50 ratio':>9}"
-    lines += ["", "unique sequences: KVCache vs naive dict-of-lists", hdr, "-" * len(hdr)]
+    hdr = f"{'op':<8}{'p50':>10}{'p95':>10}{'p99':>10} | {'peer p50':>10}{'p95':>10}{'p99':>10} | {'ratio':>9}"
+    lines += ["", "unique sequences: KVCache vs naive dict-of-lists; "
+              + ratio_rule("naive p50 / KVCache p50"), hdr, "-" * len(hdr)]
     nv = res["naive"]
     for op in OPS:
         lines.append(
             f"{op:<8}" + "".join(f"{res[f'{op}_{q}_ms']:>10.4f}" for q in ("p50", "p95", "p99"))
             + " | " + "".join(f"{nv[f'{op}_{q}_ms']:>10.4f}" for q in ("p50", "p95", "p99"))
-            + f" | {res['ratio_p50'][op]:>8.2f}x"
+            + f" | {res['peer_over_llmds_p50'][op]:>8.2f}x"
         )
     sp = res["shared_prefix"]
     lines += ["", f"50% of sequences share one of {sp['num_prefixes']} prefixes of "
-              f"{sp['prefix_tokens']} tokens: sharing on vs off", hdr, "-" * len(hdr)]
+              f"{sp['prefix_tokens']} tokens: sharing on vs off; "
+              + ratio_rule("sharing-off p50 / sharing-on p50", "sharing (llmds)"), hdr, "-" * len(hdr)]
     on, off = sp["sharing_on"], sp["sharing_off"]
     for op in OPS:
         lines.append(
             f"{op:<8}" + "".join(f"{on[f'{op}_{q}_ms']:>10.4f}" for q in ("p50", "p95", "p99"))
             + " | " + "".join(f"{off[f'{op}_{q}_ms']:>10.4f}" for q in ("p50", "p95", "p99"))
-            + f" | {sp['ratio_p50'][op]:>8.2f}x"
+            + f" | {sp['off_over_on_p50'][op]:>8.2f}x"
         )
     lines += [
         "",
@@ -223,15 +227,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tokens-per-seq", type=int, default=1000)
     ap.add_argument("--page-size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_out_arg(ap, RESULTS)
     args = ap.parse_args(argv)
     if args.quick:
         args.num_sequences, args.repeats = 200, 2
     res = benchmark_kv_cache(args.num_sequences, args.tokens_per_seq, args.page_size, args.repeats)
     print(_table(res))
-    write_results(args.out, res)
+    write_results(out_path(args, RESULTS), res)
     return res
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

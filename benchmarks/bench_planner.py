@@ -34,7 +34,7 @@ from pathlib import Path
 from llmds.engine.block_manager import BlockManager
 from llmds.engine.planner import Planner, PlannerConfig
 from llmds.engine.request import RequestState
-from benchmarks._common import write_results
+from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_planner.json"
 BLOCK = 16
@@ -312,7 +312,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes, 1 repeat, 32 new tokens")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_out_arg(ap, RESULTS)
     args = ap.parse_args(argv)
     if args.quick:
         sizes, repeats, max_new = [16, 64], 1, 32
@@ -323,7 +323,8 @@ def main(argv=None) -> dict:
            f"{'us/req':>6} {'mean':>8} {'us/req':>6} | {'x med':>5} {'x mean':>6} | "
            f"{'hit llmds':>9} {'naive':>6} {'ideal':>6}")
     print("decode step = schedule()+update(), CPU µs (thread time), GC off; med = median step, "
-          "mean includes block boundaries and the final frees")
+          "mean includes block boundaries and the final frees; "
+          + ratio_rule("naive µs / llmds µs (x med, x mean)"))
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -343,9 +344,9 @@ def main(argv=None) -> dict:
         "machine": platform.machine(),
         "rows": rows,
     }
-    write_results(args.out, result)
+    write_results(out_path(args, RESULTS), result)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,11 +17,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import sys
 import time
 import traceback
 from pathlib import Path
-from benchmarks._common import write_results
+from benchmarks._common import (
+    add_out_arg,
+    missing_bench_extra,
+    out_path,
+    require_bench_extra,
+    run_main,
+    write_results,
+)
 
 PARTS = {  # part -> (module, runner)
     "lexical": ("benchmarks.retrieval_lexical", "run_lexical"),
@@ -44,6 +50,8 @@ def run_all(quick: bool = False, only: list[str] | None = None, verbose: bool = 
             res = fn(quick=quick, **kwargs)
             table = module.format_table(res) if hasattr(module, "format_table") else None
         except Exception as exc:  # report and keep going: one broken part must not hide the others
+            if missing_bench_extra(exc):
+                raise  # not a broken part: the peers are not installed (run_main says so)
             res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             table = f"\n== {part}: FAILED: {res['error']}"
         res["wall_seconds"] = time.perf_counter() - t
@@ -58,17 +66,18 @@ def run_all(quick: bool = False, only: list[str] | None = None, verbose: bool = 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    require_bench_extra("bm25s", "rank_bm25", "tantivy", "hnswlib", "faiss")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run of every part")
     ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts (default: all)")
-    ap.add_argument("--out", default=str(RESULTS), help="JSON output path")
+    add_out_arg(ap, RESULTS)
     args = ap.parse_args(argv)
     only = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = [p for p in only if p not in PARTS]
     if unknown:
         ap.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")
     res = run_all(quick=args.quick, only=only)
-    write_results(args.out, res)
+    write_results(out_path(args, RESULTS), res)
     failed = [p for p, r in res["parts"].items() if "error" in r]
     if failed:
         print(f"FAILED parts: {failed}")
@@ -76,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -31,7 +31,14 @@ from llmds.cmsketch import CountMinSketch
 from llmds.indexed_heap import IndexedHeap
 from llmds.token_lru import TokenLRU
 from llmds.utils import Timer, calculate_statistics
-from benchmarks._common import write_results
+from benchmarks._common import (
+    add_out_arg,
+    out_path,
+    ratio_rule,
+    require_bench_extra,
+    run_main,
+    write_results,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_structures.json"
 
@@ -494,6 +501,7 @@ def print_table(rows):
         f"{'structure':<15} {'operation':<22} {'llmds ops/s':>12} {'peer':<26} "
         f"{'peer ops/s':>11} {'ratio':>7}"
     )
+    print(ratio_rule("llmds ops/s / peer ops/s") + "; medians over repeats")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -504,14 +512,14 @@ def print_table(rows):
     notes = dict.fromkeys(f"{r['structure']}: {r['note']}" for r in rows if r["note"])
     for n in notes:
         print("  " + n)
-    print("ratio = llmds ops/s / peer ops/s (> 1: llmds faster); medians over repeats")
 
 
 def main(argv=None) -> dict:
+    require_bench_extra("cachetools", "probables")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, smoke run")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_out_arg(ap, RESULTS)
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -535,9 +543,9 @@ def main(argv=None) -> dict:
         },
         "rows": rows,
     }
-    write_results(args.out, result)
+    write_results(out_path(args, RESULTS), result)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

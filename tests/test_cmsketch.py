@@ -120,6 +120,27 @@ def test_input_forms_give_the_same_keys():
     assert len(set(_keys(["", "\x00", "\x00\x00", "a", "a\x00"]).tolist())) == 5
 
 
+@pytest.mark.parametrize("conservative", [False, True])
+def test_mixed_batches_key_each_item_by_its_own_type(conservative):
+    """The documented rule: a mixed batch counts like ``add`` on each item; 1 and "1" differ."""
+    batch = [1, "a", "1", b"1", np.int64(1), True, "a", 2**64 - 1, -1, bytearray(b"a")]
+    one_by_one = CountMinSketch(width=1 << 16, depth=4, conservative=conservative)
+    for item in batch:
+        one_by_one.add(item)
+    for form in (batch, tuple(batch), np.array(batch, dtype=object), iter(batch)):
+        c = CountMinSketch(width=1 << 16, depth=4, conservative=conservative)
+        c.add_many(form)
+        assert np.array_equal(c.table, one_by_one.table)
+        assert c.estimate_many([1, "1", "a", -1, 2]).tolist() == [3, 2, 3, 2, 0]
+    first_str = CountMinSketch(width=1 << 16, depth=4, conservative=conservative)
+    first_str.add_many(["1", 1])  # the same rule whichever type comes first
+    assert first_str.estimate_many([1, "1"]).tolist() == [1, 1]
+    # numpy decides the dtype of an array: [1, "a"] becomes a string array
+    arr = CountMinSketch(width=1 << 16, depth=4)
+    arr.add_many(np.array([1, "a"]))
+    assert arr.estimate_many(["1", 1]).tolist() == [1, 0]
+
+
 M64 = (1 << 64) - 1
 
 

@@ -59,3 +59,26 @@ def test_error_hierarchy():
         if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == errors.__name__:
             assert not hasattr(builtins, name), f"{name} shadows a builtin"
     assert str(errors.NotFoundError("request 3 is unknown")) == "request 3 is unknown"
+
+
+def test_every_core_error_class_lives_in_llmds_errors():
+    """Each exception class of the core modules is defined in (or re-exported from) llmds.errors."""
+    import importlib
+    import pkgutil
+
+    from llmds.indexed_heap import IndexedHeap
+
+    assert "EmptyHeapError" in errors.__all__
+    assert llmds.EmptyHeapError is errors.EmptyHeapError
+    assert issubclass(errors.EmptyHeapError, errors.StateError)
+    assert issubclass(errors.EmptyHeapError, IndexError)
+    with pytest.raises(errors.EmptyHeapError):
+        IndexedHeap().pop()
+    public = {getattr(errors, n) for n in errors.__all__}
+    for info in pkgutil.iter_modules(llmds.__path__):
+        if info.ispkg or info.name == "cli":
+            continue
+        mod = importlib.import_module(f"llmds.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__.startswith("llmds"):
+                assert obj in public, f"llmds.{info.name}.{name} is not in llmds.errors"

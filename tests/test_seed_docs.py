@@ -766,3 +766,44 @@ def test_kv_cache_get_copy_semantics_deviation():
     raw.attach(seq_id=1, kv_tokens=[[1, 2], [3]])
     inner = raw.get(1)[0]
     assert inner is raw.get(1)[0]
+
+
+# --------------------------------------------------------------------------- README examples
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_python_blocks(heading: str) -> list[str]:
+    """The ```python blocks of the README section whose heading starts with ``heading``."""
+    blocks: list[str] = []
+    in_section = in_code = False
+    code: list[str] = []
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            if in_code:
+                if in_section:
+                    blocks.append("\n".join(code))
+                in_code = False
+            elif line.strip() == "```python":
+                in_code, code = True, []
+            continue
+        if in_code:
+            code.append(line)
+        elif line.startswith("#"):
+            in_section = line.lstrip("#").strip().startswith(heading)
+    assert blocks, f"no python example under a README heading starting with {heading!r}"
+    return blocks
+
+
+def run_readme_example(source: str) -> None:
+    exec(compile(source, str(README), "exec"), {"__name__": "__readme__"})
+
+
+def test_readme_quick_tour_runs():
+    for block in readme_python_blocks("Quick tour"):
+        run_readme_example(block)
+
+
+def test_readme_planner_example_runs(capsys):
+    (block,) = readme_python_blocks("Continuous batching: one step planner")
+    run_readme_example(block)
+    assert capsys.readouterr().out.strip() == "48"  # the shared prefix's three blocks, as printed

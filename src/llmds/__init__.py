@@ -36,6 +36,7 @@ _EXPORTS = {
     "NotFoundError": "llmds.errors",
     "StateError": "llmds.errors",
     "CorruptFileError": "llmds.errors",
+    "EmptyHeapError": "llmds.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from llmds.errors import (
         CapacityError,
         CorruptFileError,
+        EmptyHeapError,
         LLMDSError,
         NotFoundError,
         StateError,

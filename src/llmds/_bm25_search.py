@@ -9,7 +9,7 @@ allocates only a few small arrays.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llmds._jit import njit
 
 from llmds._postings import materialize, tf_part
 

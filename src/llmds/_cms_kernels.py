@@ -8,7 +8,7 @@ processes and machines.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llmds._jit import njit
 
 _u = np.uint64
 _GOLDEN = _u(0x9E3779B97F4A7C15)

@@ -33,7 +33,8 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info
-from numba import njit, types
+from numba import types
+from llmds._jit import njit
 from numba.core import cgutils
 from numba.experimental import structref
 from numba.extending import intrinsic

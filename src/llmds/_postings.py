@@ -28,7 +28,7 @@ exact when a document is removed) uses the same gap + varint coding.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llmds._jit import njit
 
 __all__ = [
     "build_segment",

@@ -24,7 +24,7 @@ first 8 bytes so that short words (most of them) cost one cache line:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llmds._jit import njit
 
 from llmds.errors import ValidationError
 from llmds.tokenizer import _findall

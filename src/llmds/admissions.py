@@ -1,34 +1,35 @@
 """Sliding-window admission control: request rate and token rate limits.
 
-The window holds the requests *recorded* (``record_request``) in the last
-``window_size`` seconds as a deque of ``(time, tokens)`` with running sums, so
-each call costs O(1) amortized (expired entries leave from the left once).
+The window holds the requests counted in the last ``window_size`` seconds as a
+deque of ``[time, tokens]`` entries with a running token sum, so each call
+costs O(1) amortized (expired entries leave from the left once).
+
+Counting rule (what enters the window):
+
+* an **admitted** ``should_admit(estimated_tokens)`` counts the request at once,
+  with its estimated tokens, so a caller that only checks is still limited;
+* ``record_request(tokens)`` reports the actual tokens of the oldest admitted
+  request not yet reported (first in, first out): its entry's token count is
+  replaced by ``tokens``; the request is not counted twice. If that admission
+  has already left the window, there is nothing left to correct;
+* a ``record_request`` when every admission has been reported (the caller did
+  not check first) counts a new request at the current time.
+
+So both call patterns work: ``should_admit`` alone, and the seed's
+``should_admit`` then ``record_request`` for each admitted request.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
-from numbers import Real
 from typing import Any
 
+from llmds._checks import check_float, check_int
 from llmds.errors import ValidationError
 
 __all__ = ["AdmissionController"]
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not (0.0 < value < math.inf):
-        raise ValidationError(f"{name} must be a positive finite number, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def _check_tokens(tokens: object, name: str) -> int:
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise ValidationError(f"{name} must be a non-negative int, got {tokens!r}")
-    return tokens
 
 
 class AdmissionController:
@@ -47,13 +48,14 @@ class AdmissionController:
 
     Notes
     -----
-    ``should_admit`` only decides (and counts the decision in ``stats``); it
-    does not enter the request into the window. Call ``record_request`` for
-    each request you actually run, as the seed API does. The rule, with the
-    window being the recorded requests at times ``t > now - window_size``::
+    With the window being the requests counted at times ``t > now - window_size``
+    (see the module docstring for what counts)::
 
         admit  iff  (requests_in_window + 1) / window_size <= qps_target
                and  (tokens_in_window + estimated_tokens) / window_size <= token_rate_limit
+
+    A rejected ``should_admit`` counts nothing. ``stats()["unreported_admissions"]``
+    is the number of admitted requests still waiting for their ``record_request``.
     """
 
     __slots__ = (
@@ -62,6 +64,8 @@ class AdmissionController:
         "window_size",
         "_clock",
         "_events",
+        "_pending",
+        "_unreported",
         "_window_tokens",
         "_admitted",
         "_rejected",
@@ -74,55 +78,80 @@ class AdmissionController:
         window_size: float = 10,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.qps_target = _check_positive(qps_target, "qps_target")
-        self.token_rate_limit = _check_positive(token_rate_limit, "token_rate_limit")
-        self.window_size = _check_positive(window_size, "window_size")
+        self.qps_target = check_float("qps_target", qps_target, 0.0, low_open=True)
+        self.token_rate_limit = check_float("token_rate_limit", token_rate_limit, 0.0, low_open=True)
+        self.window_size = check_float("window_size", window_size, 0.0, low_open=True)
         if not callable(clock):
             raise ValidationError(f"clock must be callable returning seconds, got {clock!r}")
         self._clock = clock
-        self._events: deque[tuple[float, int]] = deque()  # (time, tokens), oldest left
+        self._events: deque[list] = deque()  # [time, tokens] per counted request, oldest left
+        # admitted entries still in the window and not yet reported: a subsequence of _events
+        self._pending: deque[list] = deque()
+        self._unreported = 0  # admitted, not yet reported (>= len(_pending); the rest expired)
         self._window_tokens = 0  # invariant: == sum of tokens in _events
         self._admitted = 0
         self._rejected = 0
 
     def _expire(self, now: float) -> None:
-        events = self._events
+        events, pending = self._events, self._pending
         horizon = now - self.window_size
         while events and events[0][0] <= horizon:
-            self._window_tokens -= events.popleft()[1]
+            entry = events.popleft()
+            self._window_tokens -= entry[1]
+            if pending and pending[0] is entry:
+                pending.popleft()
 
     def should_admit(self, estimated_tokens: int = 0) -> tuple[bool, str]:
         """Decide whether a request of ``estimated_tokens`` tokens may run now.
 
-        Returns ``(True, "admitted")`` or ``(False, reason)``; the reason names
-        the limit hit and the rate the request would bring it to.
+        Returns ``(True, "admitted")``, having counted the request in the window
+        with ``estimated_tokens``, or ``(False, reason)``, counting nothing; the
+        reason names the limit hit and the rate the request would bring it to.
         """
-        _check_tokens(estimated_tokens, "estimated_tokens")
-        self._expire(self._clock())
+        estimated_tokens = check_int("estimated_tokens", estimated_tokens, 0)
+        now = self._clock()
+        self._expire(now)
         w = self.window_size
         qps = (len(self._events) + 1) / w
         if qps > self.qps_target:
             self._rejected += 1
             return False, (
                 f"qps limit: {qps:.1f} req/s over the last {w:g}s "
-                f"exceeds qps_target={self.qps_target}"
+                f"exceeds qps_target={self.qps_target:g}"
             )
         token_rate = (self._window_tokens + estimated_tokens) / w
         if token_rate > self.token_rate_limit:
             self._rejected += 1
             return False, (
                 f"token rate limit: {token_rate:.1f} tokens/s over the last {w:g}s "
-                f"exceeds token_rate_limit={self.token_rate_limit}"
+                f"exceeds token_rate_limit={self.token_rate_limit:g}"
             )
         self._admitted += 1
+        entry = [now, estimated_tokens]
+        self._events.append(entry)
+        self._pending.append(entry)
+        self._unreported += 1
+        self._window_tokens += estimated_tokens
         return True, "admitted"
 
     def record_request(self, tokens: int) -> None:
-        """Enter a request of ``tokens`` tokens into the window at the current time."""
-        _check_tokens(tokens, "tokens")
+        """Report a request's actual ``tokens``.
+
+        Corrects the oldest unreported admission (its estimate becomes
+        ``tokens``); with no unreported admission, counts a new request now.
+        """
+        tokens = check_int("tokens", tokens, 0)
         now = self._clock()
         self._expire(now)
-        self._events.append((now, tokens))
+        if self._unreported:
+            # FIFO: admissions that already left the window are the oldest unreported ones
+            if self._unreported == len(self._pending):
+                entry = self._pending.popleft()
+                self._window_tokens += tokens - entry[1]
+                entry[1] = tokens
+            self._unreported -= 1
+            return
+        self._events.append([now, tokens])
         self._window_tokens += tokens
 
     def stats(self) -> dict[str, Any]:
@@ -137,11 +166,14 @@ class AdmissionController:
             "current_token_rate": self._window_tokens / self.window_size,
             "target_qps": self.qps_target,
             "token_rate_limit": self.token_rate_limit,
+            "unreported_admissions": self._unreported,
         }
 
     def reset(self) -> None:
         """Empty the window and zero the counters."""
         self._events.clear()
+        self._pending.clear()
+        self._unreported = 0
         self._window_tokens = 0
         self._admitted = 0
         self._rejected = 0

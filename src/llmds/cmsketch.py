@@ -14,6 +14,14 @@ Item keys (stable across processes and machines):
     complement pattern (so ``-1`` and ``2**64 - 1`` are the same item); ints
     outside ``[-2**63, 2**64)`` are rejected.
 
+Mixed batches: each item is keyed by its own type, so ``add_many([1, "1", "a"])``
+counts the int ``1`` and the string ``"1"`` as two different items, exactly as
+``add(1); add("1"); add("a")`` would; a batch of one type takes the fast path,
+a mixed one is split by type (one hashing call per type). Anything else (floats, None,
+nested lists) raises ``ValidationError`` and counts nothing. A numpy array is
+keyed by its dtype: ``np.array([1, "a"])`` is a string array (numpy turned
+``1`` into ``"1"``); pass a list, or ``dtype=object``, to keep the int.
+
 The hashing and counting loops are numba kernels (``llmds._cms_kernels``),
 imported on first use and cached on disk, so importing this module does not
 import numba. Columns: ``(h1 + i*h2) mod 2**64``, top 32 bits reduced to
@@ -29,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from llmds._checks import check_bool, check_float, check_int
 from llmds.errors import ValidationError
 
 __all__ = ["CountMinSketch"]
@@ -152,12 +161,6 @@ def _keys(items: Any) -> np.ndarray:
     return _keys_general(items)
 
 
-def _check_count(count: object, name: str = "count") -> int:
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-        raise ValidationError(f"{name} must be a non-negative int, got {count!r}")
-    return int(count)
-
-
 class CountMinSketch:
     """Approximate item counts in ``depth * width`` counters.
 
@@ -187,28 +190,19 @@ class CountMinSketch:
     def __init__(
         self, width: int = 2048, depth: int = 4, seed: int = 0, conservative: bool = False
     ) -> None:
-        for name, value in (("width", width), ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValidationError(f"{name} must be a positive int, got {value!r}")
-        if width >= 1 << 32:
-            raise ValidationError(f"width must be < 2**32, got {width}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValidationError(f"seed must be an int, got {seed!r}")
-        if not isinstance(conservative, bool):
-            raise ValidationError(f"conservative must be a bool, got {conservative!r}")
-        self.width = width
-        self.depth = depth
-        self.seed = seed
-        self.conservative = conservative
+        self.width = check_int("width", width, 1, (1 << 32) - 1)  # columns fit the 32-bit reduction
+        self.depth = check_int("depth", depth, 1)
+        self.seed = check_int("seed", seed)
+        self.conservative = check_bool("conservative", conservative)
         self._table = np.zeros((depth, width), dtype=np.int64)
         self._total = 0
-        self._seed_mix = np.uint64(_splitmix64_py(seed & _MASK64))
+        self._seed_mix = np.uint64(_splitmix64_py(self.seed & _MASK64))
 
     # ------------------------------------------------------------- updates
 
     def add(self, item: str | bytes | int, count: int = 1) -> None:
         """Count ``item`` ``count`` more times (``count`` >= 0)."""
-        count = _check_count(count)
+        count = check_int("count", count, 0)
         keys = _keys([item])
         _kernels().add(
             self._table, keys, np.array([count], dtype=np.int64), self._seed_mix, self.conservative
@@ -217,6 +211,9 @@ class CountMinSketch:
 
     def add_many(self, items: Any, counts: Any = None) -> None:
         """Count a batch: ``items`` is a list of str/bytes/int or a 1-D int array.
+
+        Same result as ``add`` on each item in order; in a mixed batch each
+        item is keyed by its own type (``1`` and ``"1"`` are different items).
 
         ``counts`` (same length, non-negative ints) defaults to 1 each. Input is
         fully validated before any counter changes.
@@ -271,12 +268,7 @@ class CountMinSketch:
 
     def is_hot(self, item: str | bytes | int, threshold: float) -> bool:
         """True if the estimated count of ``item`` is >= ``threshold``."""
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float, np.integer, np.floating))
-            or math.isnan(threshold)
-        ):
-            raise ValidationError(f"threshold must be a number, got {threshold!r}")
+        threshold = check_float("threshold", threshold)
         return bool(self.estimate(item) >= threshold)
 
     def get_error_bound(self) -> float:

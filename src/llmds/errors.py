@@ -14,6 +14,7 @@ __all__ = [
     "NotFoundError",
     "StateError",
     "CorruptFileError",
+    "EmptyHeapError",
 ]
 
 
@@ -42,3 +43,7 @@ class StateError(LLMDSError, RuntimeError):
 
 class CorruptFileError(LLMDSError, ValueError):
     """A saved file is truncated, corrupt, or of an unknown format version."""
+
+
+class EmptyHeapError(StateError, IndexError):
+    """``pop`` on an empty heap (also an ``IndexError``, like ``heapq.heappop``)."""

@@ -21,14 +21,9 @@ from collections.abc import Hashable
 from heapq import heapify, heappop, heappush
 from numbers import Real
 
-from llmds.errors import NotFoundError, StateError, ValidationError
+from llmds.errors import EmptyHeapError, NotFoundError, ValidationError
 
-__all__ = ["IndexedHeap", "EmptyHeapError"]
-
-
-class EmptyHeapError(StateError, IndexError):
-    """``pop`` on an empty heap (also an ``IndexError``, like ``heapq.heappop``)."""
-
+__all__ = ["IndexedHeap", "EmptyHeapError"]  # EmptyHeapError lives in llmds.errors; re-exported
 
 _MIN_COMPACT = 64  # don't rebuild tiny heaps
 
