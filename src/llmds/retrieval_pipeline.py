@@ -37,107 +37,33 @@ measures what the lock costs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from llmds._checks import check_bool, check_choice, check_int, is_int
+from llmds._checks import check_int, is_int
+from llmds._hybrid import search_uncached
+from llmds._pipeline_config import (
+    DEFAULT_FUSION, DEFAULT_FUSION_WEIGHT, Hit, PipelineConfig, check_metadata, check_vector,
+    check_vectors,
+)
 from llmds.embeddings import EmbedderAdapter
 from llmds.errors import NotFoundError, ValidationError
-from llmds.fusion import (
-    DEFAULT_WEIGHTS, FUSIONS, check_fusion, check_weight, rrf_fusion, tmm_fusion, weighted_fusion,
-)
+from llmds.fusion import FUSIONS, check_fusion, check_weight, rrf_fusion, tmm_fusion, weighted_fusion
 from llmds.heavy_hitters import HeavyHitters
 from llmds.hnsw import HNSW
 from llmds.inverted_index import InvertedIndex, check_doc_id, split_doc_pairs
 from llmds.token_lru import TokenLRU
 from llmds.tokenizer import Tokenizer
 
-__all__ = ["FUSIONS", "Hit", "PipelineConfig", "RetrievalPipeline", "rrf_fusion", "tmm_fusion",
-           "weighted_fusion"]
+__all__ = ["DEFAULT_FUSION", "DEFAULT_FUSION_WEIGHT", "FUSIONS", "Hit", "PipelineConfig",
+           "RetrievalPipeline", "rrf_fusion", "tmm_fusion", "weighted_fusion"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FUSION = "tmm"
-DEFAULT_FUSION_WEIGHT = DEFAULT_WEIGHTS[DEFAULT_FUSION]  # dense share; see the module docstring
-
-
-# ---------------------------------------------------------------- config
-@dataclass(frozen=True, slots=True)
-class PipelineConfig:
-    """Pipeline knobs, validated once.
-
-    HNSW: ``M``, ``ef_construction``, ``ef_search``, ``seed``, ``metric``
-    (``"cosine"`` | ``"ip"`` | ``"l2"``). BM25: ``k1``, ``b``. Fusion:
-    ``fusion``, ``fusion_weight`` (dense share; ``None`` = the fusion's default),
-    ``rrf_k`` (>= 1), ``candidate_k`` (per side; ``None`` means
-    ``max(5 * top_k, 50)``; never below ``top_k``). Result cache:
-    ``cache_token_budget`` (0 disables; an entry costs ``1 + len(results)``).
-    Hit counting: ``sketch_width`` x ``sketch_depth`` Count-Min counters and
-    ``hot_capacity`` tracked heavy-hitter documents (0 disables hit counting).
-    ``store_texts``: keep each document's text and metadata for :meth:`retrieve`.
-    """
-
-    embedding_dim: int = 384
-    M: int = 16
-    ef_construction: int = 200
-    ef_search: int = 50
-    seed: int | None = None
-    metric: str = "cosine"
-    k1: float = 1.5
-    b: float = 0.75
-    fusion: str = DEFAULT_FUSION
-    fusion_weight: float | None = None
-    rrf_k: int = 60
-    candidate_k: int | None = None
-    cache_token_budget: int = 100_000
-    sketch_width: int = 4096
-    sketch_depth: int = 4
-    hot_capacity: int = 1024
-    store_texts: bool = True
-
-    def __post_init__(self) -> None:
-        check_int("embedding_dim", self.embedding_dim, 1)
-        check_fusion(self.fusion)
-        if self.fusion_weight is not None:
-            check_weight(self.fusion_weight)
-        check_int("rrf_k", self.rrf_k, 1)
-        if self.candidate_k is not None:
-            check_int("candidate_k", self.candidate_k, 1)
-        check_int("cache_token_budget", self.cache_token_budget, 0)
-        check_int("sketch_width", self.sketch_width, 1)
-        check_int("sketch_depth", self.sketch_depth, 1)
-        check_int("hot_capacity", self.hot_capacity, 0)
-        check_choice("metric", self.metric, ("cosine", "ip", "l2"))
-        check_bool("store_texts", self.store_texts)
-
-    def weight(self, fusion: str) -> float:
-        """The dense share used for ``fusion`` when a search passes none."""
-        if self.fusion_weight is not None and fusion == self.fusion:
-            return self.fusion_weight
-        return DEFAULT_WEIGHTS[fusion]
-
-    def candidates(self, top_k: int) -> int:
-        """How many candidates each side retrieves for a ``top_k`` query."""
-        if self.candidate_k is None:
-            return max(5 * top_k, 50)
-        return max(self.candidate_k, top_k)
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One retrieved document: id, fused score, stored text and metadata (None if not kept)."""
-
-    doc_id: int
-    score: float
-    text: str | None
-    metadata: dict[str, Any] | None
 
 
 # ---------------------------------------------------------------- pipeline
@@ -199,51 +125,6 @@ class RetrievalPipeline:
             self._doc_hits = self._query_hits = None
         self._lock = threading.RLock()
 
-    # ------------------------------------------------------------ validation helpers
-    def _check_vectors(self, vecs: Any, n: int, what: str) -> np.ndarray:
-        """float32 C-contiguous [n, dim], finite, non-zero rows for cosine; else ValidationError."""
-        try:
-            x = np.ascontiguousarray(vecs, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"{what} must be numeric: {exc}") from None
-        dim = self.config.embedding_dim
-        if x.shape != (n, dim):
-            raise ValidationError(f"{what} must have shape ({n}, {dim}), got {x.shape}")
-        # one float64 reduction: NaN/inf propagate, finite float32 rows cannot overflow it
-        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-        if not np.isfinite(sq.sum()):
-            raise ValidationError(f"{what} contains NaN or inf")
-        if self.config.metric == "cosine" and n and not sq.all():
-            raise ValidationError(f"{what} contains an all-zero vector; cosine needs a direction")
-        return x
-
-    def _check_vector(self, vec: Any, what: str) -> np.ndarray:
-        """One vector as a validated float32 [1, dim] matrix."""
-        x = vec if isinstance(vec, np.ndarray) else np.asarray(vec)
-        if x.ndim != 1:
-            raise ValidationError(
-                f"{what} must be a 1-D vector of length {self.config.embedding_dim}, got {x.shape}")
-        return self._check_vectors(x[None, :], 1, what)
-
-    @staticmethod
-    def _check_metadata(metadatas: Any, n: int) -> list[dict[str, Any] | None]:
-        """``n`` JSON-serialisable dicts (or None) — they are saved with the pipeline."""
-        if metadatas is None:
-            return [None] * n
-        out = list(metadatas)
-        if len(out) != n:
-            raise ValidationError(f"got {n} documents but {len(out)} metadata entries")
-        for m in out:
-            if m is None:
-                continue
-            if not isinstance(m, dict):
-                raise ValidationError(f"metadata must be a dict or None, got {type(m).__name__}")
-            try:
-                json.dumps(m, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise ValidationError(f"metadata must be JSON-serialisable: {exc}") from None
-        return out
-
     # ------------------------------------------------------------ mutation
     def add_document(self, doc_id: int, text: str, embedding: Any = None,
                      metadata: dict[str, Any] | None = None) -> None:
@@ -262,7 +143,7 @@ class RetrievalPipeline:
         """
         self.add_documents(
             [(doc_id, text)],
-            None if embedding is None else self._check_vector(embedding, "embedding"),
+            None if embedding is None else check_vector(self.config, embedding, "embedding"),
             None if metadata is None else [metadata],
         )
 
@@ -283,10 +164,10 @@ class RetrievalPipeline:
         n = len(ids)
         if len(set(ids)) != n:
             raise ValidationError("documents contain a repeated doc_id")
-        metas = self._check_metadata(metadatas, n)
+        metas = check_metadata(metadatas, n)
         self._check_new_ids(ids)  # early, so a duplicate costs no embedding; re-checked below
         if embeddings is not None:
-            vecs = self._check_vectors(embeddings, n, "embeddings")
+            vecs = check_vectors(self.config, embeddings, n, "embeddings")
         elif self._embedder is not None and n:
             vecs = self._embed(texts)  # outside the lock: searches go on meanwhile
         else:
@@ -395,7 +276,7 @@ class RetrievalPipeline:
         if not isinstance(query, str):
             raise ValidationError(f"query must be str, got {type(query).__name__}")
         vecs = (None if query_embedding is None
-                else self._check_vector(query_embedding, "query_embedding"))
+                else check_vector(self.config, query_embedding, "query_embedding"))
         return self._search_many([query], vecs, top_k, fusion_weight, fusion)[0]
 
     def search_many(self, queries: Sequence[str], query_embeddings: Any = None, top_k: int = 10,
@@ -413,7 +294,7 @@ class RetrievalPipeline:
             if not isinstance(q, str):
                 raise ValidationError(f"query must be str, got {type(q).__name__}")
         vecs = (None if query_embeddings is None
-                else self._check_vectors(query_embeddings, len(queries), "query_embeddings"))
+                else check_vectors(self.config, query_embeddings, len(queries), "query_embeddings"))
         return self._search_many(queries, vecs, top_k, fusion_weight, fusion)
 
     def retrieve(self, query: str, query_embedding: Any = None, top_k: int = 10,
@@ -474,7 +355,7 @@ class RetrievalPipeline:
                 if mv is None and self._embedder is not None and len(self._hnsw):
                     mv = self._embed(mq)  # vectors were added meanwhile
                 gen = self._generation  # results below reflect the index as it is now
-                fresh = self._search_uncached(mq, mv, top_k, w, fusion)
+                fresh = search_uncached(self, mq, mv, top_k, w, fusion)
                 for i, res in zip(miss, fresh):
                     out[i] = res
                     if self._cache is not None:
@@ -486,84 +367,7 @@ class RetrievalPipeline:
         return out  # type: ignore[return-value]
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        return self._check_vectors(self._embedder.many(texts), len(texts), "embedder output")
-
-    def _similarities(self, q: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Similarity (as the dense side ranks) of query ``q`` to documents at ``slots``;
-        NaN for a document without a vector."""
-        out = np.full(slots.shape[0], np.nan)
-        has = np.fromiter((s in self._hnsw for s in slots.tolist()), np.bool_, slots.shape[0])
-        if has.any():
-            V = self._hnsw.get_vectors(slots[has].tolist()).astype(np.float64)
-            qq = q.astype(np.float64)
-            metric = self.config.metric
-            if metric == "cosine":
-                out[has] = V @ (qq / np.linalg.norm(qq))
-            elif metric == "ip":
-                out[has] = V @ qq
-            else:
-                out[has] = -np.sqrt(((V - qq) ** 2).sum(1))
-        return out
-
-    def _search_uncached(self, queries: list[str], vecs: np.ndarray | None, top_k: int,
-                         w: float, fusion: str) -> list[list[tuple[int, float]]]:
-        cfg = self.config
-        cand = cfg.candidates(top_k)
-        lex = self._index.search_many(queries, cand) if len(self._index) else [[] for _ in queries]
-        if vecs is not None and len(self._hnsw):
-            d_ids, d_dist = self._hnsw.search_batch(vecs, cand)
-        else:
-            d_ids = d_dist = None
-        results = []
-        slot_doc = self._slot_doc
-        for i, query in enumerate(queries):
-            if d_ids is not None:
-                keep = d_ids[i] >= 0
-                di = d_ids[i][keep]
-                dd = d_dist[i][keep].astype(np.float64)
-                ds = -dd if cfg.metric == "l2" else 1.0 - dd
-            else:
-                di = np.zeros(0, np.int64)
-                ds = np.zeros(0, np.float64)
-            li = np.fromiter((s for s, _ in lex[i]), np.int64, len(lex[i]))
-            ls = np.fromiter((v for _, v in lex[i]), np.float64, len(lex[i]))
-            if fusion == "tmm":
-                ids, scores = self._tmm(query, vecs[i] if d_ids is not None else None,
-                                        di, ds, li, ls, w)
-            else:
-                # each side ranked by (score desc, doc_id asc): ties never depend on slots
-                od = np.lexsort((slot_doc[di], -ds))
-                ol = np.lexsort((slot_doc[li], -ls))
-                di, ds, li, ls = di[od], ds[od], li[ol], ls[ol]
-                if fusion == "weighted":
-                    ids, scores = weighted_fusion(di, ds, li, ls, w)
-                else:
-                    ids, scores = rrf_fusion(di, li, w, cfg.rrf_k)
-            doc = slot_doc[ids]
-            order = np.lexsort((doc, -scores))[:top_k]
-            results.append(list(zip(doc[order].tolist(), scores[order].tolist())))
-        return results
-
-    def _tmm(self, query: str, q: np.ndarray | None, di: np.ndarray, ds: np.ndarray,
-             li: np.ndarray, ls: np.ndarray, w: float) -> tuple[np.ndarray, np.ndarray]:
-        """Union of both candidate lists, every score filled in exactly, fused by TMM."""
-        ids = np.union1d(di, li)
-        lex = np.zeros(ids.shape[0], np.float64)
-        if li.size:
-            lex[np.searchsorted(ids, li)] = ls
-            rest = np.setdiff1d(ids, li, assume_unique=True)
-            if rest.size:
-                lex[np.searchsorted(ids, rest)] = self._index.score_documents(query, rest.tolist())
-        dense = np.full(ids.shape[0], np.nan)
-        if di.size:
-            dense[np.searchsorted(ids, di)] = ds
-            rest = np.setdiff1d(ids, di, assume_unique=True)
-            if rest.size:
-                dense[np.searchsorted(ids, rest)] = self._similarities(q, rest)
-        low = -1.0 if self.config.metric == "cosine" else None
-        scores = tmm_fusion(ids, dense, lex, float(ds.max()) if di.size else None,
-                            float(ls.max()) if li.size else None, low, w)
-        return ids, scores
+        return check_vectors(self.config, self._embedder.many(texts), len(texts), "embedder output")
 
     # ------------------------------------------------------------ hit counting
     def hot_documents(self, threshold: float) -> list[int]:
