@@ -84,8 +84,7 @@ def _tantivy(texts, queries, n: int, first_id: int) -> dict:
     writer = index.writer(heap_size=512_000_000, num_threads=1)
     for i, t in enumerate(texts):
         writer.add_document(tantivy.Document(id=i, body=t))
-    writer.commit()
-    writer.wait_merging_threads()
+    writer.commit()  # (no wait_merging_threads: it consumes the writer)
     index.reload()
     qs = [tantivy.Query.boolean_query([(tantivy.Occur.Should, tantivy.Query.term_query(
         schema, "body", w)) for w in q.split()]) for q in queries]

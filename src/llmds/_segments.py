@@ -14,6 +14,12 @@ segment order, because a merge only ever replaces the *youngest* segments
 (log-structured, as Lucene's and tantivy's tiered merges): merging segments
 ``j0..`` truncates every pool at segment ``j0``'s offsets and appends the result.
 
+Segments store each posting's BM25 tf part ``tf / (tf + k1 (1 - b) + k1 b dl /
+avgdl)`` (float32) as materialised for some avgdl, and the idf (``N``, ``df``)
+is applied per query term, so a change elsewhere never forces a segment to be
+rewritten: when avgdl has moved, a posting list is scored on the fly and
+re-materialised on its second use under the same statistics.
+
 Merge policy: after a new segment is appended, the youngest run of segments is
 merged while the one before it holds at most ``merge_ratio`` times the postings
 of the run (default 2).  Segment sizes then fall geometrically from old to

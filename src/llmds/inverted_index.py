@@ -15,24 +15,15 @@ from the live documents, float for float.
 Storage and updates
 -------------------
 Documents get internal *slots* in insertion order; any int64 ``doc_id`` maps to
-one.  Postings live in log-structured segments (:mod:`llmds._segments`): an add
-is tokenized at once and queued; the next search (or lookup) turns the queue
-into one small segment, merged with the youngest segments while they are of
-similar size (geometric, like Lucene/tantivy), so an add costs O(its postings ·
-log n) amortised, never a rebuild.  A remove (or a replacing add) marks the
-slot dead (a tombstone) and lowers the ``df`` of its terms through a
-delta + varint coded forward index; dead postings disappear when their segment
-is merged, and all slots are renumbered densely (one segment) once dead slots
-exceed a quarter of all slots.
-
-Segments store each posting's BM25 tf part ``tf / (tf + k1 (1 - b) + k1 b dl /
-avgdl)`` (float32) materialised for some avgdl, and the idf is applied per query
-term, so a change elsewhere never forces a segment to be rewritten: when avgdl
-has moved, a posting list is scored on the fly and re-materialised on its
-second use under the same statistics.  A query is one numba call over all
-segments: a gather-and-add into a dense accumulator plus a top-k heap, with
-exact MaxScore pruning of low-impact lists.  ``save`` writes the postings delta
-+ varint encoded; ``stats()["index_bytes"]`` is the size of that encoding.
+one.  Postings live in log-structured segments (:mod:`llmds._segments`, which
+explains the merge policy and the tf parts): an add is tokenized at once and
+queued; the next search turns the queue into a small segment, merged
+geometrically with the youngest ones, so an add never rebuilds the index.  A
+remove (or replacing add) tombstones the slot and lowers the ``df`` of its
+terms through a delta + varint forward index; slots are compacted once a
+quarter are dead.  A query is one numba call over all segments with exact
+MaxScore pruning.  ``save`` writes the postings delta + varint encoded;
+``stats()["index_bytes"]`` is the size of that encoding.
 
 Not thread-safe: searches share one scratch accumulator (and may materialise
 tf parts); guard a shared index with a lock (``RetrievalPipeline`` does).
@@ -44,7 +35,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -53,6 +44,7 @@ from llmds import _postings as K
 from llmds._binfmt import read_checked, write_atomic
 from llmds._bm25_search import score_slots, search_batch
 from llmds._checks import check_float, check_int, is_int
+from llmds._docs import check_doc_id, split_doc_pairs
 from llmds._index_io import index_from_arrays, index_to_arrays
 from llmds._segments import Segments
 from llmds._wordtable import WordTable
@@ -65,39 +57,12 @@ logger = logging.getLogger(__name__)
 
 _MAGIC = b"LLMDSINV"
 _VERSION = 1
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-
-
-def check_doc_id(doc_id: Any) -> int:
-    """``doc_id`` as a Python int in the int64 range; ``ValidationError`` otherwise."""
-    return check_int("doc_id", doc_id, _I64_MIN, _I64_MAX)
 
 
 def _term_key(term: str) -> int:
     """Stable across processes (unlike ``hash``): byte length << 32 | CRC-32 of the UTF-8 text."""
     b = term.encode("utf-8")
     return (len(b) << 32) | zlib.crc32(b)
-
-
-def split_doc_pairs(
-    documents: Iterable[tuple[int, str]], check_id: Callable[[Any], int] = check_doc_id
-) -> tuple[list[int], list[str]]:
-    """Validate ``(doc_id, text)`` pairs into ``(ids, texts)``; raises ``ValidationError``."""
-    ids: list[int] = []
-    texts: list[str] = []
-    try:
-        for doc_id, text in documents:
-            ids.append(check_id(doc_id))
-            if not isinstance(text, str):
-                raise ValidationError(
-                    f"text of doc {doc_id} must be str, got {type(text).__name__}"
-                )
-            texts.append(text)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            raise
-        raise ValidationError("documents must be an iterable of (doc_id, text) pairs") from exc
-    return ids, texts
 
 
 class InvertedIndex:

@@ -56,7 +56,8 @@ from llmds.errors import NotFoundError, ValidationError
 from llmds.fusion import FUSIONS, check_fusion, check_weight, rrf_fusion, tmm_fusion, weighted_fusion
 from llmds.heavy_hitters import HeavyHitters
 from llmds.hnsw import HNSW
-from llmds.inverted_index import InvertedIndex, check_doc_id, split_doc_pairs
+from llmds._docs import check_doc_id, split_doc_pairs
+from llmds.inverted_index import InvertedIndex
 from llmds.token_lru import TokenLRU
 from llmds.tokenizer import Tokenizer
 
