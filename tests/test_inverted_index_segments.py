@@ -227,3 +227,25 @@ def test_score_documents_equals_search_scores():
         assert got[: len(res)] == [s for _, s in res]  # the same floats
         assert got[len(res):][:2] == [0.0, 0.0]  # removed, unknown
         assert got[-1] == dict(res).get(-50, 0.0)
+
+
+def test_pruning_over_many_segments_equals_exhaustive():
+    """MaxScore bounds count one list per term per document (a document lies in one segment)."""
+    rng = np.random.default_rng(5)
+    words = ["a", "b", "c", "d", "mid", "rare"]
+    p = np.array([0.35, 0.25, 0.15, 0.12, 0.1, 0.03])
+    pruned, exhaustive = InvertedIndex(), InvertedIndex()
+    pruned.prune_min_postings = 0
+    exhaustive.prune_min_postings = 1 << 62
+    queries = ["rare a b c", "rare mid a", "mid a b c d", "rare rare a", "a b", "d rare"]
+    for step in range(12):  # one bulk segment, then many small ones
+        n = 300 if step == 0 else int(rng.integers(1, 20))
+        docs = [(step * 1000 + i, " ".join(rng.choice(words, size=int(rng.integers(1, 12)), p=p)))
+                for i in range(n)]
+        for idx in (pruned, exhaustive):
+            idx.add_documents(docs)
+            if step % 4 == 3:
+                idx.remove_document(step * 1000)
+        for k in (1, 3, 10):
+            assert pruned.search_many(queries, k) == exhaustive.search_many(queries, k)
+    assert pruned.stats()["num_segments"] > 2

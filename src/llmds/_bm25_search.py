@@ -277,7 +277,9 @@ def search_batch(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, p
     document can reach the top k, so the remaining lists are only probed
     (galloping) for the surviving candidates, one candidate at a time, dropping
     a candidate as soon as its bound falls below the running k-th best score.
-    An upper bound is ``coef * max f``; for a list whose ``f`` was materialised
+    A list's upper bound is ``coef * max f``, and the bound of several lists is
+    the sum over their terms of the largest bound of each term's lists (one
+    segment per document); for a list whose ``f`` was materialised
     at another avgdl it is scaled by ``max(1, stamp / kc)`` (the tf part grows
     by at most that factor when avgdl grows), capped at 1.
     """
@@ -295,7 +297,7 @@ def search_batch(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, p
     cap = 0  # capacity of the per-list arrays below, grown on demand
     llo = lhi = lseg = run_end = run_start = run_stop = cur = rest = np.empty(0, np.int64)
     lcoef = np.empty(0, np.float32)
-    lmat = np.empty(0, np.bool_)
+    lmat = lfirst = np.empty(0, np.bool_)
     tub = suffix = np.empty(0, np.float64)
     for qi in range(nq):
         a = q_ptr[qi]
@@ -311,6 +313,7 @@ def search_batch(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, p
             lseg = np.empty(cap, np.int64)
             lcoef = np.empty(cap, np.float32)
             lmat = np.empty(cap, np.bool_)
+            lfirst = np.empty(cap, np.bool_)
             tub = np.empty(cap, np.float64)
             run_end = np.empty(cap, np.int64)
             run_start = np.empty(cap, np.int64)
@@ -321,6 +324,7 @@ def search_batch(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, p
         nt = 0
         for u in range(nu):
             t = uterm[u]
+            new_term = True
             for g in range(nseg):
                 r = _find(term_pool, seg_toff[g], seg_nt[g], t)
                 if r < 0:
@@ -346,14 +350,26 @@ def search_batch(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, p
                 lseg[nt] = g
                 lcoef[nt] = ucoef[u]
                 lmat[nt] = mat
+                lfirst[nt] = new_term
+                new_term = False
                 tub[nt] = np.float64(ucoef[u]) * bound
                 nt += 1
         if nt == 0:
             continue
+        # suffix[i]: what lists i.. can still add to one document.  A document lies
+        # in one segment, so it gets at most one list per term: the largest bound
+        # of the term's remaining lists, plus the later terms'.
         suffix[nt] = 0.0
         rest[nt] = 0  # rest[i]: postings left from list i on
+        after = 0.0
+        grp = 0.0
         for i in range(nt - 1, -1, -1):
-            suffix[i] = suffix[i + 1] + tub[i]
+            if i == nt - 1 or lfirst[i + 1]:  # last list of its term
+                after = suffix[i + 1]
+                grp = tub[i]
+            else:
+                grp = max(grp, tub[i])
+            suffix[i] = grp + after
             rest[i] = rest[i + 1] + lhi[i] - llo[i]
         n_touch = 0
         n_seed = 0
@@ -363,6 +379,7 @@ def search_batch(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, p
         for i in range(nt):
             if (
                 i > 0
+                and lfirst[i]  # at term boundaries only: a term's segment lists go together
                 and n_touch >= k
                 and suffix[0] - suffix[i] > suffix[i]  # theta <= best partial <= prefix sum
                 and rest[i] > 4 * n_touch  # the check costs a pass over the touched docs
