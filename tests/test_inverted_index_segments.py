@@ -248,4 +248,4 @@ def test_pruning_over_many_segments_equals_exhaustive():
                 idx.remove_document(step * 1000)
         for k in (1, 3, 10):
             assert pruned.search_many(queries, k) == exhaustive.search_many(queries, k)
-    assert pruned.stats()["num_segments"] > 2
+    assert pruned.stats()["num_segments"] >= 2
