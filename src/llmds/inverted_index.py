@@ -42,7 +42,7 @@ import numpy as np
 
 from llmds import _postings as K
 from llmds._binfmt import read_checked, write_atomic
-from llmds._bm25_search import score_slots, search_batch
+from llmds._bm25_search import IndexState, score_slots, search_batch
 from llmds._checks import check_float, check_int, is_int
 from llmds._docs import check_doc_id, split_doc_pairs
 from llmds._index_io import index_from_arrays, index_to_arrays
@@ -127,6 +127,7 @@ class InvertedIndex:
         self._scratch = np.zeros(16, np.int32)
         self._index_bytes: int | None = None  # cached stats()["index_bytes"]
         self._kk: tuple[np.float32, np.float32] | None = None  # cached _norms()
+        self._kstate: IndexState | None = None  # cached _state(); None after arrays change
 
     # ------------------------------------------------------------ adding / removing
     def add_document(self, doc_id: int, text: str) -> None:
@@ -201,6 +202,7 @@ class InvertedIndex:
         """Grow ``_df`` / ``_term_key`` to the vocabulary; key the terms that have none yet."""
         old, V = self._nkeys, len(self._terms)
         if V > self._df.size:
+            self._kstate = None
             cap = max(V, 2 * self._df.size)
             for name in ("_df", "_term_key"):
                 arr = np.zeros(cap, np.int64)
@@ -239,6 +241,7 @@ class InvertedIndex:
         cap = self._slot_doc.size
         if need <= cap:
             return
+        self._kstate = None
         cap = max(need, 2 * cap)
         for name in ("_slot_doc", "_dl", "_alive"):
             old = getattr(self, name)
@@ -262,6 +265,7 @@ class InvertedIndex:
     def _flush(self) -> None:
         """Turn queued documents into a segment (merging per policy); compact when due."""
         if self._pending:
+            self._kstate = None  # segments and pools change
             t0 = time.perf_counter()
             lo, hi = self._flushed, self._n_slots
             if len(self._pending) == 1:
@@ -292,6 +296,7 @@ class InvertedIndex:
         if (n - len(self._slot_of)) * 4 > n:
             self._compact()
         if self._acc.size < n:
+            self._kstate = None
             cap = self._slot_doc.size
             self._acc = np.zeros(cap, np.float32)
             self._touched = np.zeros(cap + 1, np.int32)
@@ -299,6 +304,7 @@ class InvertedIndex:
 
     def _compact(self) -> None:
         """Renumber the live slots densely and merge every segment into one (no queue)."""
+        self._kstate = None
         n, m = self._n_slots, len(self._slot_of)
         alive = self._alive[:n].copy()
         new_slot = np.where(alive, np.cumsum(alive, dtype=np.int32) - 1, -1).astype(np.int32)
@@ -362,24 +368,17 @@ class InvertedIndex:
     def _search_batch(self, bounds: list[int], terms: list[int], k: int):
         """One numba call over queries ``terms[bounds[i]:bounds[i+1]]``: (docs, scores, counts)."""
         ka, kc = self._norms()
-        return search_batch(
-            np.array(bounds, np.int64),
-            np.array(terms, np.int32),
-            self._df,
-            self._term_key,
-            float(len(self._slot_of)),
-            ka,
-            kc,
-            *self._seg.args,
-            self._dl,
-            self._alive,
-            self._slot_doc,
-            self._acc,
-            self._touched,
-            self._scratch,
-            k,
-            self.prune_min_postings,
-        )
+        return search_batch(np.array(bounds, np.int64), np.array(terms, np.int32),
+                            float(len(self._slot_of)), ka, kc, k, self.prune_min_postings,
+                            self._state())
+
+    def _state(self) -> IndexState:
+        """The kernels' view of every array (rebuilt after ``_flush`` replaced one)."""
+        if self._kstate is None:
+            self._kstate = IndexState(self._df, self._term_key, *self._seg.args, self._dl,
+                                      self._alive, self._slot_doc, self._acc, self._touched,
+                                      self._scratch)
+        return self._kstate
 
     def search_many(self, queries: Iterable[str], top_k: int = 10) -> list[list[tuple[int, float]]]:
         """:meth:`search` for many queries in one numba call (faster per query)."""
@@ -419,10 +418,8 @@ class InvertedIndex:
     def _score_slots(self, terms: list[int], targets: np.ndarray) -> np.ndarray:
         """:meth:`score_documents` on term ids and slots (-1 = none); queue already flushed."""
         ka, kc = self._norms()
-        seg = self._seg.args
-        return score_slots(np.array(terms, np.int32), self._df, self._term_key,
-                           float(len(self._slot_of)), ka, kc, seg[0], seg[1], seg[2], seg[6],
-                           seg[7], self._dl, self._alive, targets)
+        return score_slots(np.array(terms, np.int32), float(len(self._slot_of)), ka, kc, targets,
+                           self._state())
 
     # ------------------------------------------------------------ lookups
     def _term_id(self, term: str) -> int | None:
