@@ -300,10 +300,14 @@ class RetrievalPipeline:
 
     def retrieve(self, query: str, query_embedding: Any = None, top_k: int = 10,
                  fusion_weight: float | None = None, *, fusion: str | None = None) -> list[Hit]:
-        """:meth:`search` with each hit's stored text and metadata (for RAG prompts)."""
-        with self._lock:  # results and texts from the same state of the index
-            res = self.search(query, query_embedding, top_k, fusion_weight, fusion=fusion)
-            return [self._hit(d, s) for d, s in res]
+        """:meth:`search` with each hit's stored text and metadata (for RAG prompts).
+
+        The query is embedded outside the lock, like :meth:`search`; a hit whose
+        document another thread removed between the search and the text lookup
+        is dropped, so every returned text belongs to its id."""
+        res = self.search(query, query_embedding, top_k, fusion_weight, fusion=fusion)
+        with self._lock:
+            return [self._hit(d, s) for d, s in res if d in self._doc_slot]
 
     def _hit(self, doc_id: int, score: float) -> Hit:
         slot = self._doc_slot[doc_id]
