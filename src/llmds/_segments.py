@@ -93,8 +93,8 @@ class Segments:
 
     def _reserve(self, name: str, need: int, keep: int) -> None:
         arr = getattr(self, f"_{name}")
-        if need > arr.size:
-            new = np.zeros(max(need, 2 * arr.size), arr.dtype)
+        if need > arr.size:  # 1/8 slack: single adds after a bulk build do not copy the pools
+            new = np.zeros(max(need + need // 8, 2 * arr.size), arr.dtype)
             new[:keep] = arr[:keep]
             setattr(self, f"_{name}", new)
 

@@ -242,7 +242,7 @@ class InvertedIndex:
         if need <= cap:
             return
         self._kstate = None
-        cap = max(need, 2 * cap)
+        cap = max(need + need // 8, 2 * cap)  # slack: single adds after a bulk add do not copy
         for name in ("_slot_doc", "_dl", "_alive"):
             old = getattr(self, name)
             new = np.zeros(cap, old.dtype)
@@ -279,7 +279,8 @@ class InvertedIndex:
             self._df[terms] += np.diff(ptr)
             end = int(self._fwd_off[lo])
             if end + fwd.size > self._fwd.size:
-                grown = np.zeros(max(end + fwd.size, 2 * self._fwd.size), np.uint8)
+                need = end + fwd.size
+                grown = np.zeros(max(need + need // 8, 2 * self._fwd.size), np.uint8)
                 grown[:end] = self._fwd[:end]
                 self._fwd = grown
             self._fwd[end : end + fwd.size] = fwd
