@@ -5,6 +5,7 @@ and concurrent searches with adds from several threads."""
 from __future__ import annotations
 
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ class Emb:
         out = np.full((len(texts), DIM), 0.01, np.float32)
         for i, t in enumerate(texts):
             for w in t.split():
-                out[i, hash(w) % DIM] += 1.0  # str hash: stable within one process
+                out[i, zlib.crc32(w.encode()) % DIM] += 1.0  # stable across processes
         return out
 
 

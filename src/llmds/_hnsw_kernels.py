@@ -310,6 +310,22 @@ def _select_heuristic(cand_d, cand_i, n, m, metric, fdata, dim, out):
     return cnt
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _sort_by_distance(cd, ci, n):
+    """Stable insertion sort of the first ``n`` (distance, node) pairs (n <= 4M + 1;
+    ties keep list order)."""
+    for a in range(1, n):
+        kd = cd[a]
+        ki = ci[a]
+        b = a - 1
+        while b >= 0 and cd[b] > kd:
+            cd[b + 1] = cd[b]
+            ci[b + 1] = ci[b]
+            b -= 1
+        cd[b + 1] = kd
+        ci[b + 1] = ki
+
+
 @njit(cache=True, fastmath=_FM, boundscheck=False)
 def _link_back(s, node, level, mmax, dim, fdata, links0, upper, nodes, state, sel):
     """Add ``node`` to the neighbour list of ``s``; shrink by the heuristic if full."""
@@ -335,17 +351,7 @@ def _link_back(s, node, level, mmax, dim, fdata, links0, upper, nodes, state, se
         cd[j] = _dist_nodes(metric, fdata, dim, s, cidx[j])
     cidx[cnt] = node
     cd[cnt] = _dist_nodes(metric, fdata, dim, s, node)
-    # Stable insertion sort by distance (<= 2M + 1 entries; ties keep list order).
-    for a in range(1, cnt + 1):
-        kd = cd[a]
-        ki = cidx[a]
-        b = a - 1
-        while b >= 0 and cd[b] > kd:
-            cd[b + 1] = cd[b]
-            cidx[b + 1] = cidx[b]
-            b -= 1
-        cd[b + 1] = kd
-        cidx[b + 1] = ki
+    _sort_by_distance(cd, cidx, cnt + 1)
     k = _select_heuristic(cd, cidx, cnt + 1, mmax, metric, fdata, dim, sel)
     for j in range(k):
         links[r, j + 1] = sel[j]
@@ -422,13 +428,30 @@ def insert_batch(start, stop, dim, ef_construction, fdata, links0, upper, nodes,
 
 
 @njit(cache=True, fastmath=_FM, boundscheck=False)
+def keep_old_links(node, old0, old_up, dim, fdata, links0, upper, nodes, state):
+    """After a reused slot ``node`` was inserted again: offer it its old out-neighbours
+    (``old0`` = its old layer-0 row, ``old_up`` its old upper rows; deleted ones too, as
+    they still route), so a node that was reachable only through this slot stays
+    reachable; a full list keeps the heuristic's choice."""
+    M = state[S_M]
+    sel = np.empty(2 * M + 1, np.int32)
+    for lc in range(nodes[node, N_LEVEL] + 1):
+        row = old0 if lc == 0 else old_up[lc - 1]
+        mmax = 2 * M if lc == 0 else M
+        for j in range(1, row[0] + 1):
+            nb = row[j]
+            if nb != node and nodes[nb, N_LEVEL] >= lc:  # deleted ones still route
+                _link_back(node, nb, lc, mmax, dim, fdata, links0, upper, nodes, state, sel)
+
+
+@njit(cache=True, fastmath=_FM, boundscheck=False)
 def repair_links(node, dim, fdata, links0, upper, nodes, state):
     """Reconnect the neighbourhood of ``node`` (just marked deleted), layer by layer.
 
-    Every live out-neighbour ``n`` of ``node`` that links back to it loses that
-    link and re-selects its list (heuristic, up to its layer's maximum) from its
-    other neighbours plus ``node``'s live neighbours, as FreshDiskANN's delete
-    consolidation does; so the graph stays navigable around the hole.  ``node``
+    Every live out-neighbour ``n`` of ``node`` that links back to it replaces that
+    link by ``node``'s live neighbours (FreshDiskANN's delete consolidation);
+    only when they do not all fit does ``n`` re-select its list with the
+    heuristic, so the graph stays navigable around the hole.  ``node``
     keeps its own links: links to it from nodes that are not its neighbours
     still route through it until its slot is reused.
     """
@@ -477,18 +500,14 @@ def repair_links(node, dim, fdata, links0, upper, nodes, state):
                 if not dup:
                     ci[n] = c
                     n += 1
+            if n <= mmax:  # room for all: nothing another node relies on is dropped
+                for x in range(n):
+                    links[rb, x + 1] = ci[x]
+                links[rb, 0] = n
+                continue
             for x in range(n):
                 cd[x] = _dist_nodes(metric, fdata, dim, nb, ci[x])
-            for a in range(1, n):  # stable insertion sort by distance
-                kd = cd[a]
-                ki = ci[a]
-                b = a - 1
-                while b >= 0 and cd[b] > kd:
-                    cd[b + 1] = cd[b]
-                    ci[b + 1] = ci[b]
-                    b -= 1
-                cd[b + 1] = kd
-                ci[b + 1] = ki
+            _sort_by_distance(cd, ci, n)
             k = _select_heuristic(cd, ci, n, mmax, metric, fdata, dim, sel)
             for x in range(k):
                 links[rb, x + 1] = sel[x]

@@ -184,6 +184,29 @@ def materialize(slots, tfs, dl, ka, kc, f, lo, hi):
 
 # ---------------------------------------------------------------- building
 @njit(cache=True)
+def _encode_runs(values, bounds):
+    """Gap + varint code of the ascending runs ``values[bounds[i]:bounds[i + 1]]`` (gaps from
+    -1, so every gap is >= 1).  Returns (offsets int64 [runs + 1], bytes uint8)."""
+    runs = bounds.size - 1
+    size = 0
+    for r in range(runs):
+        prev = -1
+        for q in range(bounds[r], bounds[r + 1]):
+            size += _varint_size(np.int64(values[q]) - prev)
+            prev = values[q]
+    out = np.empty(size, np.uint8)
+    off = np.zeros(runs + 1, np.int64)
+    pos = 0
+    for r in range(runs):
+        prev = -1
+        for q in range(bounds[r], bounds[r + 1]):
+            pos = _put(out, pos, np.int64(values[q]) - prev)
+            prev = values[q]
+        off[r + 1] = pos
+    return off, out
+
+
+@njit(cache=True)
 def build_segment(tokens, lengths, alive, slot_lo, vocab_size):
     """Postings and forward index of a batch of documents given as token-id streams.
 
@@ -231,22 +254,7 @@ def build_segment(tokens, lengths, alive, slot_lo, vocab_size):
                 j = c
         fptr[d + 1] = n
         i = e
-    # forward index: per document, gaps of its sorted term ids (prev = -1)
-    size = 0
-    for d in range(D):
-        prev = -1
-        for q in range(fptr[d], fptr[d + 1]):
-            size += _varint_size(np.int64(ft[q]) - prev)
-            prev = ft[q]
-    fwd = np.empty(size, np.uint8)
-    fwd_off = np.zeros(D + 1, np.int64)
-    pos = 0
-    for d in range(D):
-        prev = -1
-        for q in range(fptr[d], fptr[d + 1]):
-            pos = _put(fwd, pos, np.int64(ft[q]) - prev)
-            prev = ft[q]
-        fwd_off[d + 1] = pos
+    fwd_off, fwd = _encode_runs(ft, fptr)  # the forward index
     # term-major
     slots = np.empty(n, np.int32)
     tfs = np.empty(n, np.int32)
@@ -412,22 +420,7 @@ def forward_from_csc(terms, ptr, slots, n_slots):
             s = slots[p]
             ft[cur[s]] = terms[i]
             cur[s] += 1
-    size = 0
-    for s in range(n_slots):
-        prev = -1
-        for q in range(start[s], start[s + 1]):
-            size += _varint_size(np.int64(ft[q]) - prev)
-            prev = ft[q]
-    fwd = np.empty(size, np.uint8)
-    off = np.zeros(n_slots + 1, np.int64)
-    pos = 0
-    for s in range(n_slots):
-        prev = -1
-        for q in range(start[s], start[s + 1]):
-            pos = _put(fwd, pos, np.int64(ft[q]) - prev)
-            prev = ft[q]
-        off[s + 1] = pos
-    return off, fwd
+    return _encode_runs(ft, start)
 
 
 @njit(cache=True)

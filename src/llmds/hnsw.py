@@ -318,15 +318,18 @@ class HNSW:
         for v in held:
             heapq.heappush(self._free, v)
         for i, v in enumerate(nodes):
+            lv, off = int(self._nodes[v, 3]), int(self._nodes[v, 0])
+            old0, old_up = self._links0[v].copy(), self._upper[off:off + lv].copy()
             self._fdata[v, :self._dim] = x[i]
             self._links0[v, 0] = 0
-            lv, off = int(self._nodes[v, 3]), int(self._nodes[v, 0])
             self._upper[off:off + lv, 0] = 0
             self._nodes[v, 1] = labels[i]
             self._nodes[v, 2] = 0
             self._state[_k.S_NDEL] -= 1
-            _k.insert_batch(v, v + 1, self._dim, self._cfg.ef_construction, self._fdata,
-                            self._links0, self._upper, self._nodes, self._visited, self._state)
+            args = (self._fdata, self._links0, self._upper, self._nodes)
+            _k.insert_batch(v, v + 1, self._dim, self._cfg.ef_construction, *args,
+                            self._visited, self._state)
+            _k.keep_old_links(v, old0, old_up, self._dim, *args, self._state)
         return nodes
 
     def mark_deleted(self, vec_id: int) -> None:
