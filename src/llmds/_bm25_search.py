@@ -241,7 +241,11 @@ def _kth_of(vals, n, k, tmp):
 
 @njit(cache=True)
 def _find(term_pool, lo, n, t):
-    """Index i in [0, n) with term_pool[lo + i] == t, or -1."""
+    """Index i in [0, n) with term_pool[lo + i] == t, or -1.  A segment's terms are
+    distinct ascending ids, so term_pool[lo + i] >= i: in a dense segment (every id)
+    the first probe hits."""
+    if t < n and term_pool[lo + t] == t:
+        return t
     a = 0
     b = n
     while a < b:
@@ -373,11 +377,12 @@ def search_arrays(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, 
     hs = np.empty(k, np.int32)
     seed_v = np.empty(2 * k, np.float32)
     seed_s = np.empty(2 * k, np.int32)
-    cap = 0  # capacity of the per-list arrays below, grown on demand
-    llo = lhi = lseg = run_end = run_start = run_stop = cur = rest = np.empty(0, np.int64)
-    lcoef = np.empty(0, np.float32)
-    lmat = lfirst = np.empty(0, np.bool_)
-    tub = suffix = np.empty(0, np.float64)
+    # per-list arrays, four allocations (a single query pays them once), grown on demand
+    cap = 64
+    ints = np.empty((8, cap + 1), np.int64)
+    flts = np.empty((2, cap + 1), np.float64)
+    lcoef = np.empty(cap, np.float32)
+    flags = np.empty((2, cap), np.bool_)
     for qi in range(nq):
         a = q_ptr[qi]
         e = q_ptr[qi + 1]
@@ -386,20 +391,15 @@ def search_arrays(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, 
             continue
         # posting lists: (term, segment) pairs
         if nu * nseg > cap:
-            cap = max(64, 2 * nu * nseg)
-            llo = np.empty(cap, np.int64)
-            lhi = np.empty(cap, np.int64)
-            lseg = np.empty(cap, np.int64)
+            cap = 2 * nu * nseg
+            ints = np.empty((8, cap + 1), np.int64)
+            flts = np.empty((2, cap + 1), np.float64)
             lcoef = np.empty(cap, np.float32)
-            lmat = np.empty(cap, np.bool_)
-            lfirst = np.empty(cap, np.bool_)
-            tub = np.empty(cap, np.float64)
-            run_end = np.empty(cap, np.int64)
-            run_start = np.empty(cap, np.int64)
-            run_stop = np.empty(cap, np.int64)
-            cur = np.empty(cap, np.int64)
-            suffix = np.empty(cap + 1, np.float64)
-            rest = np.empty(cap + 1, np.int64)
+            flags = np.empty((2, cap), np.bool_)
+        llo, lhi, lseg, run_end = ints[0], ints[1], ints[2], ints[3]
+        run_start, run_stop, cur, rest = ints[4], ints[5], ints[6], ints[7]
+        tub, suffix = flts[0], flts[1]
+        lmat, lfirst = flags[0], flags[1]
         nt = 0
         for u in range(nu):
             t = uterm[u]

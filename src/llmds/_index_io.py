@@ -104,8 +104,11 @@ def index_from_arrays(cls: type[InvertedIndex], arrays: dict[str, np.ndarray],
     idx._n_slots = idx._flushed = n
     idx._slot_of = dict(zip(doc_list, range(n)))
     idx._total_len = int(slot_len.sum())
-    present = np.flatnonzero(df).astype(np.int32)
-    sptr = np.append(ptr[present], ptr[-1])
+    if 4 * slots.size >= nterms:  # dense segment, as build_segment makes for a large batch
+        present, sptr = np.arange(nterms, dtype=np.int32), ptr.copy()
+    else:
+        present = np.flatnonzero(df).astype(np.int32)
+        sptr = np.append(ptr[present], ptr[-1])
     fwd_off, fwd = K.forward_from_csc(present, sptr, slots, n)
     idx._fwd_off[: n + 1] = fwd_off
     idx._fwd = fwd if fwd.size else idx._fwd

@@ -218,8 +218,10 @@ def build_segment(tokens, lengths, alive, slot_lo, vocab_size):
 
     Each document's tokens are sorted once (distinct terms and tfs, doc-major),
     then turned term-major by a counting pass over the vocabulary when the
-    batch is large, or by a stable sort when it is small (a one-document segment
-    must not cost O(vocabulary)).  Either way each term's slots come out ascending.
+    batch is large (the segment is then *dense*: ``terms`` is every id
+    ``0..vocab_size-1``, so a query finds a term's postings without a search),
+    or by a stable sort when it is small (a one-document segment must not cost
+    O(vocabulary)).  Either way each term's slots come out ascending.
     """
     D = lengths.size
     T = tokens.size
@@ -258,34 +260,20 @@ def build_segment(tokens, lengths, alive, slot_lo, vocab_size):
     # term-major
     slots = np.empty(n, np.int32)
     tfs = np.empty(n, np.int32)
-    if vocab_size <= 4 * n:
-        cnt = np.zeros(vocab_size + 1, np.int64)
+    if vocab_size <= 4 * n:  # large batch: a dense segment (every term id, most non-empty)
+        ptr = np.zeros(vocab_size + 1, np.int64)
         for q in range(n):
-            cnt[ft[q] + 1] += 1
-        nt = 0
+            ptr[ft[q] + 1] += 1
         for t in range(vocab_size):
-            if cnt[t + 1] > 0:
-                nt += 1
-        terms = np.empty(nt, np.int32)
-        ptr = np.zeros(nt + 1, np.int64)
-        cur = np.empty(vocab_size, np.int64)
-        r = 0
-        acc = 0
-        for t in range(vocab_size):
-            c = cnt[t + 1]
-            if c > 0:
-                terms[r] = t
-                cur[t] = acc
-                acc += c
-                r += 1
-                ptr[r] = acc
+            ptr[t + 1] += ptr[t]
+        cur = ptr[:vocab_size].copy()
         for q in range(n):
             t = ft[q]
             o = cur[t]
             cur[t] = o + 1
             slots[o] = slot_lo + fdoc[q]
             tfs[o] = ftf[q]
-        return terms, ptr, slots, tfs, fwd_off, fwd
+        return np.arange(vocab_size).astype(np.int32), ptr, slots, tfs, fwd_off, fwd
     order = np.argsort(ft[:n], kind="mergesort")  # stable: slots stay ascending per term
     nt = 0
     for j in range(n):
@@ -322,16 +310,19 @@ def forward_terms(fwd, lo, hi):
 
 
 @njit(cache=True)
-def merge_segments(term_pool, ptr_pool, seg_toff, seg_pofs, seg_nt, slots, tfs, alive, new_slot):
+def merge_segments(term_pool, ptr_pool, seg_toff, seg_pofs, seg_nt, slots, tfs, alive, new_slot,
+                   dense_vocab):
     """Merge the segments given by offsets (oldest first) into one, dropping dead postings.
 
     seg_toff / seg_pofs / seg_nt  int64 [k]  each segment's offset in the term pool,
         offset in the ptr pool (its ptr values index ``slots``/``tfs``) and term count
     alive     bool [n_slots]   postings of dead slots are dropped
     new_slot  int32 [n_slots]  renumbering of the slots (compaction), or empty: keep them
-    Returns terms, ptr (from 0), slots, tfs of the merged segment; a term whose
-    postings are all dead is dropped.  Segments hold ascending disjoint slot
-    ranges, so concatenating a term's runs in segment order keeps slots ascending.
+    dense_vocab  int  > 0: emit every term id below it (a dense segment, empty runs kept);
+               0: only terms with live postings
+    Returns terms, ptr (from 0), slots, tfs of the merged segment.  Segments hold
+    ascending disjoint slot ranges, so concatenating a term's runs in segment order
+    keeps slots ascending.
     """
     k = seg_toff.size
     total = 0
@@ -341,6 +332,7 @@ def merge_segments(term_pool, ptr_pool, seg_toff, seg_pofs, seg_nt, slots, tfs, 
         nt_max += seg_nt[j]
     out_s = np.empty(total, np.int32)
     out_t = np.empty(total, np.int32)
+    nt_max = max(nt_max, dense_vocab)
     terms = np.empty(nt_max, np.int32)
     ptr = np.zeros(nt_max + 1, np.int64)
     cur = np.zeros(k, np.int64)
@@ -357,6 +349,10 @@ def merge_segments(term_pool, ptr_pool, seg_toff, seg_pofs, seg_nt, slots, tfs, 
                     t = x
         if t == big:
             break
+        while r < dense_vocab and r < t:  # dense: empty runs for absent term ids
+            terms[r] = r
+            r += 1
+            ptr[r] = q
         start = q
         for j in range(k):
             c = cur[j]
@@ -368,10 +364,14 @@ def merge_segments(term_pool, ptr_pool, seg_toff, seg_pofs, seg_nt, slots, tfs, 
                         out_t[q] = tfs[p]
                         q += 1
                 cur[j] = c + 1
-        if q > start:
+        if q > start or t < dense_vocab:
             terms[r] = t
             r += 1
             ptr[r] = q
+    while r < dense_vocab:
+        terms[r] = r
+        r += 1
+        ptr[r] = q
     return terms[:r].copy(), ptr[: r + 1].copy(), out_s[:q].copy(), out_t[:q].copy()
 
 

@@ -133,7 +133,7 @@ class Segments:
             del lst[j0:]
 
     def merge_tail(self, alive: np.ndarray, dl: np.ndarray, ka: np.float32,
-                   kc: np.float32) -> None:
+                   kc: np.float32, vocab: int) -> None:
         """Apply the merge policy after an append (see the module docstring)."""
         j0 = len(self.lo) - 1
         if j0 < 1:
@@ -143,17 +143,20 @@ class Segments:
             j0 -= 1
             size += self.num_postings(j0)
         if j0 < len(self.lo) - 1:
-            self.merge(j0, alive, dl, ka, kc)
+            self.merge(j0, alive, dl, ka, kc, vocab)
 
     def merge(self, j0: int, alive: np.ndarray, dl: np.ndarray, ka: np.float32,
-              kc: np.float32, new_slot: np.ndarray | None = None) -> None:
-        """Merge segments ``j0..`` into one (renumbering slots through ``new_slot`` if given)."""
+              kc: np.float32, vocab: int, new_slot: np.ndarray | None = None) -> None:
+        """Merge segments ``j0..`` into one (renumbering slots through ``new_slot`` if given).
+        The result is dense over the ``vocab`` term ids when it holds at least vocab / 4
+        postings, as ``build_segment`` decides for a batch."""
         sel = slice(j0, None)
         lo, hi = self.lo[j0], self.hi[-1]
         renum = np.zeros(0, np.int32) if new_slot is None else new_slot
+        total = self.num_postings() - self.postings_start(j0)
         terms, ptr, slots, tfs = K.merge_segments(
             self._terms, self._ptr, *(np.array(x[sel], np.int64) for x in (self.toff, self.pofs, self.nt)),
-            self._slots, self._tfs, alive, renum)
+            self._slots, self._tfs, alive, renum, vocab if 4 * total >= vocab else 0)
         self._pop_from(j0)
         if new_slot is not None:
             lo, hi = 0, int(alive.sum())

@@ -290,7 +290,7 @@ class InvertedIndex:
             if slots.size:
                 ka, kc = self._norms()
                 self._seg.append(terms, ptr, slots, tfs, lo, hi, self._dl, ka, kc)
-                self._seg.merge_tail(self._alive, self._dl, ka, kc)
+                self._seg.merge_tail(self._alive, self._dl, ka, kc, len(self._terms))
             logger.debug("flushed %d docs (%d postings) in %.2f ms; %d segments",
                          hi - lo, slots.size, 1e3 * (time.perf_counter() - t0), len(self._seg))
         n = self._n_slots
@@ -317,7 +317,7 @@ class InvertedIndex:
         self._alive[m:n] = False
         if len(self._seg):
             ka, kc = self._norms()  # N and avgdl do not change
-            self._seg.merge(0, alive, self._dl, ka, kc, new_slot)
+            self._seg.merge(0, alive, self._dl, ka, kc, len(self._terms), new_slot)
         self._n_slots = self._flushed = m
         self._slot_of = dict(zip(self._slot_doc[:m].tolist(), range(m)))
         self._fwd_off[: m + 1] = fwd_off
