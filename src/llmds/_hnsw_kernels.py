@@ -311,6 +311,14 @@ def _select_heuristic(cand_d, cand_i, n, m, metric, fdata, dim, out):
 
 
 @njit(cache=True, boundscheck=False, inline="always")
+def _layer_row(lc, node, links0, upper, nodes, M):
+    """(link table, row of ``node`` in it, max links) on layer ``lc``."""
+    if lc == 0:
+        return links0, np.int64(node), 2 * M
+    return upper, nodes[node, N_OFF] + lc - 1, M
+
+
+@njit(cache=True, boundscheck=False, inline="always")
 def _sort_by_distance(cd, ci, n):
     """Stable insertion sort of the first ``n`` (distance, node) pairs (n <= 4M + 1;
     ties keep list order)."""
@@ -405,14 +413,7 @@ def insert_batch(start, stop, dim, ef_construction, fdata, links0, upper, nodes,
                 continue
             sd, si = rk, ri
             k = _select_heuristic(sd, si, nr, M, metric, fdata, dim, sel)
-            if lc == 0:
-                links = links0
-                r = node
-                mmax = 2 * M
-            else:
-                links = upper
-                r = nodes[node, N_OFF] + lc - 1
-                mmax = M
+            links, r, mmax = _layer_row(lc, node, links0, upper, nodes, M)
             for j in range(k):
                 links[r, j + 1] = sel[j]
             links[r, 0] = k
@@ -461,14 +462,7 @@ def repair_links(node, dim, fdata, links0, upper, nodes, state):
     ci = np.empty(6 * M + 2, np.int32)
     sel = np.empty(2 * M + 1, np.int32)
     for lc in range(nodes[node, N_LEVEL] + 1):
-        if lc == 0:
-            links = links0
-            rn = node
-            mmax = 2 * M
-        else:
-            links = upper
-            rn = nodes[node, N_OFF] + lc - 1
-            mmax = M
+        links, rn, mmax = _layer_row(lc, node, links0, upper, nodes, M)
         cnt = links[rn, 0]
         for j in range(1, cnt + 1):
             nb = links[rn, j]
