@@ -8,13 +8,18 @@ is a no-op that samples a fixed token).  Reported: median µs per decode step
 and per running request per step, over ``--repeats`` runs, for
 
 * ``llmds``: ``Planner`` + ``BlockManager`` (shared ``PagedAllocator`` +
-  ``PrefixCache``);
+  ``PrefixCache``; tables placed as runs of consecutive blocks with growth
+  rooms, so the arena's views can be zero-copy);
 * ``naive``: written here in nano-vllm's style: block objects with ref counts
   and a hash dict, a deque of free ids, deques of waiting/running sequences,
   a per-sequence loop in ``schedule`` and ``postprocess``.
 
 Prefix-cache hit rate is compared with the ideal: the fraction of prompt
 tokens that are shared-prefix tokens beyond each prefix's first occurrence.
+``runs`` is the fraction of running requests whose block table is one run of
+consecutive blocks, halfway through decoding (requests with a prefix hit
+share blocks with others, so about half can be); ``admit ms`` is the prefill
+step that admits and allocates every request (not part of the decode timing).
 
 Run: ``python -m benchmarks.bench_planner [--quick]``; writes
 ``benchmarks/results/bench_planner.json``.
@@ -85,6 +90,7 @@ def run_llmds(work):
     assert p.num_running == n, "everything is prefilled in one step"
     steps = []
     clock = time.thread_time_ns
+    runs = None
     gc.collect()
     gc.disable()
     try:
@@ -94,9 +100,12 @@ def run_llmds(work):
             p.update(plan, toks[: len(plan.decode)])
             steps.append(clock() - t0)
             assert not plan.prefill and len(plan.decode) == n
+            if len(steps) == work[0][1] // 2:
+                st = bm.stats()
+                runs = st["contiguous_tables"] / st["block_tables"]
     finally:
         gc.enable()
-    return steps, bm.hit_rate, prefill_s
+    return steps, bm.hit_rate, prefill_s, runs
 
 
 # ----------------------------------------------------------------------------- naive baseline
@@ -279,7 +288,7 @@ def run_naive(work):
             assert len(batch) == n
     finally:
         gc.enable()
-    return steps, hit, prefill_s
+    return steps, hit, prefill_s, None
 
 
 # ----------------------------------------------------------------------------- driver
@@ -291,7 +300,7 @@ def bench(sizes, repeats, max_new=128):
         for name, fn in (("llmds", run_llmds), ("naive", run_naive)):
             med, mean, last, pre, hits = [], [], [], [], None
             for _ in range(repeats):
-                steps, hits, prefill_s = fn(work)
+                steps, hits, prefill_s, runs = fn(work)
                 med.append(statistics.median(steps) / 1e3)
                 mean.append(statistics.mean(steps) / 1e3)
                 last.append(steps[-1] / 1e3)
@@ -300,7 +309,7 @@ def bench(sizes, repeats, max_new=128):
             res[name] = {"us_per_step": us, "us_per_request_step": us / n,
                          "mean_us_per_step": us_mean, "mean_us_per_request_step": us_mean / n,
                          "last_step_us": statistics.median(last), "num_decode_steps": len(steps),
-                         "hit_rate": hits, "prefill_step_ms": statistics.median(pre),
+                         "hit_rate": hits, "prefill_step_ms": statistics.median(pre), "contiguous_fraction": runs,
                          "repeat_median_us_per_step": med, "repeat_mean_us_per_step": mean}
         rows.append({"running": n, "ideal_hit_rate": ideal, **res,
                      "speedup_vs_naive": res["naive"]["us_per_step"] / res["llmds"]["us_per_step"],
@@ -321,7 +330,7 @@ def main(argv=None) -> dict:
     rows = bench(sizes, repeats, max_new)
     hdr = (f"{'running':>7} | {'llmds med':>9} {'us/req':>6} {'mean':>8} {'us/req':>6} | {'naive med':>9} "
            f"{'us/req':>6} {'mean':>8} {'us/req':>6} | {'x med':>5} {'x mean':>6} | "
-           f"{'hit llmds':>9} {'naive':>6} {'ideal':>6}")
+           f"{'hit llmds':>9} {'naive':>6} {'ideal':>6} | {'runs':>5} | {'admit ms':>8} {'naive':>6}")
     print("decode step = schedule()+update(), CPU µs (thread time), GC off; med = median step, "
           "mean includes block boundaries and the final frees; "
           + ratio_rule("naive µs / llmds µs (x med, x mean)"))
@@ -333,7 +342,8 @@ def main(argv=None) -> dict:
               f"{a['mean_us_per_step']:>8.1f} {a['mean_us_per_request_step']:>6.3f} | {b['us_per_step']:>9.1f} "
               f"{b['us_per_request_step']:>6.3f} {b['mean_us_per_step']:>8.1f} {b['mean_us_per_request_step']:>6.3f} | "
               f"{r['speedup_vs_naive']:>5.2f} {r['speedup_vs_naive_mean']:>6.2f} | "
-              f"{a['hit_rate']:>9.4f} {b['hit_rate']:>6.4f} {r['ideal_hit_rate']:>6.4f}")
+              f"{a['hit_rate']:>9.4f} {b['hit_rate']:>6.4f} {r['ideal_hit_rate']:>6.4f} | "
+              f"{a['contiguous_fraction']:>5.2f} | {a['prefill_step_ms']:>8.1f} {b['prefill_step_ms']:>6.1f}")
     result = {
         "benchmark": "bench_planner",
         "description": "schedule()+update() per decode step (CPU thread time, GC disabled while timing); "

@@ -1,7 +1,8 @@
-"""All retrieval benchmarks in one run: lexical (BM25), dense (HNSW) and hybrid (fusion).
+"""All retrieval benchmarks in one run: lexical (BM25), dense (HNSW), hybrid, fusion, updates.
 
-Calls ``run_lexical``, ``run_dense`` and ``run_hybrid`` from
-``benchmarks.retrieval_{lexical,dense,hybrid}`` (each with ``quick``), prints
+Calls ``run_<part>`` from ``benchmarks.retrieval_<part>`` for the parts
+lexical, dense, hybrid, fusion (which fusion to ship, both collections) and
+updates (single adds between searches, the pipeline lock) (each with ``quick``), prints
 each part's table (its module's ``format_table``) and writes one JSON file,
 ``benchmarks/results/bench_retrieval.json``, keyed by part.  A part that fails
 is reported (error and traceback in the JSON) and the others still run; the
@@ -9,7 +10,9 @@ exit status is 1 if any part failed.
 
 Usage::
 
-    python -m benchmarks.bench_retrieval [--quick] [--only lexical,dense,hybrid] [--out PATH]
+    python -m benchmarks.bench_retrieval [--quick] [--only lexical,dense,...] [--updates] [--out PATH]
+
+``--updates`` is ``--only updates``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ PARTS = {  # part -> (module, runner)
     "lexical": ("benchmarks.retrieval_lexical", "run_lexical"),
     "dense": ("benchmarks.retrieval_dense", "run_dense"),
     "hybrid": ("benchmarks.retrieval_hybrid", "run_hybrid"),
+    "fusion": ("benchmarks.retrieval_fusion", "run_fusion"),
+    "updates": ("benchmarks.retrieval_updates", "run_updates"),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_retrieval.json"
 
@@ -70,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run of every part")
     ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts (default: all)")
+    ap.add_argument("--updates", action="store_true", help="only the updates part")
     add_out_arg(ap, RESULTS)
     args = ap.parse_args(argv)
-    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    only = ["updates"] if args.updates else [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = [p for p in only if p not in PARTS]
     if unknown:
         ap.error(f"unknown part(s) {unknown}; choose from {list(PARTS)}")

@@ -1,7 +1,10 @@
-"""MS MARCO subset loading and IR metrics shared by the retrieval benchmarks.
+"""IR collections and metrics shared by the retrieval benchmarks (and the embedding test).
 
-Data: ``shared/data/ir/msmarco`` (BEIR layout, see ``shared/data/README.md``),
-read in place.  Metrics follow the TREC / BEIR (pytrec_eval) conventions:
+Data: the BEIR-layout collections under ``<data>/ir/`` (``msmarco``,
+``business-reports``; see ``shared/data/README.md``), read in place, where
+``<data>`` is ``$LLMDS_DATA_DIR`` if set, else ``../shared/data`` next to the
+repository root (:func:`data_dir`).  Metrics follow the TREC / BEIR
+(pytrec_eval) conventions:
 
 * nDCG@k: gain = the graded relevance itself (linear gain, as pytrec_eval and
   BEIR), discount ``1 / log2(rank + 1)`` with rank starting at 1, ideal DCG
@@ -25,20 +28,47 @@ from functools import lru_cache
 from pathlib import Path
 
 __all__ = [
+    "COLLECTIONS",
     "DATA_DIR",
     "MSMARCO_DIR",
+    "collection_dir",
+    "data_dir",
     "evaluate",
+    "load_collection",
+    "load_embeddings",
     "load_msmarco",
     "load_msmarco_embeddings",
     "ndcg_at_k",
     "recall_at_k",
 ]
 
-DATA_DIR = Path(
-    os.environ.get("LLMDS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-if not DATA_DIR.exists():  # the work tree may live elsewhere; fall back to the shared location
-    DATA_DIR = Path("/work/shared/data")
+COLLECTIONS = ("msmarco", "business-reports")
+DATA_ENV = "LLMDS_DATA_DIR"
+
+
+def data_dir() -> Path:
+    """``$LLMDS_DATA_DIR`` if set, else ``../shared/data`` beside the repository root.
+
+    The path need not exist (callers that read from it raise ``FileNotFoundError``,
+    :func:`collection_dir` with a message naming the variable).
+    """
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def collection_dir(name: str) -> Path:
+    """``<data>/ir/<name>``; ``FileNotFoundError`` saying where it looked when it is missing."""
+    d = data_dir() / "ir" / name
+    if not (d / "corpus.jsonl").exists():
+        raise FileNotFoundError(
+            f"IR collection {name!r} not found at {d}: set {DATA_ENV} to the folder holding "
+            "ir/<collection>/ (the repository expects ../shared/data beside it)")
+    return d
+
+
+DATA_DIR = data_dir()
 MSMARCO_DIR = DATA_DIR / "ir" / "msmarco"
 
 Qrels = dict[str, dict[str, int]]
@@ -104,6 +134,16 @@ def load_msmarco_embeddings(root: str | os.PathLike | None = None):
 
     base = Path(root or MSMARCO_DIR)
     return np.load(base / "corpus.minilm.npy"), np.load(base / "queries.minilm.npy")
+
+
+def load_collection(name: str) -> tuple[list[str], list[str], list[str], list[str], Qrels]:
+    """:func:`load_msmarco` for any collection of :data:`COLLECTIONS` (by name)."""
+    return load_msmarco(collection_dir(name))
+
+
+def load_embeddings(name: str):
+    """Precomputed all-MiniLM-L6-v2 rows ``(corpus, queries)`` of a collection."""
+    return load_msmarco_embeddings(collection_dir(name))
 
 
 def _dcg(gains: Sequence[float]) -> float:

@@ -324,7 +324,7 @@ def _synthetic(n_docs: int, n_queries: int, repeats: int, numpy_queries: int) ->
         "index_bytes": st["index_bytes"],
         "memory_bytes": st["memory_bytes"],
     }
-    # Cost of one change on the big index (rebuild on next search, see inverted_index.py).
+    # Cost of one change on the big index (a new segment; benchmarks.retrieval_updates has more).
     probe = " ".join(data["queries"]["rare"][0])
     extra = iter(range(n_docs, n_docs + 100))
 
@@ -451,7 +451,7 @@ def format_table(res: dict[str, Any]) -> str:
             f"llmds/bm25s {ll['build_s'] / s['bm25s-numba']['build_s']:.2f}x"
         ),
         (
-            f"llmds change on the built index (rebuild on next search): add 1 doc + search "
+            f"llmds change on the built index (a new small segment): add 1 doc + search "
             f"{ll['add1_then_search_s'] * 1e3:.0f} ms, remove 1 doc + search "
             f"{ll['remove1_then_search_s'] * 1e3:.0f} ms"
         ),

@@ -47,3 +47,14 @@ def test_bool_choice_token_ids():
             check_token_ids("ids", bad)
     with pytest.raises(ValidationError, match="vocabulary size 10"):
         check_token_ids("ids", [10], vocab_size=10)
+
+
+def test_check_float_infinite_on_request():
+    assert check_float("s", float("inf"), finite=False) == float("inf")
+    assert check_float("s", -float("inf"), finite=False) == -float("inf")
+    assert check_float("s", np.float64(2.5), 0, finite=False) == 2.5
+    for bad in (float("nan"), True, "1"):
+        with pytest.raises(ValidationError, match=r"s must be a number \(not NaN\)"):
+            check_float("s", bad, finite=False)
+    with pytest.raises(ValidationError, match="must be a finite number"):
+        check_float("s", float("inf"))

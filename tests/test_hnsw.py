@@ -263,6 +263,62 @@ def test_mark_deleted_ids_are_never_returned():
     assert (ids == -1).all() and np.isinf(dist).all()
 
 
+def test_delete_repairs_neighbours_and_reuses_slots_with_recall_kept():
+    """Replace 40% of 3,000 vectors: the graph does not grow, deleted ids never come
+    back, and recall@10 over the live set stays at the level of a fresh build."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((3000, 32)).astype(np.float32)
+    h = HNSW(32, M=12, ef_construction=100, seed=5)
+    h.add_items(X)
+    links_before = {}
+    victims = rng.choice(3000, 1200, replace=False)
+    for v in victims.tolist():
+        node = h._ids[v]
+        out = h._links0[node, 1:1 + h._links0[node, 0]].copy()
+        h.mark_deleted(v)
+        links_before[v] = (node, out)
+    v, (node, out) = next(iter(links_before.items()))
+    for nb in out.tolist():  # live out-neighbours no longer link back to a deleted node
+        if not h._nodes[nb, 2]:
+            assert node not in h._links0[nb, 1:1 + h._links0[nb, 0]].tolist()
+    assert h.stats()["num_deleted"] == 1200
+    Y = rng.standard_normal((1200, 32)).astype(np.float32)
+    new_ids = np.arange(-1200, 0)  # negative ids are ids like any other
+    h.add_items(Y, new_ids)
+    assert h._count <= 3001 and h.stats()["num_deleted"] <= 1  # slots reused (not the entry's)
+    check_invariants(h)
+    live_ids = np.concatenate([np.setdiff1d(np.arange(3000), victims), new_ids])
+    vecs = {i: X[i] for i in range(3000)} | {int(i): Y[j] for j, i in enumerate(new_ids)}
+    L = np.stack([vecs[int(i)] for i in live_ids])
+    Q = rng.standard_normal((100, 32)).astype(np.float32)
+    hits = 0
+    for q in Q:
+        truth = set(live_ids[np.argsort(((L - q) ** 2).sum(1))[:10]].tolist())
+        got = {i for i, _ in h.search(q, 10, ef=80)}
+        assert not got & set(victims.tolist()) - set(live_ids.tolist())
+        hits += len(got & truth)
+    assert hits / 1000 >= 0.9
+
+
+def test_any_int64_id_round_trips(tmp_path):
+    ids = [-(2**63), -5, 0, 2**63 - 1]
+    h = HNSW(4, seed=0)
+    h.add_items(np.eye(4, dtype=np.float32), ids)
+    assert [i for i, _ in h.search(np.eye(4)[1], 1)] == [-5]
+    h.mark_deleted(-(2**63))
+    with pytest.raises(ValidationError):
+        h.add_items(np.ones((1, 4)))  # default ids would pass 2**63 - 1
+    h.save(tmp_path / "h")
+    g = HNSW.load(tmp_path / "h")
+    assert sorted(g._ids) == [-5, 0, 2**63 - 1]
+    assert g.search(np.eye(4)[3], 4) == h.search(np.eye(4)[3], 4)
+    for bad in (2**63, -(2**63) - 1):
+        with pytest.raises(ValidationError):
+            g.add(np.ones(4), bad)
+    with pytest.raises(ValidationError):
+        g.mark_deleted(2**63)
+
+
 # ------------------------------------------------------------- batch
 def test_search_batch_equals_search_and_pads():
     rng = np.random.default_rng(8)
@@ -347,7 +403,7 @@ def test_bad_inputs_raise_and_change_nothing():
     nan[2], inf[3] = np.nan, np.inf
     bad_calls = [
         lambda: h.add(X[0][:5], 100), lambda: h.add(nan, 100), lambda: h.add(inf, 100),
-        lambda: h.add(X[0], 3), lambda: h.add(X[0], -1), lambda: h.add(X[0], 1.5),
+        lambda: h.add(X[0], 3), lambda: h.add(X[0], 2**63), lambda: h.add(X[0], 1.5),
         lambda: h.add(X[0], "a"), lambda: h.add(X[:2], 100),
         lambda: h.add_items(X[:2], [100, 100]), lambda: h.add_items(X[:2], [100]),
         lambda: h.add_items(np.vstack([X[:1], nan[None]]), [100, 101]),
@@ -407,13 +463,16 @@ def test_small_sets_with_ef_ge_n_are_exact(n, dim, metric, seed, k):
 
 class HNSWMachine(RuleBasedStateMachine):
     """Adds, deletes and re-adds against a dict model; searches with ef >= n must
-    be exact over the live set (<= 33 nodes so no pruning can disconnect)."""
+    be exact over the live set (<= 33 nodes so no pruning can disconnect).
+    Deleted slots are reused: the graph never holds more than the peak number of
+    live vectors plus one (the entry point's slot is never reused)."""
 
     def __init__(self):
         super().__init__()
         self.h = HNSW(3, M=16, ef_construction=10, seed=0, max_elements=2)
         self.model: dict[int, np.ndarray] = {}
-        self.nodes = 0
+        self.nodes = 0  # graph nodes (live + deleted awaiting reuse)
+        self.peak = 0
 
     @precondition(lambda self: self.nodes < 33)
     @rule(vid=st.integers(0, 15), v=st.lists(st.floats(-4, 4, width=32), min_size=3, max_size=3))
@@ -425,7 +484,8 @@ class HNSWMachine(RuleBasedStateMachine):
         else:
             self.h.add(v, vid)
             self.model[vid] = v
-            self.nodes += 1
+            self.nodes = self.h._count
+            self.peak = max(self.peak, len(self.model))
 
     @rule(vid=st.integers(0, 15))
     def delete(self, vid):
@@ -450,7 +510,8 @@ class HNSWMachine(RuleBasedStateMachine):
     @invariant()
     def counts(self):
         assert len(self.h) == len(self.model)
-        assert self.h.stats()["num_deleted"] == self.nodes - len(self.model)
+        assert self.h.stats()["num_deleted"] == self.h._count - len(self.model)
+        assert self.h._count <= self.peak + 1
         assert all(i in self.h for i in self.model)
 
 

@@ -81,8 +81,26 @@ def _hand_pipeline(**kw):
     return p
 
 
-def test_pipeline_weighted_hand_computed():
+def test_pipeline_tmm_hand_computed():
+    """Default fusion: cosine scaled from -1 to its best, BM25 / its best, scores filled in."""
     p = _hand_pipeline()
+    assert p.config.fusion == "tmm" and p.config.weight("tmm") == 0.9
+    ref = InvertedIndex()
+    ref.add_documents([(1, "apple apple"), (2, "cherry"), (3, "zebra"), (4, "apple kiwi kiwi kiwi")])
+    bm = dict(ref.search("apple"))
+    # dense cos 1, 0.6, 0, none -> (c + 1) / 2 = 1, 0.8, 0.5, 0; lexical apple: 1, 0, 0, s4 / s1
+    res = p.search("apple", E[0], top_k=10, fusion_weight=0.8)
+    expect = {1: 1.0, 2: 0.8 * 0.8, 3: 0.8 * 0.5, 4: 0.2 * bm[4] / bm[1]}
+    assert [d for d, _ in res] == [1, 2, 3, 4]
+    assert dict(res) == pytest.approx(expect, abs=1e-6)
+    # doc 4 is found lexically only, doc 3 densely only: each gets its exact other score
+    assert p.search("zebra apple", E[0], top_k=10, fusion_weight=0.5)[0][0] == 1
+    # top_k does not change the fused scores (no dependence on candidate depth)
+    assert p.search("apple", E[0], top_k=2, fusion_weight=0.8) == res[:2]
+
+
+def test_pipeline_weighted_hand_computed():
+    p = _hand_pipeline(fusion="weighted")
     # dense cos 1, 0.6, 0 -> 1, 0.6, 0; lexical "apple": doc 1 > doc 4 -> 1, 0
     res = p.search("apple", E[0], top_k=10, fusion_weight=0.8)
     assert [d for d, _ in res] == [1, 2, 3, 4]
@@ -391,6 +409,16 @@ def _reference(docs, query, qvec, top_k, w, fusion, rrf_k=60):
     both = bool(dense) and bool(lex)
     wd, wl = (w, 1 - w) if both else ((1.0, 0.0) if dense else (0.0, 1.0))
     score: dict[int, float] = {}
+    if fusion == "tmm":  # every candidate scored on both sides; the lists are complete here
+        if dense:
+            top = dense[0][1]
+            for d, c in dense:
+                score[d] = wd * ((c + 1) / (top + 1) if top > -1 else 1.0)
+        if lex:
+            top = lex[0][1]
+            for d, b in lex:
+                score[d] = score.get(d, 0.0) + wl * b / top
+        return score
     for side, ws in ((dense, wd), (lex, wl)):
         if not side:
             continue
@@ -438,7 +466,7 @@ class PipelineMachine(RuleBasedStateMachine):
         qv=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3])),
         top_k=st.integers(1, 15),
         w=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
-        fusion=st.sampled_from(["weighted", "rrf"]),
+        fusion=st.sampled_from(["tmm", "weighted", "rrf"]),
     )
     def search(self, words, qv, top_k, w, fusion):
         self._check_search(" ".join(words), qv, top_k, w, fusion)

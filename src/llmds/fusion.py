@@ -4,8 +4,17 @@ Inputs are per-side arrays already ranked best first: unique int64 ids and
 larger-is-better float64 scores (the caller turns HNSW distances into
 similarities).  ``weight`` is the **dense** share; ``1 - weight`` goes to the
 lexical side.  Outputs are ``(ids ascending, scores)`` over the union of both
-lists; a document found by one side only gets 0 from the other.
+lists.
 
+* :func:`tmm_fusion` (the default): convex combination with *theoretical*
+  min-max normalisation (Bruch, Gai & Ingber, "An Analysis of Fusion Functions
+  for Hybrid Retrieval", TOIS 2023): each side is scaled by ``(s - lo) / (max -
+  lo)`` where ``max`` is the side's best retrieved score and ``lo`` the score
+  function's lower bound (0 for BM25, -1 for cosine), not the lowest retrieved
+  score, so the scale does not depend on how deep each side retrieved.  The
+  caller fills in the exact score of every union document on both sides (a
+  document one side did not retrieve still has a BM25 score and a cosine), so
+  a document's fused score is a function of the query and the document only.
 * :func:`weighted_fusion`: per-query min-max normalisation of each side to
   [0, 1] (all-equal or single scores map to 1.0: they are that side's best),
   then ``weight * dense + (1 - weight) * lexical``.
@@ -20,31 +29,29 @@ as BM25 does whatever the weight.
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any
 
 import numpy as np
 
-from llmds.errors import ValidationError
+from llmds._checks import check_choice, check_float
 
-__all__ = ["FUSIONS", "weighted_fusion", "rrf_fusion", "check_weight", "check_fusion"]
+__all__ = [
+    "DEFAULT_WEIGHTS", "FUSIONS", "check_fusion", "check_weight", "rrf_fusion", "tmm_fusion",
+    "weighted_fusion",
+]
 
-FUSIONS = ("weighted", "rrf")
+FUSIONS = ("tmm", "weighted", "rrf")
+# Dense share used when none is given, per fusion (measured: benchmarks/retrieval_fusion.py).
+DEFAULT_WEIGHTS = {"tmm": 0.9, "weighted": 0.7, "rrf": 0.5}
 
 
 def check_weight(w: Any) -> float:
     """``w`` as a float in [0, 1] (bool, NaN and non-numbers rejected)."""
-    if isinstance(w, bool) or not isinstance(w, Real) or not (0.0 <= float(w) <= 1.0):
-        raise ValidationError(
-            f"fusion_weight must be a number in [0, 1] (the dense share), got {w!r}"
-        )
-    return float(w)
+    return check_float("fusion_weight (the dense share)", w, 0.0, 1.0)
 
 
 def check_fusion(f: Any) -> str:
-    if f not in FUSIONS:
-        raise ValidationError(f"fusion must be one of {FUSIONS}, got {f!r}")
-    return f
+    return check_choice("fusion", f, FUSIONS)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -85,6 +92,36 @@ def weighted_fusion(
     if lex_ids.size:
         scores[np.searchsorted(ids, lex_ids)] += wl * _minmax(lex_score)
     return ids, scores
+
+
+def tmm_fusion(
+    ids: np.ndarray,
+    dense_sim: np.ndarray,
+    lex_score: np.ndarray,
+    dense_max: float | None,
+    lex_max: float | None,
+    dense_low: float | None,
+    weight: float,
+) -> np.ndarray:
+    """Theoretical-min-max convex combination over a union of documents with filled-in scores.
+
+    ``ids`` int64 [u]; ``dense_sim`` float64 [u] (NaN: the document has no vector),
+    ``lex_score`` float64 [u] (0: no query term); ``dense_max`` / ``lex_max`` the best
+    score each side *retrieved* (None: that side retrieved nothing and takes no
+    part); ``dense_low`` the similarity's lower bound (-1 for cosine; None: use the
+    lowest similarity in the union).  Returns the fused scores [u].
+    """
+    wd, wl = _side_weights(int(dense_max is not None), int(lex_max is not None), weight)
+    out = np.zeros(ids.shape[0], np.float64)
+    if dense_max is not None:
+        has = ~np.isnan(dense_sim)
+        d = dense_sim[has]
+        lo = float(d.min()) if dense_low is None else dense_low
+        span = dense_max - lo
+        out[has] += wd * ((d - lo) / span if span > 0 else np.ones_like(d))
+    if lex_max is not None:
+        out += wl * (lex_score / lex_max)
+    return out
 
 
 def rrf_fusion(

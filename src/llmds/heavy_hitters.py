@@ -13,15 +13,13 @@ read, so the per-request cost is a list append.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Iterable
-from numbers import Real
 from typing import Any
 
 import numpy as np
 
+from llmds._checks import check_float, check_int
 from llmds.cmsketch import CountMinSketch
-from llmds.errors import ValidationError
 from llmds.indexed_heap import IndexedHeap
 
 __all__ = ["HeavyHitters"]
@@ -56,11 +54,8 @@ class HeavyHitters:
         seed: int = 0,
         flush_every: int = 4096,
     ) -> None:
-        for name, v in (("capacity", capacity), ("flush_every", flush_every)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValidationError(f"{name} must be a positive int, got {v!r}")
-        self.capacity = capacity
-        self.flush_every = flush_every
+        self.capacity = check_int("capacity", capacity, 1)
+        self.flush_every = check_int("flush_every", flush_every, 1)
         self._sketch = CountMinSketch(width, depth, seed=seed, conservative=True)
         self._heap = IndexedHeap()  # min-heap {key: estimate when last updated}
         self._members: set[Hashable] = set()  # the heap's keys (it has no key iterator)
@@ -102,8 +97,7 @@ class HeavyHitters:
 
     def hot(self, threshold: float) -> list[Any]:
         """Hot-set keys with estimate >= ``threshold``, largest first (ties by key)."""
-        if isinstance(threshold, bool) or not isinstance(threshold, Real) or math.isnan(threshold):
-            raise ValidationError(f"threshold must be a number, got {threshold!r}")
+        threshold = check_float("threshold", threshold, finite=False)
         self.flush()
         if not self._members:
             return []

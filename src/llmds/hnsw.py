@@ -3,13 +3,19 @@
 The graph lives in flat preallocated numpy arrays (layout in
 :mod:`llmds._hnsw_kernels`); insertion and search run in numba kernels, one
 kernel call per ``add_items`` batch and per query.  Python only validates,
-maps user ids to internal node indices and converts results.
+maps user ids (any int64) to internal node indices and converts results.
+
+Deletion is a tombstone plus a repair: ``mark_deleted`` hides the id from
+results and reconnects its neighbours around it (``_k.repair_links``); the
+node's slot is reused by a later add (lowest free slot first, so a seeded
+index stays deterministic), so memory does not grow under replacement.
 
 Not thread-safe: searches share one epoch-stamped visited array.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -20,6 +26,8 @@ import numpy as np
 
 from llmds import _hnsw_kernels as _k
 from llmds._binfmt import read_checked, write_atomic
+from llmds._checks import check_float, check_int
+from llmds._hnsw_io import restore
 from llmds.errors import CorruptFileError, NotFoundError, ValidationError
 
 __all__ = ["HNSW", "HNSWConfig"]
@@ -55,12 +63,7 @@ def _bind_search_one() -> Any:
     return fn
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValidationError(f"{name} must be an int >= {low}, got {value!r}")
-    if value < low:
-        raise ValidationError(f"{name} must be >= {low}, got {value}")
-    return int(value)
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +87,17 @@ class HNSWConfig:
     max_elements: int = 1024
 
     def __post_init__(self) -> None:
-        _check_int("dim", self.dim, 1)
-        _check_int("M", self.M, 2)
-        _check_int("ef_construction", self.ef_construction, 1)
-        _check_int("ef_search", self.ef_search, 1)
-        _check_int("max_elements", self.max_elements, 1)
+        check_int("dim", self.dim, 1)
+        check_int("M", self.M, 2)
+        check_int("ef_construction", self.ef_construction, 1)
+        check_int("ef_search", self.ef_search, 1)
+        check_int("max_elements", self.max_elements, 1)
         if self.seed is not None:
-            _check_int("seed", self.seed, 0)
+            check_int("seed", self.seed, 0)
         if self.metric not in _METRICS:
             raise ValidationError(f"metric must be one of {sorted(_METRICS)}, got {self.metric!r}")
         if self.ml is not None:
-            if isinstance(self.ml, bool) or not isinstance(self.ml, (int, float, np.floating)):
-                raise ValidationError(f"ml must be a float >= 0 or None, got {self.ml!r}")
-            if not (math.isfinite(self.ml) and self.ml >= 0):
-                raise ValidationError(f"ml must be finite and >= 0 (default 1/ln(M)), got {self.ml}")
+            check_float("ml", self.ml, 0.0)
 
     @property
     def level_mult(self) -> float:
@@ -129,7 +129,7 @@ class HNSW:
     """
 
     __slots__ = (
-        "_cfg", "_count", "_data", "_dim", "_ef", "_fdata", "_graph", "_ids", "_kargs", "_kk",
+        "_cfg", "_count", "_data", "_dim", "_ef", "_fdata", "_free", "_graph", "_ids", "_kargs", "_kk",
         "_kreq", "_links0", "_metric", "_next_id", "_nodes", "_out", "_out_d", "_out_ids",
         "_qshape", "_rng", "_rows", "_state", "_upper", "_visited",
     )
@@ -160,6 +160,7 @@ class HNSW:
         self._rows = 0  # rows of _upper in use
         self._ids: dict[int, int] = {}  # live user id -> internal node
         self._next_id = 0  # default id of the next add_items row
+        self._free: list[int] = []  # heap of deleted nodes whose slots a later add reuses
         self._set_out(16)
         self._refresh()
 
@@ -212,7 +213,7 @@ class HNSW:
 
     # ------------------------------------------------------------ insertion
     def add(self, vec: Any, vec_id: int) -> None:
-        """Insert one vector under the non-negative integer id ``vec_id``.
+        """Insert one vector under the id ``vec_id`` (any int64).
 
         Raises
         ------
@@ -228,19 +229,23 @@ class HNSW:
     def add_items(self, vectors: Any, ids: Any = None) -> None:
         """Insert rows of ``vectors`` [n, dim], in order, in one kernel call.
 
-        ``ids`` defaults to consecutive integers starting after the largest id
-        used so far.  An id that was ``mark_deleted`` may be added again (it
-        becomes a new node).  Validation happens before any change.
+        ``ids`` (any int64) default to consecutive integers starting after the
+        largest id used so far.  An id that was ``mark_deleted`` may be added
+        again.  New vectors take the slots of deleted nodes first (lowest slot
+        first; never the entry point's), then new slots.  Validation happens
+        before any change.
 
         Raises
         ------
         ValidationError
-            Wrong shape, NaN/inf (or a zero vector for cosine), ids not
-            non-negative integers, repeated, or already in the index.
+            Wrong shape, NaN/inf (or a zero vector for cosine), ids not int64
+            integers, repeated, or already in the index.
         """
         x = self._as_matrix(vectors, "vectors")
         n = x.shape[0]
         if ids is None:
+            if self._next_id + n - 1 > _I64_MAX:
+                raise ValidationError("default ids would pass 2**63 - 1; pass ids explicitly")
             labels = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         else:
             labels = np.asarray(ids)
@@ -250,8 +255,8 @@ class HNSW:
                 raise ValidationError(f"ids must be a 1-D sequence of ints, got dtype {labels.dtype}")
             if labels.shape[0] != n:
                 raise ValidationError(f"got {n} vectors but {labels.shape[0]} ids")
-            if n and (labels.min() < 0 or labels.max() > np.iinfo(np.int64).max):
-                raise ValidationError("ids must be non-negative int64 values")
+            if n and labels.dtype.kind == "u" and labels.max() > _I64_MAX:
+                raise ValidationError("ids must be int64 values")
             labels = labels.astype(np.int64)
             if np.unique(labels).shape[0] != n:
                 raise ValidationError("ids contain duplicates")
@@ -275,6 +280,14 @@ class HNSW:
         # Valid: from here on nothing raises (except MemoryError).
         levels = np.floor(-np.log1p(-self._rng.random(n)) * self._cfg.level_mult)
         levels = levels.astype(np.int32)
+        reused = self._reuse_slots(x, labels)  # deleted nodes' slots first
+        r = len(reused)
+        self._ids.update(zip(ids_list[:r], reused))
+        self._next_id = max(self._next_id, int(labels.max()) + 1)
+        if r == n:
+            return
+        x, labels, levels, ids_list = x[r:], labels[r:], levels[r:], ids_list[r:]
+        n -= r
         start, stop = self._count, self._count + n
         rows = int(levels.sum())
         self._reserve(stop, self._rows + rows)
@@ -291,11 +304,39 @@ class HNSW:
                         self._links0, self._upper, self._nodes, self._visited, self._state)
         self._count = stop
         self._ids.update(zip(ids_list, range(start, stop)))
-        self._next_id = max(self._next_id, int(labels.max()) + 1)
         self._refresh()
 
+    def _reuse_slots(self, x: np.ndarray, labels: np.ndarray) -> list[int]:
+        """Insert the first rows of ``x`` into deleted nodes' slots (one kernel call each,
+        at the slot's own level); returns those nodes."""
+        entry = int(self._state[_k.S_ENTRY])
+        nodes: list[int] = []
+        held = []
+        while self._free and len(nodes) < x.shape[0]:
+            v = heapq.heappop(self._free)
+            (held if v == entry else nodes).append(v)
+        for v in held:
+            heapq.heappush(self._free, v)
+        for i, v in enumerate(nodes):
+            lv, off = int(self._nodes[v, 3]), int(self._nodes[v, 0])
+            old0, old_up = self._links0[v].copy(), self._upper[off:off + lv].copy()
+            self._fdata[v, :self._dim] = x[i]
+            self._links0[v, 0] = 0
+            self._upper[off:off + lv, 0] = 0
+            self._nodes[v, 1] = labels[i]
+            self._nodes[v, 2] = 0
+            self._state[_k.S_NDEL] -= 1
+            args = (self._fdata, self._links0, self._upper, self._nodes)
+            _k.insert_batch(v, v + 1, self._dim, self._cfg.ef_construction, *args,
+                            self._visited, self._state)
+            _k.keep_old_links(v, old0, old_up, self._dim, *args, self._state)
+        return nodes
+
     def mark_deleted(self, vec_id: int) -> None:
-        """Hide ``vec_id`` from results; its node still routes searches.
+        """Hide ``vec_id`` from results and reconnect its neighbours around it.
+
+        The node keeps routing searches that reach it until a later add
+        reuses its slot.
 
         Raises
         ------
@@ -304,13 +345,16 @@ class HNSW:
         NotFoundError
             ``vec_id`` is not in the index (never added or already deleted).
         """
-        if type(vec_id) is not int:
-            vec_id = _check_int("vec_id", vec_id, 0)
+        if type(vec_id) is not int or not _I64_MIN <= vec_id <= _I64_MAX:
+            vec_id = check_int("vec_id", vec_id, _I64_MIN, _I64_MAX)
         idx = self._ids.pop(vec_id, None)
         if idx is None:
             raise NotFoundError(f"id {vec_id!r} is not in the index (never added or already deleted)")
         self._nodes[idx, 2] = 1
         self._state[_k.S_NDEL] += 1
+        _k.repair_links(idx, self._dim, self._fdata, self._links0, self._upper, self._nodes,
+                        self._state)
+        heapq.heappush(self._free, idx)
 
     # --------------------------------------------------------------- search
     def search(self, query: Any, k: int, ef: int | None = None) -> list[tuple[int, float]]:
@@ -327,11 +371,11 @@ class HNSW:
         """
         # Hot path: a few cheap checks, one compiled call, one conversion.
         if type(k) is not int or k <= 0:
-            k = _check_int("k", k, 1)
+            k = check_int("k", k, 1)
         if ef is None:
             ef = self._ef
         elif type(ef) is not int or not 0 < ef < _EF_CAP:
-            ef = min(_check_int("ef", ef, 1), _EF_CAP)
+            ef = min(check_int("ef", ef, 1), _EF_CAP)
         try:
             q = np.ascontiguousarray(query, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -377,8 +421,8 @@ class HNSW:
             Row i equals ``search(queries[i], k, ef)``; missing results are
             padded with id -1 and distance inf.
         """
-        k = _check_int("k", k, 1)
-        ef = self._ef if ef is None else min(_check_int("ef", ef, 1), _EF_CAP)
+        k = check_int("k", k, 1)
+        ef = self._ef if ef is None else min(check_int("ef", ef, 1), _EF_CAP)
         Q = self._as_matrix(queries, "queries")
         ids = np.full((Q.shape[0], k), -1, np.int64)
         dist = np.full((Q.shape[0], k), np.inf, np.float32)
@@ -396,7 +440,7 @@ class HNSW:
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        self._ef = _check_int("ef_search", value, 1)
+        self._ef = check_int("ef_search", value, 1)
 
     @property
     def config(self) -> HNSWConfig:
@@ -448,16 +492,37 @@ class HNSW:
                 "upper_off": nd[:, 0].copy(), "levels": nd[:, 3].astype(np.int32),
                 "labels": nd[:, 1].copy(), "deleted": nd[:, 2].astype(np.uint8)}
 
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        """Stored vectors (float32 [n, dim]; unit norm for cosine) of live ``ids``.
+
+        Raises
+        ------
+        NotFoundError
+            An id is not in the index.
+        """
+        nodes = []
+        for i in ids:
+            node = self._ids.get(i)
+            if node is None:
+                raise NotFoundError(f"id {i!r} is not in the index")
+            nodes.append(node)
+        return self._fdata[nodes, :self._dim].copy()
+
     # ------------------------------------------------------------ save/load
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index atomically (versioned, checksummed, no pickle)."""
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The saved form ``(arrays, meta)`` (:meth:`graph_arrays` and the settings)."""
         cfg = self._cfg
         meta = {"dim": cfg.dim, "M": cfg.M, "ef_construction": cfg.ef_construction,
                 "ef_search": self._ef, "ml": cfg.ml, "seed": cfg.seed, "metric": cfg.metric,
                 "max_elements": cfg.max_elements, "entry": int(self._state[_k.S_ENTRY]),
                 "max_level": int(self._state[_k.S_MAXLEVEL]), "next_id": self._next_id,
                 "rng": self._rng.bit_generator.state}
-        write_atomic(path, _MAGIC, _VERSION, self.graph_arrays(), meta)
+        return self.graph_arrays(), meta
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index atomically (versioned, checksummed, no pickle)."""
+        arrays, meta = self.to_arrays()
+        write_atomic(path, _MAGIC, _VERSION, arrays, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HNSW:
@@ -469,69 +534,22 @@ class HNSW:
             Truncated, corrupted, foreign or inconsistent file.
         """
         _, arrays, meta = read_checked(path, _MAGIC, (_VERSION,))
+        return cls.from_arrays(arrays, meta, os.fspath(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                    where: str = "HNSW") -> HNSW:
+        """Inverse of :meth:`to_arrays`; ``CorruptFileError`` on any broken invariant."""
         try:
             self = cls(meta["dim"], meta["M"], meta["ef_construction"], meta["ef_search"],
                        meta["ml"], meta["seed"], metric=meta["metric"],
                        max_elements=meta["max_elements"])
-            _restore(self, arrays, meta)
+            restore(self, arrays, meta)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             if isinstance(exc, CorruptFileError):
                 raise
-            raise CorruptFileError(f"{os.fspath(path)}: inconsistent HNSW file: {exc}") from None
+            raise CorruptFileError(f"{where}: inconsistent HNSW file: {exc}") from None
         return self
-
-
-def _restore(h: HNSW, a: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Fill a fresh index from saved arrays, checking every graph invariant."""
-    M, dim = h._cfg.M, h._dim
-    expect = {"vecs": (np.float32, 2), "links0": (np.int32, 2), "upper": (np.int32, 2),
-              "upper_off": (np.int64, 1), "levels": (np.int32, 1), "labels": (np.int64, 1),
-              "deleted": (np.uint8, 1)}
-    for name, (dt, nd) in expect.items():
-        if a[name].dtype != dt or a[name].ndim != nd:
-            raise CorruptFileError(f"array {name} has dtype {a[name].dtype}/{a[name].ndim}-D")
-    n, r = a["vecs"].shape[0], a["upper"].shape[0]
-    shapes_ok = (a["vecs"].shape[1] == dim and a["links0"].shape == (n, 2 * M + 1)
-                 and a["upper"].shape[1] == M + 1
-                 and all(a[x].shape == (n,) for x in ("upper_off", "levels", "labels", "deleted")))
-    if not shapes_ok:
-        raise CorruptFileError("array shapes do not match dim/M")
-    lv, off = a["levels"], a["upper_off"]
-    c0, cu = a["links0"][:, 0], a["upper"][:, 0]
-    ok = (np.isfinite(a["vecs"]).all() and (lv >= 0).all() and (a["labels"] >= 0).all()
-          and (a["deleted"] <= 1).all() and int(lv.sum()) == r
-          and np.array_equal(off, np.concatenate(([0], np.cumsum(lv[:-1], dtype=np.int64)))[:n])
-          and ((c0 >= 0) & (c0 <= 2 * M)).all() and ((cu >= 0) & (cu <= M)).all())
-    if ok and n:
-        cols0 = np.arange(2 * M)[None, :] < c0[:, None]
-        colsu = np.arange(M)[None, :] < cu[:, None]
-        l0, lu = a["links0"][:, 1:][cols0], a["upper"][:, 1:][colsu]
-        ok = ((l0 >= 0) & (l0 < n)).all() and ((lu >= 0) & (lu < n)).all()
-        if ok and r:  # a layer-l link must point at a node that has layer l
-            row_lv = np.arange(r) - off[np.repeat(np.arange(n), lv)] + 1
-            ok = bool((lv[lu] >= np.repeat(row_lv, cu)).all())
-    entry, max_level = int(meta["entry"]), int(meta["max_level"])
-    if n:
-        ok = ok and 0 <= entry < n and max_level == int(lv.max()) == int(lv[entry])
-    else:
-        ok = ok and entry == -1 and max_level == -1
-    live = a["labels"][a["deleted"] == 0]
-    ok = ok and np.unique(live).shape[0] == live.shape[0]
-    if not ok:
-        raise CorruptFileError("graph arrays violate HNSW invariants")
-    h._reserve(n, r)
-    h._fdata[:n, :dim] = a["vecs"]
-    h._links0[:n] = a["links0"]
-    h._upper[:r] = a["upper"]
-    h._nodes[:n] = np.stack([off, a["labels"], a["deleted"].astype(np.int64), lv.astype(np.int64)], 1)
-    h._state[[_k.S_ENTRY, _k.S_MAXLEVEL]] = (entry, max_level)
-    h._count, h._rows = n, r
-    alive = np.flatnonzero(a["deleted"] == 0)
-    h._ids = dict(zip(a["labels"][alive].tolist(), alive.tolist()))
-    h._state[_k.S_NDEL] = n - alive.shape[0]
-    h._next_id = _check_int("next_id", meta["next_id"], 0)
-    h._rng.bit_generator.state = meta["rng"]
-    h._refresh()
 
 
 def _aligned_rows(rows: int, cols: int) -> np.ndarray:

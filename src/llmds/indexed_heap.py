@@ -16,11 +16,10 @@ in Python (benchmarks/bench_structures.py).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
 from heapq import heapify, heappop, heappush
-from numbers import Real
 
+from llmds._checks import check_bool, check_float
 from llmds.errors import EmptyHeapError, NotFoundError, ValidationError
 
 __all__ = ["IndexedHeap", "EmptyHeapError"]  # EmptyHeapError lives in llmds.errors; re-exported
@@ -29,19 +28,12 @@ _MIN_COMPACT = 64  # don't rebuild tiny heaps
 
 
 def _check_score(score: object) -> float | int:
-    """Return ``score`` if it is a real number other than NaN/bool, else raise."""
+    """``score`` if it is an int or a float other than NaN (the fast path), else as checked
+    by ``check_float(..., finite=False)`` (numpy scalars become floats; ``inf`` passes)."""
     t = type(score)
-    if t is float:
-        if score != score:
-            raise ValidationError("score must not be NaN")
+    if t is int or (t is float and score == score):
         return score  # type: ignore[return-value]
-    if t is int:
-        return score  # type: ignore[return-value]
-    if isinstance(score, bool) or not isinstance(score, Real):
-        raise ValidationError(f"score must be a real number, got {score!r}")
-    if math.isnan(score):
-        raise ValidationError("score must not be NaN")
-    return score  # numpy scalars, fractions, ...
+    return check_float("score", score, finite=False)
 
 
 class IndexedHeap:
@@ -66,9 +58,7 @@ class IndexedHeap:
     __slots__ = ("_heap", "_index", "_sign", "_max_heap", "_seq", "_stale")
 
     def __init__(self, max_heap: bool = False) -> None:
-        if not isinstance(max_heap, bool):
-            raise ValidationError(f"max_heap must be a bool, got {max_heap!r}")
-        self._max_heap = max_heap
+        self._max_heap = check_bool("max_heap", max_heap)
         self._sign = -1 if max_heap else 1
         self._heap: list[list] = []  # [sign * score, seq, key_id]; live iff _index[key_id] is it
         self._index: dict[Hashable, list] = {}  # {key_id: its live entry}
@@ -134,16 +124,7 @@ class IndexedHeap:
         ``new_score`` is larger than the current score. Same meaning for min-
         and max-heaps: the *score* decreases.
         """
-        entry = self._entry(key_id)
-        new_score = _check_score(new_score)
-        old = entry[0] if self._sign == 1 else -entry[0]
-        if new_score > old:
-            raise ValidationError(
-                f"decrease_key: new score {new_score!r} > current {old!r} for {key_id!r}; "
-                "use increase_key to raise it"
-            )
-        if new_score != old:
-            self._rescore(entry, new_score)
+        self._rekey(key_id, new_score, -1)
 
     def increase_key(self, key_id: Hashable, new_score: float) -> None:
         """Raise the score of ``key_id`` to ``new_score`` (>= current; equal is a no-op).
@@ -151,16 +132,7 @@ class IndexedHeap:
         Raises ``NotFoundError`` for an unknown id and ``ValidationError`` if
         ``new_score`` is smaller than the current score.
         """
-        entry = self._entry(key_id)
-        new_score = _check_score(new_score)
-        old = entry[0] if self._sign == 1 else -entry[0]
-        if new_score < old:
-            raise ValidationError(
-                f"increase_key: new score {new_score!r} < current {old!r} for {key_id!r}; "
-                "use decrease_key to lower it"
-            )
-        if new_score != old:
-            self._rescore(entry, new_score)
+        self._rekey(key_id, new_score, 1)
 
     def update(self, key_id: Hashable, new_score: float) -> None:
         """Set the score of ``key_id`` to ``new_score`` in either direction."""
@@ -243,6 +215,20 @@ class IndexedHeap:
             raise NotFoundError(f"key_id {key_id!r} is not in the heap") from None
         except TypeError:
             raise ValidationError(f"key_id must be hashable, got {type(key_id).__name__}") from None
+
+    def _rekey(self, key_id: Hashable, new_score: float, direction: int) -> None:
+        """Re-score ``key_id`` only in ``direction`` (-1: decrease, +1: increase); equal is a no-op."""
+        entry = self._entry(key_id)
+        new_score = _check_score(new_score)
+        old = entry[0] if self._sign == 1 else -entry[0]
+        if (new_score - old) * direction < 0:
+            name, other, verb = (("decrease_key", "increase_key", "raise") if direction < 0
+                                 else ("increase_key", "decrease_key", "lower"))
+            rel = ">" if direction < 0 else "<"
+            raise ValidationError(f"{name}: new score {new_score!r} {rel} current {old!r} for {key_id!r}; "
+                                  f"use {other} to {verb} it")
+        if new_score != old:
+            self._rescore(entry, new_score)
 
     def _rescore(self, entry: list, new_score: float) -> None:
         fresh = [new_score if self._sign == 1 else -new_score, entry[1], entry[2]]  # same seq, key

@@ -1,4 +1,4 @@
-"""Inverted index with Lucene-style BM25 over flat numpy arrays.
+"""Inverted index with Lucene-style BM25 over segmented flat numpy arrays.
 
 Scoring
 -------
@@ -8,27 +8,25 @@ the count of ``t`` in ``d``, ``dl`` the document's token count (after stop
 words), ``avgdl`` the mean over live documents and ``N`` their number.  This is
 Lucene's (and ``bm25s`` ``method="lucene"``'s) formula; a query token repeated
 counts again.  Only documents with a positive score are returned, best first,
-ties broken by ascending doc id.
+ties broken by ascending doc id.  ``N``, ``avgdl`` and every ``df`` are exact for
+the live documents at every moment: results equal those of an index rebuilt
+from the live documents, float for float.
 
 Storage and updates
 -------------------
-Postings live as CSC arrays (see :mod:`llmds._postings`): per term a run of
-document slots (ascending) with tf and a precomputed float32 BM25 weight, so a
-query is a gather-and-add into a dense accumulator plus a top-k heap, all in one
-numba call (with exact MaxScore pruning of low-impact terms).  ``save`` writes
-the postings delta + varint encoded; ``stats()["index_bytes"]`` is the size of
-that encoding.
+Documents get internal *slots* in insertion order; any int64 ``doc_id`` maps to
+one.  Postings live in log-structured segments (:mod:`llmds._segments`, which
+explains the merge policy and the tf parts): an add is tokenized at once and
+queued; the next search turns the queue into a small segment, merged
+geometrically with the youngest ones, so an add never rebuilds the index.  A
+remove (or replacing add) tombstones the slot and lowers the ``df`` of its
+terms through a delta + varint forward index; slots are compacted once a
+quarter are dead.  A query is one numba call over all segments with exact
+MaxScore pruning.  ``save`` writes the postings delta + varint encoded;
+``stats()["index_bytes"]`` is the size of that encoding.
 
-Updates use *rebuild on next search*: ``add_document(s)`` tokenizes at once and
-queues the (term id) stream; ``remove_document`` only marks the slot dead.  The
-next query (or stats/lookup) merges the queue into the CSC arrays and recomputes
-every weight — two O(total postings) numba passes — because any add or remove
-changes ``N``, ``avgdl`` and hence every weight.  Bulk add then search costs one
-rebuild; interleaving single adds with searches costs a rebuild per search.
-Dead slots are compacted away once they exceed a quarter of all slots.
-
-Not thread-safe for concurrent mutation; searches share one scratch
-accumulator and hold the GIL.
+Not thread-safe: searches share one scratch accumulator (and may materialise
+tf parts); guard a shared index with a lock (``RetrievalPipeline`` does).
 """
 
 from __future__ import annotations
@@ -36,14 +34,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from llmds import _postings as K
 from llmds._binfmt import read_checked, write_atomic
-from llmds._bm25_search import search_batch
+from llmds._bm25_search import IndexState, score_slots, search_batch
+from llmds._checks import check_float, check_int, is_int
+from llmds._docs import check_doc_id, split_doc_pairs
+from llmds._index_io import index_from_arrays, index_to_arrays
+from llmds._segments import Segments
 from llmds._wordtable import WordTable
 from llmds.errors import CorruptFileError, NotFoundError, ValidationError
 from llmds.tokenizer import Tokenizer
@@ -54,42 +57,12 @@ logger = logging.getLogger(__name__)
 
 _MAGIC = b"LLMDSINV"
 _VERSION = 1
-_EMPTY_I32 = np.zeros(0, np.int32)
 
 
-def _check_doc_id(doc_id: Any) -> int:
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (int, np.integer)) or doc_id < 0:
-        raise ValidationError(f"doc_id must be a non-negative int, got {doc_id!r}")
-    if doc_id >= 2**63:
-        raise ValidationError(f"doc_id must be < 2**63, got {doc_id!r}")
-    return int(doc_id)
-
-
-def split_doc_pairs(
-    documents: Iterable[tuple[int, str]], check_id: Callable[[Any], int] = _check_doc_id
-) -> tuple[list[int], list[str]]:
-    """Validate ``(doc_id, text)`` pairs into ``(ids, texts)``; raises ``ValidationError``."""
-    ids: list[int] = []
-    texts: list[str] = []
-    try:
-        for doc_id, text in documents:
-            ids.append(check_id(doc_id))
-            if not isinstance(text, str):
-                raise ValidationError(
-                    f"text of doc {doc_id} must be str, got {type(text).__name__}"
-                )
-            texts.append(text)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            raise
-        raise ValidationError("documents must be an iterable of (doc_id, text) pairs") from exc
-    return ids, texts
-
-
-def _check_top_k(top_k: Any) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValidationError(f"top_k must be a positive int, got {top_k!r}")
-    return int(top_k)
+def _term_key(term: str) -> int:
+    """Stable across processes (unlike ``hash``): byte length << 32 | CRC-32 of the UTF-8 text."""
+    b = term.encode("utf-8")
+    return (len(b) << 32) | zlib.crc32(b)
 
 
 class InvertedIndex:
@@ -112,9 +85,9 @@ class InvertedIndex:
     Examples
     --------
     >>> idx = InvertedIndex()
-    >>> idx.add_documents([(1, "the quick brown fox"), (2, "the lazy dog")])
+    >>> idx.add_documents([(1, "the quick brown fox"), (-2, "the lazy dog")])
     >>> [d for d, _ in idx.search("quick dog")]
-    [1, 2]
+    [1, -2]
     """
 
     prune_min_postings = 4096
@@ -126,49 +99,44 @@ class InvertedIndex:
             tokenizer = Tokenizer()
         if not isinstance(tokenizer, Tokenizer):
             raise ValidationError("tokenizer must be an llmds.tokenizer.Tokenizer (or None)")
-        for name, v in (("k1", k1), ("b", b)):
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-                raise ValidationError(f"{name} must be a real number, got {v!r}")
-        if not (np.isfinite(k1) and k1 >= 0):
-            raise ValidationError(f"k1 must be finite and >= 0, got {k1!r}")
-        if not (0 <= b <= 1):
-            raise ValidationError(f"b must be in [0, 1], got {b!r}")
         self.tokenizer = tokenizer
-        self.k1 = float(k1)
-        self.b = float(b)
+        self.k1 = check_float("k1", k1, 0.0)
+        self.b = check_float("b", b, 0.0, 1.0)
         self._terms: list[str] = []  # term id -> term
         self._term2id: dict[str, int] = {}
         self._words = WordTable()  # lowercased word -> word id (bulk tokenizing in numba)
         self._word_term = np.zeros(0, np.int32)  # word id -> term id, -1 for stop words
+        self._df = np.zeros(1024, np.int64)  # term id -> live documents containing it
+        self._term_key = np.zeros(1024, np.int64)  # term id -> _term_key(term)
+        self._nkeys = 0  # terms keyed so far
         # Slot table: one slot per added document, in insertion order.
         self._slot_doc = np.zeros(16, np.int64)  # slot -> doc id
-        self._slot_len = np.zeros(16, np.int32)  # slot -> dl (indexed tokens)
+        self._dl = np.zeros(16, np.float32)  # slot -> dl (indexed tokens)
         self._alive = np.zeros(16, np.bool_)
         self._n_slots = 0
         self._slot_of: dict[int, int] = {}  # doc id -> live slot
         self._total_len = 0  # sum of dl over live docs
-        # Built CSC (covers slots < _built_slots) and the queue of later documents.
-        self._ptr = np.zeros(1, np.int64)
-        self._post_slot = _EMPTY_I32
-        self._post_tf = _EMPTY_I32
-        self._w = np.zeros(0, np.float32)
-        self._ub = np.zeros(0, np.float32)
-        self._built_slots = 0
+        # Slots < _flushed are in segments (and in the forward index); later ones queued.
+        self._flushed = 0
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (token ids int32, lengths int64)
-        self._dirty = False
-        self._acc = np.zeros(0, np.float32)
-        self._touched = np.zeros(1, np.int32)
-        self._scratch = _EMPTY_I32
-        self._encoded: np.ndarray | None = None  # cached varint postings, None when stale
+        self._fwd_off = np.zeros(17, np.int64)  # slot s's sorted term ids: _fwd[off[s]:off[s+1]]
+        self._fwd = np.zeros(1024, np.uint8)
+        self._seg = Segments()
+        self._acc = np.zeros(16, np.float32)
+        self._touched = np.zeros(17, np.int32)
+        self._scratch = np.zeros(16, np.int32)
+        self._index_bytes: int | None = None  # cached stats()["index_bytes"]
+        self._kk: tuple[np.float32, np.float32] | None = None  # cached _norms()
+        self._kstate: IndexState | None = None  # cached _state(); None after arrays change
 
     # ------------------------------------------------------------ adding / removing
     def add_document(self, doc_id: int, text: str) -> None:
-        """Index ``text`` under ``doc_id``, replacing an existing document with that id.
+        """Index ``text`` under ``doc_id`` (any int64), replacing a document with that id.
 
         Raises
         ------
         ValidationError
-            ``doc_id`` is not a non-negative int or ``text`` is not a str.
+            ``doc_id`` is not an int in the int64 range or ``text`` is not a str.
         """
         self.add_documents(((doc_id, text),))
 
@@ -176,7 +144,7 @@ class InvertedIndex:
         """Index many ``(doc_id, text)`` pairs; later pairs replace earlier ones with the same id.
 
         All pairs are validated before anything changes.  Tokenizing is one
-        regex pass per text; the postings are merged on the next search.
+        numba pass over the texts; the postings become a segment on the next search.
         """
         ids, texts = split_doc_pairs(docs)
         if not ids:
@@ -198,7 +166,7 @@ class InvertedIndex:
         first = self._n_slots
         self._grow(first + n)
         self._slot_doc[first : first + n] = ids
-        self._slot_len[first : first + n] = dl
+        self._dl[first : first + n] = dl
         self._alive[first : first + n] = True
         for i, doc_id in enumerate(ids):
             old = self._slot_of.get(doc_id)
@@ -208,7 +176,7 @@ class InvertedIndex:
         self._n_slots = first + n
         self._total_len += int(dl.sum())
         self._pending.append((tokens, lengths))
-        self._touch()
+        self._index_bytes = self._kk = None
 
     def _map_new_words(self) -> None:
         """Give the words the table learned since the last call their term ids."""
@@ -228,101 +196,134 @@ class InvertedIndex:
                 terms.append(term)
             new[i] = tid
         self._word_term = np.concatenate([self._word_term, new])
+        self._add_term_keys()
+
+    def _add_term_keys(self) -> None:
+        """Grow ``_df`` / ``_term_key`` to the vocabulary; key the terms that have none yet."""
+        old, V = self._nkeys, len(self._terms)
+        if V > self._df.size:
+            self._kstate = None
+            cap = max(V, 2 * self._df.size)
+            for name in ("_df", "_term_key"):
+                arr = np.zeros(cap, np.int64)
+                arr[: old] = getattr(self, name)[: old]
+                setattr(self, name, arr)
+        self._term_key[old:V] = [_term_key(t) for t in self._terms[old:V]]
+        self._nkeys = V
 
     def remove_document(self, doc_id: int) -> None:
         """Remove a document.
 
         Raises
         ------
+        ValidationError
+            ``doc_id`` is not an int in the int64 range.
         NotFoundError
             No document has this id.
         """
-        doc_id = _check_doc_id(doc_id)
+        doc_id = check_doc_id(doc_id)
         slot = self._slot_of.pop(doc_id, None)
         if slot is None:
             raise NotFoundError(f"doc_id {doc_id} is not in the index; nothing was removed")
         self._kill(slot)
-        self._touch()
+        self._index_bytes = self._kk = None
 
     def _kill(self, slot: int) -> None:
+        """Tombstone ``slot``: not counted in N, avgdl or any df from now on."""
         self._alive[slot] = False
-        self._total_len -= int(self._slot_len[slot])
-
-    def _touch(self) -> None:
-        self._dirty = True
-        self._encoded = None
+        self._total_len -= int(self._dl[slot])
+        if slot < self._flushed:  # queued documents never reached df
+            terms = K.forward_terms(self._fwd, self._fwd_off[slot], self._fwd_off[slot + 1])
+            self._df[terms] -= 1
+            self._seg.mark_dead(slot)
 
     def _grow(self, need: int) -> None:
         cap = self._slot_doc.size
         if need <= cap:
             return
-        cap = max(need, 2 * cap)
-        for name in ("_slot_doc", "_slot_len", "_alive"):
+        self._kstate = None
+        cap = max(need + need // 8, 2 * cap)  # slack: single adds after a bulk add do not copy
+        for name in ("_slot_doc", "_dl", "_alive"):
             old = getattr(self, name)
             new = np.zeros(cap, old.dtype)
             new[: self._n_slots] = old[: self._n_slots]
             setattr(self, name, new)
+        off = np.zeros(cap + 1, np.int64)
+        off[: self._flushed + 1] = self._fwd_off[: self._flushed + 1]
+        self._fwd_off = off
 
-    # ------------------------------------------------------------ building
-    def _rebuild(self, compact: bool = False) -> None:
-        """Merge queued documents, drop dead postings, recompute all BM25 weights."""
-        t0 = time.perf_counter()
-        n = self._n_slots
-        alive = self._alive[:n]
-        n_alive = len(self._slot_of)
-        compact = compact or (n - n_alive) * 4 > n
-        if compact:
-            remap = np.where(alive, np.cumsum(alive, dtype=np.int32) - 1, -1).astype(np.int32)
-        else:
-            remap = np.where(alive, np.arange(n, dtype=np.int32), -1).astype(np.int32)
-        V = len(self._terms)
+    # ------------------------------------------------------------ segments
+    def _norms(self) -> tuple[np.float32, np.float32]:
+        """``(k1 (1 - b), k1 b / avgdl)`` as float32, the constants of every tf part."""
+        if self._kk is None:
+            n = len(self._slot_of)
+            avgdl = self._total_len / n if n else 0.0
+            kc = self.k1 * self.b / avgdl if avgdl > 0 else 0.0
+            self._kk = (np.float32(self.k1 * (1.0 - self.b)), np.float32(kc))
+        return self._kk
+
+    def _flush(self) -> None:
+        """Turn queued documents into a segment (merging per policy); compact when due."""
         if self._pending:
-            tokens = np.concatenate([p[0] for p in self._pending])
-            lengths = np.concatenate([p[1] for p in self._pending])
-            new = K.csc_from_tokens(tokens, lengths, self._built_slots, remap, V)
-            del tokens
-        else:
-            new = (np.zeros(V + 1, np.int64), _EMPTY_I32, _EMPTY_I32)
-        if self._post_slot.size == 0:  # nothing built yet: the new postings are the index
-            ptr, slots, tfs = new
-        elif not self._pending and n_alive == n:  # weights only (e.g. after load)
-            ptr, slots, tfs = self._ptr, self._post_slot, self._post_tf
-        else:
-            ptr, slots, tfs = K.merge_csc(self._ptr, self._post_slot, self._post_tf, remap, *new)
-        del new
-        if compact:
-            keep = alive.copy()
-            m = n_alive
-            self._slot_doc[:m] = self._slot_doc[:n][keep]
-            self._slot_len[:m] = self._slot_len[:n][keep]
-            self._alive[:m] = True
-            self._alive[m:n] = False
-            self._n_slots = n = m
-            self._slot_of = dict(zip(self._slot_doc[:m].tolist(), range(m)))
-        self._ptr, self._post_slot, self._post_tf = ptr, slots, tfs
-        avgdl = self._total_len / n_alive if n_alive else 0.0
-        self._w, self._ub = K.bm25_weights(
-            ptr, slots, tfs, self._slot_len, float(n_alive), avgdl, self.k1, self.b
-        )
-        self._built_slots = n
-        self._pending = []
+            self._kstate = None  # segments and pools change
+            t0 = time.perf_counter()
+            lo, hi = self._flushed, self._n_slots
+            if len(self._pending) == 1:
+                tokens, lengths = self._pending[0]
+            else:
+                tokens = np.concatenate([p[0] for p in self._pending])
+                lengths = np.concatenate([p[1] for p in self._pending])
+            terms, ptr, slots, tfs, fwd_off, fwd = K.build_segment(
+                tokens, lengths, self._alive[lo:hi], lo, len(self._terms)
+            )
+            self._df[terms] += np.diff(ptr)
+            end = int(self._fwd_off[lo])
+            if end + fwd.size > self._fwd.size:
+                need = end + fwd.size
+                grown = np.zeros(max(need + need // 8, 2 * self._fwd.size), np.uint8)
+                grown[:end] = self._fwd[:end]
+                self._fwd = grown
+            self._fwd[end : end + fwd.size] = fwd
+            self._fwd_off[lo + 1 : hi + 1] = end + fwd_off[1:]
+            self._pending = []
+            self._flushed = hi
+            if slots.size:
+                ka, kc = self._norms()
+                self._seg.append(terms, ptr, slots, tfs, lo, hi, self._dl, ka, kc)
+                self._seg.merge_tail(self._alive, self._dl, ka, kc, len(self._terms))
+            logger.debug("flushed %d docs (%d postings) in %.2f ms; %d segments",
+                         hi - lo, slots.size, 1e3 * (time.perf_counter() - t0), len(self._seg))
+        n = self._n_slots
+        if (n - len(self._slot_of)) * 4 > n:
+            self._compact()
         if self._acc.size < n:
+            self._kstate = None
             cap = self._slot_doc.size
             self._acc = np.zeros(cap, np.float32)
             self._touched = np.zeros(cap + 1, np.int32)
             self._scratch = np.zeros(cap, np.int32)
-        self._dirty = False
-        logger.debug(
-            "rebuilt: %d docs, %d postings, compacted=%s, %.1f ms",
-            n_alive,
-            slots.size,
-            compact,
-            1e3 * (time.perf_counter() - t0),
-        )
 
-    def _ensure_built(self) -> None:
-        if self._dirty:
-            self._rebuild()
+    def _compact(self) -> None:
+        """Renumber the live slots densely and merge every segment into one (no queue)."""
+        self._kstate = None
+        n, m = self._n_slots, len(self._slot_of)
+        alive = self._alive[:n].copy()
+        new_slot = np.where(alive, np.cumsum(alive, dtype=np.int32) - 1, -1).astype(np.int32)
+        fwd_off, fwd = K.compact_forward(self._fwd_off[: n + 1], self._fwd, alive)
+        self._slot_doc[:m] = self._slot_doc[:n][alive]
+        self._dl[:m] = self._dl[:n][alive]
+        self._dl[m:n] = 0
+        self._alive[:m] = True
+        self._alive[m:n] = False
+        if len(self._seg):
+            ka, kc = self._norms()  # N and avgdl do not change
+            self._seg.merge(0, alive, self._dl, ka, kc, len(self._terms), new_slot)
+        self._n_slots = self._flushed = m
+        self._slot_of = dict(zip(self._slot_doc[:m].tolist(), range(m)))
+        self._fwd_off[: m + 1] = fwd_off
+        self._fwd_off[m + 1 :] = 0
+        self._fwd = fwd if fwd.size else np.zeros(1024, np.uint8)
+        logger.debug("compacted %d slots to %d", n, m)
 
     # ------------------------------------------------------------ searching
     def _query_terms(self, query: str, out: list[int]) -> None:
@@ -353,9 +354,10 @@ class InvertedIndex:
         """
         if not isinstance(query, str):
             raise ValidationError(f"query must be str, got {type(query).__name__}")
-        k = min(_check_top_k(top_k), max(1, len(self._slot_of)))  # bounds the kernel's buffers
-        if self._dirty:
-            self._rebuild()
+        if type(top_k) is not int or top_k < 1:
+            top_k = check_int("top_k", top_k, 1)
+        k = min(top_k, max(1, len(self._slot_of)))  # bounds the kernel's buffers
+        self._flush()
         terms: list[int] = []
         self._query_terms(query, terms)
         if not terms:
@@ -366,34 +368,31 @@ class InvertedIndex:
 
     def _search_batch(self, bounds: list[int], terms: list[int], k: int):
         """One numba call over queries ``terms[bounds[i]:bounds[i+1]]``: (docs, scores, counts)."""
-        return search_batch(
-            np.array(bounds, np.int64),
-            np.array(terms, np.int32),
-            self._ptr,
-            self._post_slot,
-            self._w,
-            self._ub,
-            self._slot_doc,
-            self._acc,
-            self._touched,
-            self._scratch,
-            k,
-            self.prune_min_postings,
-        )
+        ka, kc = self._norms()
+        return search_batch(np.array(bounds, np.int64), np.array(terms, np.int32),
+                            float(len(self._slot_of)), ka, kc, k, self.prune_min_postings,
+                            self._state())
+
+    def _state(self) -> IndexState:
+        """The kernels' view of every array (rebuilt after ``_flush`` replaced one)."""
+        if self._kstate is None:
+            self._kstate = IndexState(self._df, self._term_key, *self._seg.args, self._dl,
+                                      self._alive, self._slot_doc, self._acc, self._touched,
+                                      self._scratch)
+        return self._kstate
 
     def search_many(self, queries: Iterable[str], top_k: int = 10) -> list[list[tuple[int, float]]]:
         """:meth:`search` for many queries in one numba call (faster per query)."""
         if isinstance(queries, str):
             raise ValidationError("search_many takes an iterable of query strings, not one str")
-        k = min(_check_top_k(top_k), max(1, len(self._slot_of)))
+        k = min(check_int("top_k", top_k, 1), max(1, len(self._slot_of)))
         qs = list(queries)
         for q in qs:
             if not isinstance(q, str):
                 raise ValidationError(f"every query must be str, got {type(q).__name__}")
         if not qs:
             return []
-        if self._dirty:
-            self._rebuild()
+        self._flush()
         terms: list[int] = []
         bounds = [0]
         for q in qs:
@@ -403,6 +402,25 @@ class InvertedIndex:
         docs = d.tolist()
         scores = v.tolist()
         return [list(zip(docs[i][: n[i]], scores[i][: n[i]])) for i in range(len(qs))]
+
+    def score_documents(self, query: str, doc_ids: Iterable[int]) -> np.ndarray:
+        """BM25 scores (float32) of ``doc_ids`` for ``query``: the score each would have in
+        :meth:`search` results, 0 for an unknown document or one without a query term."""
+        if not isinstance(query, str):
+            raise ValidationError(f"query must be str, got {type(query).__name__}")
+        ids = [check_doc_id(d) for d in doc_ids]
+        self._flush()
+        terms: list[int] = []
+        self._query_terms(query, terms)
+        get = self._slot_of.get
+        targets = np.array([get(d, -1) for d in ids], np.int64)
+        return self._score_slots(terms, targets)
+
+    def _score_slots(self, terms: list[int], targets: np.ndarray) -> np.ndarray:
+        """:meth:`score_documents` on term ids and slots (-1 = none); queue already flushed."""
+        ka, kc = self._norms()
+        return score_slots(np.array(terms, np.int32), float(len(self._slot_of)), ka, kc, targets,
+                           self._state())
 
     # ------------------------------------------------------------ lookups
     def _term_id(self, term: str) -> int | None:
@@ -424,93 +442,78 @@ class InvertedIndex:
         ValidationError
             ``term`` is not exactly one token.
         """
-        doc_id = _check_doc_id(doc_id)
+        doc_id = check_doc_id(doc_id)
         if doc_id not in self._slot_of:
             raise NotFoundError(f"doc_id {doc_id} is not in the index")
         tid = self._term_id(term)
-        self._ensure_built()
-        if tid is None or tid >= self._ptr.size - 1:
+        if tid is None:
             return 0
-        slot = self._slot_of[doc_id]
-        lo, hi = int(self._ptr[tid]), int(self._ptr[tid + 1])
-        pos = lo + int(np.searchsorted(self._post_slot[lo:hi], slot))
-        return int(self._post_tf[pos]) if pos < hi and self._post_slot[pos] == slot else 0
+        self._flush()
+        return self._seg.term_frequency(tid, self._slot_of[doc_id])
 
     def get_document_frequency(self, term: str) -> int:
         """Number of live documents containing ``term`` (normalised like a query token)."""
         tid = self._term_id(term)
-        self._ensure_built()
-        if tid is None or tid >= self._ptr.size - 1:
+        if tid is None:
             return 0
-        return int(self._ptr[tid + 1] - self._ptr[tid])
+        self._flush()
+        return int(self._df[tid])
 
     def __len__(self) -> int:
         return len(self._slot_of)
 
     def __contains__(self, doc_id: object) -> bool:
-        return (
-            not isinstance(doc_id, bool)
-            and isinstance(doc_id, (int, np.integer))
-            and int(doc_id) in self._slot_of
-        )
-
-    def _encode(self) -> np.ndarray:
-        if self._encoded is None:
-            self._ensure_built()
-            self._encoded = K.encode_postings(self._ptr, self._post_slot, self._post_tf)
-        return self._encoded
+        return is_int(doc_id) and int(doc_id) in self._slot_of
 
     def stats(self) -> dict[str, Any]:
         """Index statistics.
 
-        Returns
-        -------
-        dict
-            ``total_documents`` (live docs), ``total_terms`` (terms with df > 0),
-            ``total_postings``, ``avg_doc_length``, ``index_bytes`` (delta + varint
-            encoded postings, as saved), ``memory_bytes`` (flat search arrays),
-            ``vocabulary_size`` (all terms ever seen).
+        Every statistic but the last three describes the live documents only, so
+        it equals that of an index rebuilt from them, whatever was replaced or
+        removed before: ``total_documents``; ``total_terms`` (distinct terms
+        with a live posting; ``vocabulary_size`` is the same number, kept under
+        the seed's name: a term whose last document went is not counted);
+        ``total_tokens`` (indexed tokens, stop words excluded); ``total_postings``
+        (live (term, document) pairs); ``avg_doc_length``; ``index_bytes`` (the
+        delta + varint encoded postings ``save`` writes).  Physical layout:
+        ``memory_bytes`` (arrays held), ``num_segments``, ``deleted_documents``
+        (tombstones whose postings still wait for a merge).
         """
-        self._ensure_built()
+        self._flush()
         n = len(self._slot_of)
-        arrays = (self._ptr, self._post_slot, self._post_tf, self._w, self._ub)
+        V = len(self._terms)
+        if self._index_bytes is None:
+            self._index_bytes = self._seg.encoded_size(self._alive[: self._n_slots], V)
+        distinct = int(np.count_nonzero(self._df[:V]))
+        arrays = (self._df, self._slot_doc, self._dl, self._alive, self._fwd_off, self._fwd,
+                  self._acc, self._touched, self._scratch)
         return {
             "total_documents": n,
-            "total_terms": int(np.count_nonzero(np.diff(self._ptr))),
-            "total_postings": int(self._post_slot.size),
+            "total_terms": distinct,
+            "total_tokens": self._total_len,
+            "total_postings": int(self._df[:V].sum()),
             "avg_doc_length": self._total_len / n if n else 0.0,
-            "index_bytes": int(self._encode().nbytes),
-            "memory_bytes": int(sum(a.nbytes for a in arrays)),
-            "vocabulary_size": len(self._terms),
+            "index_bytes": self._index_bytes,
+            "vocabulary_size": distinct,
+            "memory_bytes": int(sum(a.nbytes for a in arrays)) + self._seg.nbytes(),
+            "num_segments": len(self._seg),
+            "deleted_documents": self._seg.num_dead(),
         }
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to ``path`` atomically (versioned, checksummed, no pickle).
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The saved form ``(arrays, meta)`` (see :mod:`llmds._index_io`); compacts first."""
+        return index_to_arrays(self)
 
-        Saves live documents, postings (delta + varint), vocabulary, k1, b and the
-        tokenizer configuration.
-        """
-        self._rebuild(compact=True)
-        n = self._n_slots
-        encoded = [t.encode("utf-8") for t in self._terms]
-        term_off = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum([len(e) for e in encoded], out=term_off[1:])
-        arrays = {
-            "ptr": self._ptr,
-            "postings": self._encode(),
-            "slot_doc": self._slot_doc[:n],
-            "slot_len": self._slot_len[:n],
-            "term_bytes": np.frombuffer(b"".join(encoded), np.uint8),
-            "term_offsets": term_off,
-        }
-        meta = {
-            "k1": self.k1,
-            "b": self.b,
-            "tokenizer": self.tokenizer.config(),
-            "num_docs": n,
-            "num_terms": len(self._terms),
-        }
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                    where: str = "index") -> InvertedIndex:
+        """Inverse of :meth:`to_arrays`; ``CorruptFileError`` on any inconsistency."""
+        return index_from_arrays(cls, arrays, meta, where)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` atomically (versioned, checksummed, no pickle)."""
+        arrays, meta = self.to_arrays()
         write_atomic(path, _MAGIC, _VERSION, arrays, meta)
 
     @classmethod
@@ -525,60 +528,7 @@ class InvertedIndex:
             Truncated, corrupted, foreign or unsupported-version file.
         """
         _, arrays, meta = read_checked(path, _MAGIC, (_VERSION,))
-        try:
-            tok = Tokenizer.from_config(meta["tokenizer"])
-            idx = cls(tok, k1=meta["k1"], b=meta["b"])
-            ptr = arrays["ptr"].astype(np.int64, copy=False)
-            slot_doc = arrays["slot_doc"].astype(np.int64, copy=False)
-            slot_len = arrays["slot_len"].astype(np.int32, copy=False)
-            term_bytes = arrays["term_bytes"].tobytes()
-            off = arrays["term_offsets"].tolist()
-            postings = arrays["postings"].astype(np.uint8, copy=False)
-        except (KeyError, TypeError, ValidationError) as exc:
-            raise CorruptFileError(f"{path}: inconsistent index file: {exc}") from exc
-        n, nterms = slot_doc.size, len(off) - 1
-        if ptr.ndim != 1 or ptr.size < 1 or ptr[-1] > postings.size // 2:
-            raise CorruptFileError(f"{path}: inconsistent index file (posting count)")
-        if (
-            ptr.ndim != 1
-            or ptr.size != nterms + 1
-            or slot_len.size != n
-            or ptr[0] != 0
-            or np.any(np.diff(ptr) < 0)
-            or off[0] != 0
-            or off[-1] != len(term_bytes)
-            or np.any(slot_doc < 0)
-            or np.any(slot_len < 0)
-        ):
-            raise CorruptFileError(f"{path}: inconsistent index file (array shapes or ranges)")
-        try:
-            terms = [term_bytes[off[i] : off[i + 1]].decode("utf-8") for i in range(nterms)]
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise CorruptFileError(f"{path}: bad vocabulary: {exc}") from exc
-        slots, tfs, ok = K.decode_postings(postings, ptr, n)
-        if not ok:
-            raise CorruptFileError(f"{path}: postings do not decode; the file is corrupt")
-        doc_list = slot_doc.tolist()
-        if len(set(doc_list)) != n or len(set(terms)) != nterms:
-            raise CorruptFileError(f"{path}: duplicate doc ids or terms")
-        if not np.array_equal(
-            np.bincount(slots, weights=tfs, minlength=n).astype(np.int64), slot_len
-        ):
-            raise CorruptFileError(f"{path}: postings disagree with document lengths")
-        idx._terms.extend(terms)
-        idx._term2id.update(zip(terms, range(nterms)))
-        idx._grow(n)
-        idx._slot_doc[:n] = slot_doc
-        idx._slot_len[:n] = slot_len
-        idx._alive[:n] = True
-        idx._n_slots = n
-        idx._slot_of = dict(zip(doc_list, range(n)))
-        idx._total_len = int(slot_len.sum())
-        idx._ptr, idx._post_slot, idx._post_tf = ptr.copy(), slots, tfs
-        idx._built_slots = n
-        idx._rebuild()  # nothing queued: computes the BM25 weights
-        idx._encoded = postings.copy()
-        return idx
+        return cls.from_arrays(arrays, meta, os.fspath(path))
 
     def __repr__(self) -> str:
         return (

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from llmds._checks import check_int, is_int
 from llmds.errors import CapacityError, NotFoundError, ValidationError
 from llmds.paged_allocator import PagedAllocator
 from llmds.prefix_cache import ROOT_KEY, PrefixCache
@@ -98,18 +99,6 @@ def _unhashable(exc: TypeError) -> ValidationError:
     )
 
 
-def _check_seq_id(seq_id: Any) -> int:
-    if isinstance(seq_id, bool) or not isinstance(seq_id, (int, np.integer)):
-        raise ValidationError(f"seq_id must be an int, got {type(seq_id).__name__}")
-    return int(seq_id)
-
-
-def _check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValidationError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 class KVCache:
     """Paged KV cache of token sequences with prefix sharing.
 
@@ -146,8 +135,8 @@ class KVCache:
 
     def __init__(self, page_size: int = 512, max_pages: int = 10000,
                  enable_prefix_sharing: bool = True) -> None:
-        self.page_size = _check_positive("page_size", page_size)
-        self.max_pages = _check_positive("max_pages", max_pages)
+        self.page_size = check_int("page_size", page_size, 1)
+        self.max_pages = check_int("max_pages", max_pages, 1)
         self.enable_prefix_sharing = bool(enable_prefix_sharing)
         self._alloc = PagedAllocator(self.page_size, self.max_pages)
         self._prefix = PrefixCache(self._alloc, retain_freed=False)
@@ -171,13 +160,11 @@ class KVCache:
 
     def page_ids(self, seq_id: int) -> list[int] | None:
         """A copy of the sequence's page table, or None for an unknown id."""
-        s = self._seqs.get(_check_seq_id(seq_id))
+        s = self._seqs.get(check_int("seq_id", seq_id))
         return None if s is None else list(s.pages)
 
     def __contains__(self, seq_id: object) -> bool:
-        if isinstance(seq_id, bool) or not isinstance(seq_id, (int, np.integer)):
-            return False
-        return int(seq_id) in self._seqs
+        return is_int(seq_id) and int(seq_id) in self._seqs
 
     def __len__(self) -> int:
         return len(self._seqs)
@@ -256,7 +243,7 @@ class KVCache:
         CapacityError
             Not enough free pages; nothing changed.
         """
-        sid = seq_id if type(seq_id) is int else _check_seq_id(seq_id)
+        sid = check_int("seq_id", seq_id)
         if sid in self._seqs:
             raise ValidationError(f"sequence {sid} is already attached; detach it first")
         toks = _as_token_list(kv_tokens, "kv_tokens")
@@ -314,7 +301,7 @@ class KVCache:
         CapacityError
             Not enough free pages; nothing changed.
         """
-        sid = seq_id if type(seq_id) is int else _check_seq_id(seq_id)
+        sid = check_int("seq_id", seq_id)
         s = self._seqs.get(sid)
         if s is None:
             raise NotFoundError(f"sequence {sid} is not attached; attach it first")
@@ -395,7 +382,7 @@ class KVCache:
 
         O(pages) list extends; mutating the result never changes the cache.
         """
-        sid = seq_id if type(seq_id) is int else _check_seq_id(seq_id)
+        sid = check_int("seq_id", seq_id)
         s = self._seqs.get(sid)
         if s is None:
             return None
@@ -407,7 +394,7 @@ class KVCache:
 
     def detach(self, seq_id: int) -> None:
         """Drop the sequence; pages are freed when their last holder goes. Unknown id: no-op."""
-        sid = seq_id if type(seq_id) is int else _check_seq_id(seq_id)
+        sid = check_int("seq_id", seq_id)
         s = self._seqs.pop(sid, None)
         if s is not None and s.pages:
             self._release(s.pages)

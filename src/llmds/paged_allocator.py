@@ -26,7 +26,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from llmds.errors import CapacityError, StateError, ValidationError
+from llmds._checks import check_int
+from llmds.errors import CapacityError, StateError
 
 __all__ = ["PageStats", "PagedAllocator"]
 
@@ -47,12 +48,6 @@ class PageStats:
     shared_pages: int  # pages with refcount > 1
     total_refs: int  # sum of refcounts
     cached_free_pages: int  # free pages still holding reusable (cached) content
-
-
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValidationError(f"{name} must be an int, got {type(value).__name__}")
-    return int(value)
 
 
 class PagedAllocator:
@@ -93,12 +88,8 @@ class PagedAllocator:
         max_pages: int,
         on_reclaim: Callable[[int], None] | None = None,
     ) -> None:
-        page_size = _check_count("page_size", page_size)
-        max_pages = _check_count("max_pages", max_pages)
-        if page_size <= 0:
-            raise ValidationError(f"page_size must be > 0, got {page_size}")
-        if max_pages <= 0:
-            raise ValidationError(f"max_pages must be > 0, got {max_pages}")
+        page_size = check_int("page_size", page_size, 1)
+        max_pages = check_int("max_pages", max_pages, 1)
         self.page_size = page_size
         self.max_pages = max_pages
         self.on_reclaim = on_reclaim
@@ -162,9 +153,7 @@ class PagedAllocator:
 
         Raises ``CapacityError`` (allocating nothing) when fewer are free.
         """
-        n = _check_count("num_pages", num_pages)
-        if n < 0:
-            raise ValidationError(f"num_pages must be >= 0, got {n}")
+        n = check_int("num_pages", num_pages, 0)
         if n > self._num_free:
             raise CapacityError(
                 f"cannot allocate {n} pages: only {self._num_free} of {self.max_pages} are free"
@@ -198,11 +187,9 @@ class PagedAllocator:
         raises ``CapacityError`` when fewer than ``num_pages`` are free at all.
         O(max_pages) (a vectorized scan).
         """
-        n = _check_count("num_pages", num_pages)
-        if n <= 0:
-            if n == 0:
-                return []
-            raise ValidationError(f"num_pages must be >= 0, got {n}")
+        n = check_int("num_pages", num_pages, 0)
+        if n == 0:
+            return []
         if n > self._num_free:
             raise CapacityError(
                 f"cannot allocate {n} pages: only {self._num_free} of {self.max_pages} are free"
@@ -236,6 +223,34 @@ class PagedAllocator:
             self._num_cached_free -= 1
         self._total_refs += 1
         self._alloc_count += 1
+
+    def try_take(self, page_id: int) -> bool:
+        """Take ``page_id`` (refcount 0 → 1) if it is in the pool, free and not cached; O(1).
+
+        For owners that grow a run of pages in place: False (nothing changed)
+        for an allocated, cached or out-of-range page.
+        """
+        if not 0 <= page_id < self.max_pages or self._ref[page_id] or self._cached[page_id]:
+            return False
+        self._unlink(page_id)
+        self._ref[page_id] = 1
+        self._total_refs += 1
+        self._alloc_count += 1
+        return True
+
+    def head_run(self, limit: int) -> int:
+        """Length (at most ``limit``) of the run of consecutive, uncached page ids at the
+        head of the free list: ``alloc(k)`` for ``k`` up to it returns one ascending run.
+        O(limit)."""
+        p, nxt, cached = self._head, self._next, self._cached
+        n = 0
+        while p != _NIL and n < limit and not cached[p]:
+            n += 1
+            q = nxt[p]
+            if q != p + 1:
+                break
+            p = q
+        return n
 
     # ------------------------------------------------------------ ref counting
     def incref(self, page_ids: Iterable[int]) -> None:
@@ -376,10 +391,7 @@ class PagedAllocator:
 
     # ---------------------------------------------------------------- internals
     def _check_id(self, page_id) -> None:
-        if isinstance(page_id, bool) or not isinstance(page_id, (int, np.integer)):
-            raise ValidationError(f"page id must be an int, got {type(page_id).__name__}")
-        if not 0 <= page_id < self.max_pages:
-            raise ValidationError(f"page id {page_id} is not in this pool [0, {self.max_pages})")
+        check_int("page id", page_id, 0, self.max_pages - 1)
 
     def _reset_free_list(self, pages: range) -> None:
         n = self.max_pages

@@ -8,13 +8,12 @@ first), then the rest by priority (higher first), ties in arrival order.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from numbers import Real
 from typing import Any
 
+from llmds._checks import check_float, check_int
 from llmds.errors import NotFoundError, StateError, ValidationError
 from llmds.indexed_heap import IndexedHeap
 
@@ -48,12 +47,6 @@ class Request:
 def default_priority(req: Request) -> float:
     """Shorter requests first: ``1 / (tokens + 1)``."""
     return 1.0 / (req.tokens + 1.0)
-
-
-def _check_tokens(tokens: object, what: str = "tokens") -> int:
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise ValidationError(f"{what} must be a non-negative int, got {tokens!r}")
-    return tokens
 
 
 class Scheduler:
@@ -105,18 +98,8 @@ class Scheduler:
         priority_fn: Callable[[Request], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if (
-            isinstance(max_batch_size, bool)
-            or not isinstance(max_batch_size, int)
-            or max_batch_size <= 0
-        ):
-            raise ValidationError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
-        if (
-            isinstance(max_wait_ms, bool)
-            or not isinstance(max_wait_ms, Real)
-            or not (0.0 <= max_wait_ms < math.inf)
-        ):
-            raise ValidationError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms!r}")
+        max_batch_size = check_int("max_batch_size", max_batch_size, 1)
+        max_wait_ms = check_float("max_wait_ms", max_wait_ms, 0.0)
         if priority_fn is not None and not callable(priority_fn):
             raise ValidationError(
                 f"priority_fn must be callable (Request -> float), got {priority_fn!r}"
@@ -141,15 +124,9 @@ class Scheduler:
 
     def submit(self, tokens: int, slo_ms: float | None = None) -> int:
         """Queue a request of ``tokens`` tokens (optional SLO in ms); return its id."""
-        _check_tokens(tokens)
-        if slo_ms is not None and (
-            isinstance(slo_ms, bool)
-            or not isinstance(slo_ms, Real)
-            or not (0.0 < slo_ms < math.inf)
-        ):
-            raise ValidationError(
-                f"slo_ms must be a positive finite number or None, got {slo_ms!r}"
-            )
+        tokens = check_int("tokens", tokens, 0)
+        if slo_ms is not None:
+            slo_ms = check_float("slo_ms", slo_ms, 0.0, low_open=True)
         rid = self._next_id
         req = Request(rid, tokens, None if slo_ms is None else float(slo_ms), self._clock())
         req.priority = self._evaluate(req)
@@ -210,8 +187,7 @@ class Scheduler:
             raise ValidationError(f"request_ids must be an iterable of ints, got {request_ids!r}")
         ids = list(request_ids)
         for rid in ids:
-            if isinstance(rid, bool) or not isinstance(rid, int):
-                raise ValidationError(f"request ids are ints, got {rid!r}")
+            check_int("request id", rid)
         if len(set(ids)) != len(ids):
             raise ValidationError(f"request_ids contains duplicates: {ids!r}")
         for rid in ids:
@@ -236,9 +212,8 @@ class Scheduler:
         Keeps its arrival position for tie-breaking. ``NotFoundError`` for an
         unknown or completed id, ``StateError`` if it is already in flight.
         """
-        if isinstance(request_id, bool) or not isinstance(request_id, int):
-            raise ValidationError(f"request_id must be an int, got {request_id!r}")
-        _check_tokens(new_tokens, "new_tokens")
+        request_id = check_int("request_id", request_id)
+        new_tokens = check_int("new_tokens", new_tokens, 0)
         req = self._pending.get(request_id)
         if req is None:
             if request_id in self._in_flight:
@@ -284,8 +259,6 @@ class Scheduler:
 
     def _evaluate(self, req: Request) -> float:
         priority = self._priority_fn(req)
-        if isinstance(priority, bool) or not isinstance(priority, Real) or math.isnan(priority):
-            raise ValidationError(
-                f"priority_fn must return a real number (not NaN), got {priority!r}"
-            )
-        return priority
+        if type(priority) is float and priority == priority:  # the common case
+            return priority
+        return check_float("priority_fn(request)", priority, finite=False)

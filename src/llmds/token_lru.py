@@ -10,24 +10,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from llmds._checks import check_int
 from llmds.errors import CapacityError, ValidationError
 
 __all__ = ["TokenLRU"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-def _check_count(n: object, what: str) -> int:
-    """Return ``n`` as a non-negative int or raise ValidationError (bool is not an int)."""
-    if type(n) is int and n >= 0:  # fast path for the common case
-        return n
-    if isinstance(n, bool) or not hasattr(n, "__index__"):
-        raise ValidationError(f"{what} must be a non-negative int, got {n!r}")
-    n = int(n.__index__())  # numpy integers
-    if n < 0:
-        raise ValidationError(f"{what} must be a non-negative int, got {n!r}")
-    return n
 
 
 class TokenLRU(Generic[K, V]):
@@ -61,8 +50,7 @@ class TokenLRU(Generic[K, V]):
         token_of: Callable[[V], int],
         on_evict: Callable[[K, V], object] | None = None,
     ) -> None:
-        if isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget <= 0:
-            raise ValidationError(f"token_budget must be a positive int, got {token_budget!r}")
+        token_budget = check_int("token_budget", token_budget, 1)
         if not callable(token_of):
             raise ValidationError(f"token_of must be callable (value -> int), got {token_of!r}")
         if on_evict is not None and not callable(on_evict):
@@ -90,7 +78,7 @@ class TokenLRU(Generic[K, V]):
         """
         tokens = self._token_of(value)
         if type(tokens) is not int or tokens < 0:
-            tokens = _check_count(tokens, "token_of(value)")
+            tokens = check_int("token_of(value)", tokens, 0)
         if tokens > self._budget:
             raise CapacityError(
                 f"value costs {tokens} tokens, more than the whole token_budget={self._budget}; "
@@ -105,18 +93,9 @@ class TokenLRU(Generic[K, V]):
         if old is not None:
             total -= old[1]
         data[key] = (value, tokens)
-        evicted = None
-        if total > self._budget:
-            evicted = []
-            budget = self._budget
-            while total > budget:  # stops before reaching `key`: it alone fits
-                k, (v, t) = data.popitem(last=False)
-                total -= t
-                evicted.append((k, v))
         self._total = total
-        if evicted and self._on_evict is not None:
-            for k, v in evicted:
-                self._on_evict(k, v)
+        if total > self._budget:
+            self._evict_to(self._budget)  # stops before reaching `key`: it alone fits
 
     def get(self, key: K) -> V | None:
         """Return the value for ``key`` and make it most recent, or ``None`` if absent."""
@@ -147,18 +126,14 @@ class TokenLRU(Generic[K, V]):
         Returns the evicted ``(key, value)`` pairs, oldest first. The cache's
         own ``token_budget`` is not changed.
         """
-        if (
-            isinstance(target_budget, bool)
-            or not isinstance(target_budget, int)
-            or target_budget < 0
-        ):
-            raise ValidationError(
-                f"target_budget must be a non-negative int, got {target_budget!r}"
-            )
+        target_budget = check_int("target_budget", target_budget, 0)
+        return self._evict_to(target_budget)
+
+    def _evict_to(self, budget: int) -> list[tuple[K, V]]:
+        """Pop least-recent entries until the total is within ``budget``; call ``on_evict``."""
         evicted: list[tuple[K, V]] = []
-        data = self._data
-        total = self._total
-        while total > target_budget:
+        data, total = self._data, self._total
+        while total > budget:
             k, (v, t) = data.popitem(last=False)
             total -= t
             evicted.append((k, v))

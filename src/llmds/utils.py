@@ -5,7 +5,8 @@
 measurements (the confidence interval uses Student's t, computed here so that
 scipy is not a dependency); ``MetricsCollector`` accumulates latencies.
 
-This module imports nothing from llmds except ``llmds.errors``.
+This module imports nothing from llmds except ``llmds.errors`` and
+``llmds._checks`` (both standard library only).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from llmds._checks import check_float, check_int
 from llmds.errors import ValidationError
 
 __all__ = [
@@ -88,11 +90,16 @@ class MemoryProfiler:
 
     def sample(self) -> int:
         """Read the current RSS in bytes, update the peak and return it."""
-        rss = self._process.memory_info().rss
+        return self.sample_info()[0]
+
+    def sample_info(self) -> tuple[int, int]:
+        """Read the current ``(rss, vms)`` in bytes, updating the RSS peak."""
+        info = self._process.memory_info()
+        rss = info.rss
         self._last = rss
         if rss > self._peak:
             self._peak = rss
-        return rss
+        return rss, info.vms
 
     def get_peak_rss_bytes(self) -> int:
         """Largest sampled RSS in bytes (0 before ``start``)."""
@@ -251,12 +258,8 @@ def calculate_statistics(values: Iterable[float], confidence_level: float = 0.95
     With one value the spread is unknown: ``std`` is 0 and the interval
     collapses to the mean.
     """
-    if isinstance(confidence_level, bool) or not isinstance(confidence_level, (int, float)):
-        raise ValidationError(
-            f"confidence_level must be a float in (0, 1), got {confidence_level!r}"
-        )
-    if not (0.0 < confidence_level < 1.0):
-        raise ValidationError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
+    confidence_level = check_float("confidence_level", confidence_level, 0.0, 1.0, low_open=True,
+                                   high_open=True)
     arr = _as_finite_array(values, "values")
     n = int(arr.size)
     mean = float(arr.mean())
@@ -314,23 +317,14 @@ class MetricsCollector:
     __slots__ = ("_samples", "_count")
 
     def __init__(self, max_samples: int | None = None) -> None:
-        if max_samples is not None and (
-            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples <= 0
-        ):
-            raise ValidationError(
-                f"max_samples must be a positive int or None, got {max_samples!r}"
-            )
+        if max_samples is not None:
+            max_samples = check_int("max_samples", max_samples, 1)
         self._samples: deque[float] = deque(maxlen=max_samples)
         self._count = 0
 
     def record_latency(self, ms: float) -> None:
         """Record one latency in milliseconds (finite, non-negative)."""
-        if isinstance(ms, bool) or not isinstance(ms, (int, float, np.floating, np.integer)):
-            raise ValidationError(f"latency must be a number of milliseconds, got {ms!r}")
-        value = float(ms)
-        if not (value >= 0.0) or math.isinf(value):
-            raise ValidationError(f"latency must be finite and >= 0 ms, got {ms!r}")
-        self._samples.append(value)
+        self._samples.append(check_float("latency (ms)", ms, 0.0))
         self._count += 1
 
     def get_metrics(self) -> LatencyMetrics:

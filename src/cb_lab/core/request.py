@@ -22,11 +22,19 @@ from __future__ import annotations
 
 import torch
 
-from llmds.engine.lab_errors import RequestError, ValidationError
-from llmds.engine.paged_kv import BaseKVCache
+from cb_lab.core.kv_cache import BaseKVCache
+from cb_lab.exceptions import RequestError, ValidationError
+from llmds._checks import check_int, is_int
 from llmds.engine.request import RequestState, RequestStatus
 
-__all__ = ["Request"]
+__all__ = ["Request", "check_req_id"]
+
+
+def check_req_id(name: str, value):
+    """A cb_lab request id: a str or an int (not a bool)."""
+    if not isinstance(value, str) and not is_int(value):
+        raise ValidationError(f"{name} must be a str or int, got {type(value).__name__}")
+    return value
 
 
 class Request(RequestState):
@@ -61,8 +69,7 @@ class Request(RequestState):
         finished: bool = False,
         decode_seed: torch.Tensor | None = None,
     ) -> None:
-        if isinstance(req_id, bool) or not isinstance(req_id, (str, int)):
-            raise ValidationError(f"req_id must be a str or int, got {type(req_id).__name__}")
+        check_req_id("req_id", req_id)
         if not isinstance(prompt, torch.Tensor):
             raise ValidationError(f"prompt must be a torch.Tensor, got {type(prompt).__name__}")
         if prompt.dim() != 2 or prompt.size(0) == 0 or prompt.size(1) == 0:
@@ -72,12 +79,7 @@ class Request(RequestState):
             )
         if not prompt.is_floating_point():
             raise ValidationError(f"prompt must be floating point, got {prompt.dtype}")
-        if (
-            isinstance(max_new_tokens, bool)
-            or not isinstance(max_new_tokens, int)
-            or max_new_tokens < 0
-        ):
-            raise ValidationError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
         if not isinstance(kv_cache, BaseKVCache):
             raise ValidationError(
                 f"kv_cache must be a BaseKVCache (DenseKVCache, PagedKVCache), "
@@ -147,8 +149,7 @@ class Request(RequestState):
 
     def get_prefill_chunk(self, chunk_size: int) -> torch.Tensor:
         """Hand out the next ``<= chunk_size`` prompt rows ``[n, dim]`` (empty when done)."""
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ValidationError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        chunk_size = check_int("chunk_size", chunk_size, 1)
         self._check_manual("get_prefill_chunk")
         start = self.prefill_pos
         end = min(start + chunk_size, self.num_prompt_tokens)
@@ -177,7 +178,6 @@ class Request(RequestState):
             )
         self._record_output(tok)
         self.num_computed_tokens = self.num_tokens  # the fed token's KV is now computed
-        self.num_tokens += 1
         self.num_output_tokens += 1
         if self.num_output_tokens >= self.max_new_tokens:
             self.status = RequestStatus.FINISHED_LENGTH

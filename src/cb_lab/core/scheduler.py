@@ -11,12 +11,22 @@ budget of ``max_tokens_per_step`` tokens.  This class only executes the plan:
 3. append each request's new K/V to its cache, store sampled tokens (the
    output at a request's last computed position), and report the step.
 
-Plugins are called at the points listed in :mod:`llmds.engine.plugins`.
+Plugins are called at the points listed in :mod:`cb_lab.plugins.base`.
+
+KV blocks.  With ``kv=BlockManager(...)`` the planner allocates real blocks
+for every request, and each request's :class:`~cb_lab.core.kv_cache.PagedKVCache`
+is bound, when the request is added, to store its rows into those blocks (in
+one :class:`~llmds.engine.kv_storage.KVStorage` the scheduler sizes to the
+block manager): the planner sees the blocks that hold the data, and
+preempting or finishing a request frees them.  Without ``kv`` the planner only
+enforces the token budget and paged caches keep their own (or a ``pool=``)
+arena.
 
 If the model or a plugin raises between planning and applying a step, the
 step is cancelled and the error re-raised unchanged (with a note): the
-planner rolls the step back (``Planner.cancel``), every request's KV cache is
-cut back to its rows before the step and its outputs of the step are
+planner rolls the step back (``Planner.cancel``, the one place that returns
+the step's blocks, through ``BlockManager.rollback``), every request's KV
+cache is cut back to its rows before the step and its outputs of the step are
 dropped, so the next ``step()`` redoes the work.  A cache that a cache plugin
 shrank during the failed step (e.g. compression) cannot be cut back exactly;
 its request is preempted (cache cleared, recomputed later).  A plugin error
@@ -33,8 +43,8 @@ from typing import Any, Callable, Hashable
 import torch
 
 from cb_lab.core.request import Request
-from llmds.engine.batch import pack_chunks, ragged_causal_mask
-from llmds.engine.lab_errors import (
+from cb_lab.core.batch_builder import pack_chunks, ragged_causal_mask
+from cb_lab.exceptions import (
     ConfigurationError,
     DuplicateRequestError,
     KVMemoryError,
@@ -43,19 +53,26 @@ from llmds.engine.lab_errors import (
     SchedulerError,
     ValidationError,
 )
-from llmds.engine.models.tiny import TinyLLM
+from cb_lab.core.kv_cache import PagedKVCache
+from cb_lab.model.tiny_llm import TinyLLM
+from cb_lab.plugins.base import AttentionRecord, PluginManager
+from llmds._checks import check_bool, check_choice, check_int
+from llmds.engine.block_manager import BlockManager
+from llmds.engine.kv_storage import KVStorage
 from llmds.engine.planner import KVManager, Planner, PlannerConfig
-from llmds.engine.plugins import AttentionRecord, PluginManager
 from llmds.engine.request import RequestStatus
+from llmds.engine.request_queue import POLICIES
 from llmds.errors import CapacityError
 
 __all__ = ["Scheduler"]
 
 
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
-    return value
+def _configuration(check, *args):
+    """Run an ``llmds._checks`` check; a bad knob is cb_lab's ``ConfigurationError``."""
+    try:
+        return check(*args)
+    except ValidationError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 class Scheduler:
@@ -68,20 +85,23 @@ class Scheduler:
         Token budget of one step (decode + prefill), > 0.  Also the most
         requests running at once, so each can decode every step.
     prefill_chunk_size : int
-        Prompt tokens one request may prefill per step, > 0.
+        Prompt tokens one request may prefill per step, in
+        ``[1, max_tokens_per_step]`` (``ConfigurationError`` otherwise).
     plugins : PluginManager, optional
         Hooks called during ``add_request`` and ``step``.
     clock : callable
         Seconds, for ``step_duration`` (default ``time.perf_counter``).
     policy : {"fcfs", "priority", "edf"}
         Queue order of the planner.
-    kv : KVManager, optional
-        Block accounting of the planner (default unlimited).  With e.g. a
-        ``BlockCountKV`` the planner preempts when blocks run out; a preempted
-        request's cache is cleared and it is recomputed later.
+    kv : BlockManager, optional
+        The planner's KV blocks (default: unlimited, no blocks).  With a
+        ``BlockManager`` the planner preempts when blocks run out (a preempted
+        request's cache is cleared and it is recomputed later) and paged caches
+        store into the requests' blocks (see the module docstring).
     release_finished_kv : bool
-        Release a request's cache when it finishes (default True), returning
-        blocks of a shared pool.
+        Release a request's cache when it finishes (default True).  With False
+        the cache keeps its rows (a paged cache copies them out of the
+        planner's blocks, which are freed).
     """
 
     def __init__(
@@ -98,18 +118,22 @@ class Scheduler:
     ) -> None:
         if not isinstance(model, TinyLLM):
             raise ValidationError(f"model must be a TinyLLM, got {type(model).__name__}")
-        budget = _positive("max_tokens_per_step", max_tokens_per_step)
-        chunk = _positive("prefill_chunk_size", prefill_chunk_size)
+        budget = _configuration(check_int, "max_tokens_per_step", max_tokens_per_step, 1)
+        chunk = _configuration(check_int, "prefill_chunk_size", prefill_chunk_size, 1)
+        if chunk > budget:
+            raise ConfigurationError(
+                f"prefill_chunk_size ({chunk}) cannot exceed max_tokens_per_step ({budget}): "
+                "a chunk is computed within one step's token budget"
+            )
+        _configuration(check_choice, "policy", policy, POLICIES)
         if plugins is not None and not isinstance(plugins, PluginManager):
             raise ValidationError(f"plugins must be a PluginManager, got {type(plugins).__name__}")
-        if policy not in ("fcfs", "priority", "edf"):
-            raise ConfigurationError(f"policy must be 'fcfs', 'priority' or 'edf', got {policy!r}")
         self.model = model
         self.max_tokens_per_step = budget
         self.prefill_chunk_size = chunk
         self.plugins = plugins if plugins is not None else PluginManager()
         self.clock = clock
-        self.release_finished_kv = release_finished_kv
+        self.release_finished_kv = check_bool("release_finished_kv", release_finished_kv)
         config = PlannerConfig(
             max_num_batched_tokens=budget,
             max_num_seqs=budget,
@@ -117,18 +141,26 @@ class Scheduler:
             policy=policy,
         )
         self.planner = Planner(config, kv)
+        self._storage: KVStorage | None = None  # paged caches' rows, in kv's blocks (made on first use)
         self._plan = None  # the plan being run (between schedule and update / cancel)
         self.step_id = 0
-        self._live: dict[Hashable, Request] = {}  # unfinished requests, in order of arrival
-        self._finished_since_step: list[
-            Request
-        ] = []  # finished outside step() (max_new_tokens=0, abort)
+        # active requests in order of arrival: unfinished ones, and those finished at add
+        # (max_new_tokens=0) until the next step() removes them, as the reference does
+        self._live: dict[Hashable, Request] = {}
+        self._finished_since_step: list[Request] = []  # finished outside step() (max_new_tokens=0, abort)
 
     # ------------------------------------------------------------------ queries
     @property
     def active(self) -> list[Request]:
-        """Unfinished requests (waiting or running), in order of arrival."""
+        """Active requests in order of arrival: waiting or running ones, and one with
+        ``max_new_tokens=0`` (finished when added) until the next ``step()`` removes it."""
         return list(self._live.values())
+
+    @property
+    def kv_storage(self) -> KVStorage | None:
+        """Where bound paged caches keep their rows: one layer of ``[num_blocks, block_size,
+        1, dim]`` blocks of the planner's block manager (None until a paged cache is bound)."""
+        return self._storage
 
     def get(self, req_id: Hashable) -> Request:
         try:
@@ -138,13 +170,15 @@ class Scheduler:
 
     # ----------------------------------------------------------------- requests
     def add_request(self, req: Request) -> None:
-        """Queue a new request; one with ``max_new_tokens=0`` finishes at once.
+        """Queue a new request; one with ``max_new_tokens=0`` finishes at once (it stays in
+        ``active`` until the next ``step()`` removes and reports it).
 
-        Raises ``ValidationError`` for a non-Request or a prompt that does not
-        match the model, ``DuplicateRequestError`` for a live id and
-        ``RequestError`` for a request that is not new or whose cache is not
-        empty, and ``KVMemoryError`` when it could never fit the planner's KV
-        budget; nothing changes on error.
+        Raises ``ValidationError`` for a non-Request, a prompt that does not
+        match the model or a paged cache that cannot store into the planner's
+        blocks, ``DuplicateRequestError`` for an active id, ``RequestError``
+        for a request that is not new or whose cache is not empty, and
+        ``KVMemoryError`` when it could never fit the planner's KV budget;
+        nothing changes on error.
         """
         if not isinstance(req, Request):
             raise ValidationError(f"req must be a cb_lab Request, got {type(req).__name__}")
@@ -168,17 +202,41 @@ class Scheduler:
                 f"request {req.req_id!r}: its KV cache is not empty or belongs to another active "
                 "request; give each request its own empty cache"
             )
+        storage = self._storage_for(req.kv_cache)
         try:
             queued = self.planner.add(req)
         except CapacityError as exc:  # it could never fit the planner's KV budget
             raise KVMemoryError(str(exc)) from None
-        self.plugins.request_added(self, req)
+        self._live[req.req_id] = req
         if queued:
             req._owner = self
-            self._live[req.req_id] = req
-        else:  # max_new_tokens == 0: finished at once
+            if storage is not None:
+                req.kv_cache._bind(storage, req)
+            self.plugins.request_added(self, req)
+        else:  # max_new_tokens == 0: finished at once, removed by the next step
             self._finished_since_step.append(req)
+            self.plugins.request_added(self, req)
             self.plugins.request_finished(self, req)
+
+    def _storage_for(self, cache) -> KVStorage | None:
+        """The storage a paged cache binds to (None: it keeps its own arena); checks it can."""
+        kv = self.planner.kv
+        if not isinstance(cache, PagedKVCache) or not isinstance(kv, BlockManager):
+            return None
+        if cache._shared:
+            raise ValidationError(
+                "this scheduler's block manager holds the requests' KV: give the request a "
+                "PagedKVCache() without pool= so it stores into the planner's blocks"
+            )
+        if cache._block_size_given and cache.block_size != kv.block_size:
+            raise ValidationError(
+                f"the PagedKVCache has block_size={cache.block_size} but the scheduler's block manager "
+                f"uses {kv.block_size}: create it as PagedKVCache() or with that block size"
+            )
+        if self._storage is None:
+            m = self.model
+            self._storage = KVStorage(1, 1, m.dim, kv.num_blocks, kv.block_size, m.dtype, m.wq.device)
+        return self._storage
 
     def abort(self, req_id: Hashable) -> Request:
         """Finish an active request now (status FINISHED_ABORTED); unknown ids raise.
@@ -187,6 +245,8 @@ class Scheduler:
         cache hooks): ``SchedulerError``; abort from ``before_step``/``after_step``.
         """
         req = self.get(req_id)
+        if req.status.is_finished:  # max_new_tokens=0: already finished, removed by the next step
+            return req
         if self._plan is not None:
             raise SchedulerError(
                 f"abort({req_id!r}) while step {self.step_id} is running; abort before or after the step"
@@ -203,8 +263,11 @@ class Scheduler:
     def _release(self, req: Request) -> None:
         del self._live[req.req_id]
         req._owner = None
+        cache = req.kv_cache
         if self.release_finished_kv:
-            req.kv_cache.release()
+            cache.release()
+        if isinstance(cache, PagedKVCache):
+            cache._unbind()  # its rows (if kept) move out of the planner's freed blocks
 
     # --------------------------------------------------------------------- step
     def step(self) -> dict[str, Any]:
@@ -215,7 +278,7 @@ class Scheduler:
         ``finished_requests`` / ``finished_request_ids`` (finished since the
         previous step), ``preempted_request_ids``, ``step_duration`` (seconds,
         on the injected clock) and ``status`` (``"completed"``, or
-        ``"no_active_requests"`` when there was nothing to run).
+        ``"no_active_requests"`` when ``active`` was empty).
 
         If the model or a plugin raises while the step runs, the step is
         cancelled (see the module docstring) and the error propagates; the
@@ -227,7 +290,8 @@ class Scheduler:
         decode_tokens = prefill_tokens = 0
         preempted: list[Request] = []
         done: list[Request] = []
-        if self._live:
+        status = "completed" if self._live else "no_active_requests"
+        if self.planner.has_unfinished():
             try:
                 plan = self.planner.schedule()
             except CapacityError as exc:  # a queued request no longer fits beside pinned blocks
@@ -252,11 +316,11 @@ class Scheduler:
             for req in done:
                 self._release(req)
             decode_tokens, prefill_tokens = plan.num_decode_tokens, plan.num_prefill_tokens
-            status = "completed"
-        else:
-            status = "no_active_requests"
         finished = self._finished_since_step + done
         self._finished_since_step = []
+        for req in finished:  # requests finished when added leave ``active`` now
+            if self._live.get(req.req_id) is req:
+                del self._live[req.req_id]
         try:
             for req in done:
                 self.plugins.request_finished(self, req)
@@ -291,7 +355,7 @@ class Scheduler:
                 cache.release()
             elif len(cache) == rows + added:  # nothing dropped during the step: cut the new rows
                 if added:
-                    cache.retain(range(rows))
+                    cache.truncate(rows)
             else:  # a cache plugin removed rows during the step: not restorable
                 cache.release()
                 lost.append(req)

@@ -1,11 +1,21 @@
-"""KV managers for the planner: paged block tables with prefix caching, and two stand-ins.
+"""The owner of block tables: paged KV blocks with prefix caching, for the planner.
 
-``BlockManager`` keeps one block table (a list of block ids) per request on
-the shared :class:`~llmds.paged_allocator.PagedAllocator` and shares prefixes
-through the shared :class:`~llmds.prefix_cache.PrefixCache` (the same index
-the seed ``KVCache`` uses): block ``i`` of a request is keyed by the hash of
-block ``i-1``'s key and block ``i``'s token ids, so a key names the whole
-prefix.
+``BlockManager`` decides which blocks each request holds, as one block table
+(a list of block ids) per request, ``seq.block_table``, on the shared
+:class:`~llmds.paged_allocator.PagedAllocator`.  Everything that stores K/V
+(the tensor arena ``KVStorage``, the CortexStream ``TensorKVCache`` layer,
+cb_lab's ``PagedKVCache``) stores into those block ids and keeps no tables of
+its own: the KV path is planner → block manager → block ids → storage.
+
+Placement (:mod:`llmds.engine.block_runs`): a new table is one run of
+consecutive ids when the pool allows, with a *room* held for the request's
+growth, so its K/V views are zero-copy; ``stats()`` counts the tables that are
+runs.  Rooms count as free blocks and are given back before anything is refused.
+
+Prefixes are shared through the shared :class:`~llmds.prefix_cache.PrefixCache`
+(the same index the seed ``KVCache`` uses): block ``i`` of a request is keyed
+by the hash of block ``i-1``'s key and block ``i``'s token ids, so a key names
+the whole prefix.
 
 When full blocks are registered (and why it is safe):
 
@@ -20,11 +30,11 @@ When full blocks are registered (and why it is safe):
 Hence an indexed block always holds computed KV or KV that the current plan
 computes before any reader; a cancelled plan (``Planner.cancel``) calls
 ``rollback``, which unindexes the blocks it registered for tokens it never
-computed.  A freed indexed block stays reusable on the
-allocator's cached free list (LRU: least recently freed is reclaimed first,
-and a request's blocks are freed last-block-first so its tail goes before its
-head); ``pin_prefix`` keeps hot prefixes from eviction.  Requests without
-token ids (cb_lab) never share.
+computed.  A freed indexed block stays reusable on the allocator's cached free
+list (LRU: least recently freed is reclaimed first, and a request's blocks are
+freed last-block-first so its tail goes before its head); ``pin_prefix`` keeps
+hot prefixes from eviction.  Requests without token ids (cb_lab, the arena)
+never share.
 
 Pinned blocks are not available to other requests, so "can this request ever
 run" counts the blocks available to *it*: the pool minus the pinned blocks,
@@ -33,110 +43,25 @@ rejects a request beyond that, and ``pin_prefix(..., keep_fitting=reqs)``
 refuses a pin that would leave one of ``reqs`` unable to finish
 (``Planner.pin_prefix`` passes the planner's live requests).
 
-``BlockCountKV`` only counts blocks (lengths-only requests); ``NullKV`` never
-runs out.  All three satisfy :class:`KVManager`, the protocol the planner
-(``llmds.engine.planner``) talks to.
+It satisfies :class:`~llmds.engine.kv_manager.KVManager`, the protocol the
+planner talks to (re-exported here with ``NullKV``, the unlimited stand-in).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Sequence
 
+import numpy as np
+
+from llmds._checks import check_bool, check_int
+from llmds.engine.block_runs import BlockRuns
+from llmds.engine.kv_manager import KVManager, NullKV, check_fits, peak_blocks
 from llmds.engine.request import RequestState
 from llmds.errors import CapacityError, StateError, ValidationError
-from llmds.paged_allocator import PagedAllocator
+from llmds.paged_allocator import PagedAllocator, true_runs
 from llmds.prefix_cache import ROOT_KEY, PrefixCache
 
-__all__ = ["KVManager", "BlockManager", "BlockCountKV", "NullKV"]
-
-
-@runtime_checkable
-class KVManager(Protocol):
-    """What the planner needs from a KV-cache manager.
-
-    Implemented by :class:`BlockManager` (paged
-    blocks + prefix cache), ``BlockCountKV`` (block counts only, for
-    lengths-only requests) and ``NullKV`` (unlimited).  Invariant kept by
-    every implementation: between steps a running request holds blocks for
-    exactly its ``num_computed_tokens`` tokens, so a decode needs a new block
-    only when ``num_computed_tokens % block_size == 0``; the planner asks for
-    those blocks (``append_decode_slots``) only then.
-    """
-
-    block_size: int
-
-    @property
-    def num_free_blocks(self) -> int: ...
-
-    def check_fits(self, seq: RequestState) -> None:
-        """Raise ``CapacityError`` if ``seq`` could never run, even alone (pinned blocks
-        it does not share are not available to it)."""
-
-    def match_prefix(self, seq: RequestState) -> int:
-        """Cached tokens a not-yet-allocated ``seq`` would reuse (<= num_tokens - 1); no side effects."""
-
-    def can_allocate(self, seq: RequestState, num_new_tokens: int) -> bool: ...
-
-    def allocate(self, seq: RequestState, num_new_tokens: int) -> bool:
-        """Admit ``seq``: take its cached prefix (sets ``num_cached_tokens`` and
-        ``num_computed_tokens``), then blocks for ``num_new_tokens`` more tokens.
-        False (nothing changed) when blocks run short."""
-
-    def append_slots(self, seq: RequestState, num_new_tokens: int) -> bool:
-        """Blocks for ``num_new_tokens`` more tokens of a running ``seq``; False (nothing changed) when short."""
-
-    def append_decode_slots(self, seqs: list[RequestState]) -> bool:
-        """One more block for each decoding request in ``seqs`` (all at a block boundary);
-        all or nothing: False (nothing changed) when short.  The decode fast path."""
-
-    def free(self, seq: RequestState) -> None:
-        """Release ``seq``'s blocks (idempotent)."""
-
-    def rollback(self, seq: RequestState, *, release: bool = False) -> None:
-        """Undo a cancelled step's KV work for a running ``seq`` whose
-        ``num_computed_tokens`` is still the pre-step value: unindex the blocks
-        it registered that hold uncomputed tokens, then free the blocks beyond
-        its ``num_computed_tokens`` (the invariant above holds again).  With
-        ``release`` (``seq`` was admitted by the cancelled step) free all its
-        blocks and undo the admission's statistics."""
-
-    def usage(self) -> float: ...
-
-
-def _check_fits(seq: RequestState, block_size: int, num_blocks: int, available: int | None = None,
-                why: str = "") -> None:
-    """CapacityError if ``seq`` needs more than ``available`` blocks (default: the pool), even alone."""
-    if available is None or available == num_blocks:
-        have = f"the KV pool has {num_blocks}"
-    else:
-        have = f"only {available} of the pool's {num_blocks} blocks are available to it{why}"
-        num_blocks = available
-    prompt = -(-seq.num_prompt_tokens // block_size)
-    if prompt > num_blocks:
-        raise CapacityError(
-            f"request {seq.request_id!r}: its prompt of {seq.num_prompt_tokens} tokens needs {prompt} "
-            f"blocks of {block_size} tokens but {have}; shorten the prompt or "
-            "give the pool more blocks"
-        )
-    # the last sampled token is never fed back, so its KV is never stored
-    peak = _peak_blocks(seq, block_size)
-    if peak > num_blocks:
-        raise CapacityError(
-            f"request {seq.request_id!r}: prompt ({seq.num_prompt_tokens}) + max_new_tokens "
-            f"({seq.max_new_tokens}) needs {peak} blocks of {block_size} tokens but {have}; "
-            "lower max_new_tokens or give the pool more blocks"
-        )
-
-
-def _peak_blocks(seq: RequestState, block_size: int) -> int:
-    """Blocks ``seq`` holds at its longest (the last sampled token's KV is never stored)."""
-    return -(-(seq.num_prompt_tokens + max(seq.max_new_tokens, 1) - 1) // block_size)
-
-
-def _check_new(name: str, n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValidationError(f"{name} must be an int >= 0, got {n!r}")
-    return n
+__all__ = ["KVManager", "BlockManager", "NullKV"]  # KVManager, NullKV: re-exported from kv_manager
 
 
 class BlockManager:
@@ -151,21 +76,32 @@ class BlockManager:
     enable_prefix_caching : bool
         Share full blocks between requests with token ids.
     allocator : PagedAllocator, optional
-        An existing pool to allocate from (its ``page_size`` is the block size).
+        An existing pool to allocate from; then ``num_blocks`` and ``block_size``
+        must match its ``max_pages`` and ``page_size`` (the allocator's names
+        for them: this is the one place they are mapped).
     """
 
     __slots__ = ("block_size", "num_blocks", "allocator", "prefix_cache", "num_queries", "num_hits",
-                 "num_query_tokens", "num_hit_tokens", "_match_seq", "_match")
+                 "num_query_tokens", "num_hit_tokens", "_match_seq", "_match", "_runs")
 
     def __init__(self, num_blocks: int, block_size: int = 16, *, enable_prefix_caching: bool = True,
                  allocator: PagedAllocator | None = None) -> None:
+        num_blocks = check_int("num_blocks", num_blocks, 1)
+        block_size = check_int("block_size", block_size, 1)
+        check_bool("enable_prefix_caching", enable_prefix_caching)
         if allocator is None:
             allocator = PagedAllocator(block_size, num_blocks)
         elif not isinstance(allocator, PagedAllocator):
-            raise ValidationError("allocator must be a PagedAllocator")
+            raise ValidationError(f"allocator must be a PagedAllocator, got {type(allocator).__name__}")
+        elif (allocator.max_pages, allocator.page_size) != (num_blocks, block_size):
+            raise ValidationError(
+                f"the allocator has {allocator.max_pages} blocks of {allocator.page_size} tokens; "
+                f"expected num_blocks={num_blocks}, block_size={block_size}"
+            )
         self.allocator = allocator
-        self.block_size = allocator.page_size
-        self.num_blocks = allocator.max_pages
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self._runs = BlockRuns(allocator)
         self.prefix_cache = PrefixCache(allocator, retain_freed=True) if enable_prefix_caching else None
         self.num_queries = 0  # admissions of requests with token ids
         self.num_hits = 0  # ... of which reused at least one block
@@ -177,12 +113,29 @@ class BlockManager:
     # ----------------------------------------------------------------- queries
     @property
     def num_free_blocks(self) -> int:
-        """Free blocks, cached ones included (they are reclaimable)."""
-        return self.allocator.num_free
+        """Free blocks: cached ones and rooms included (both are reclaimable)."""
+        return self._runs.num_free
 
     def usage(self) -> float:
-        """Fraction of blocks held by requests or pins (0..1)."""
-        return 1.0 - self.allocator.num_free / self.num_blocks
+        """Fraction of blocks held by requests' tables or pins (0..1)."""
+        return 1.0 - self._runs.num_free / self.num_blocks
+
+    def free_mask(self) -> np.ndarray:
+        """Boolean ``[num_blocks]``: True for free blocks, growth rooms included.  O(num_blocks)."""
+        return self._runs.free_mask()
+
+    def fragmentation(self) -> float:
+        """``1 - largest free run / free blocks`` (0 when nothing is free), rooms counted as free."""
+        mask = self._runs.free_mask()
+        n = int(mask.sum())
+        if not n:
+            return 0.0
+        _, lengths = true_runs(mask)
+        return 1.0 - int(lengths.max()) / n
+
+    def is_contiguous(self, seq: RequestState) -> bool:
+        """True when ``seq``'s table is one ascending run of block ids (zero-copy views)."""
+        return seq._contig
 
     def get_block_table(self, seq: RequestState) -> list[int]:
         return seq.block_table
@@ -198,9 +151,16 @@ class BlockManager:
         return self.num_hit_tokens / self.num_query_tokens if self.num_query_tokens else 0.0
 
     def stats(self) -> dict[str, float]:
+        """Pool, prefix-cache and placement counters.
+
+        ``block_tables``: requests holding blocks of this manager;
+        ``contiguous_tables``: how many of them are one run (zero-copy views);
+        ``room_blocks``: free blocks held as growth rooms (counted in ``num_free_blocks``).
+        """
+        runs = self._runs
         return {
             "num_blocks": self.num_blocks,
-            "num_free_blocks": self.allocator.num_free,
+            "num_free_blocks": runs.num_free,
             "usage": self.usage(),
             "prefix_queries": self.num_queries,
             "prefix_hits": self.num_hits,
@@ -209,6 +169,9 @@ class BlockManager:
             "prefix_hit_rate": self.hit_rate,
             "evictions": self.evictions,
             "cached_blocks": len(self.prefix_cache) if self.prefix_cache is not None else 0,
+            "block_tables": runs.num_tables,
+            "contiguous_tables": runs.num_contiguous,
+            "room_blocks": runs.num_room_blocks,
         }
 
     def check_fits(self, seq: RequestState) -> None:
@@ -219,10 +182,10 @@ class BlockManager:
         """
         pc = self.prefix_cache
         if pc is None or not pc.num_pinned:
-            _check_fits(seq, self.block_size, self.num_blocks)
+            check_fits(seq, self.block_size, self.num_blocks)
             return
         hits = self._pinned_hits(seq, ())
-        _check_fits(seq, self.block_size, self.num_blocks, self.num_blocks - pc.num_pinned + hits,
+        check_fits(seq, self.block_size, self.num_blocks, self.num_blocks - pc.num_pinned + hits,
                     f" ({pc.num_pinned} are pinned, {hits} of those shared with its prefix; unpin "
                     "prefixes to make room)")
 
@@ -278,7 +241,7 @@ class BlockManager:
         if new:
             avail = self.num_blocks - pc.num_pinned - len(new)  # before pinned hits
             for seq in keep_fitting:
-                peak = _peak_blocks(seq, self.block_size)
+                peak = peak_blocks(seq, self.block_size)
                 if peak <= avail:
                     continue  # fits without sharing any pinned block: no prefix match needed
                 hits = self._pinned_hits(seq, new)
@@ -304,7 +267,7 @@ class BlockManager:
     # --------------------------------------------------------------- allocation
     def can_allocate(self, seq: RequestState, num_new_tokens: int) -> bool:
         """Would ``allocate`` (new request) or ``append_slots`` (running) succeed?"""
-        return self._blocks_needed(seq, num_new_tokens) <= self.allocator.num_free
+        return self._blocks_needed(seq, num_new_tokens) <= self._runs.num_free
 
     def _blocks_needed(self, seq: RequestState, n: int) -> int:
         bs = self.block_size
@@ -325,7 +288,7 @@ class BlockManager:
         (whole blocks; at least one token is always left to compute).  Returns
         False, changing nothing, when the pool is short of blocks.
         """
-        n = _check_new("num_new_tokens", num_new_tokens)
+        n = check_int("num_new_tokens", num_new_tokens, 0)
         if seq.block_table:
             raise StateError(f"request {seq.request_id!r} already holds blocks; use append_slots")
         need = self._blocks_needed(seq, n)
@@ -337,12 +300,16 @@ class BlockManager:
                 f"{seq.request_id!r}"
             )
         self._match_seq = None
-        if need > self.allocator.num_free:
+        runs = self._runs
+        if need > runs.num_free:
             return False
-        if pages:
-            self.prefix_cache.acquire(pages)
         fresh = -(-(hit + n) // self.block_size) - len(pages)
-        seq.block_table = pages + self.allocator.alloc(fresh) if fresh > 0 else list(pages)
+        if pages:
+            runs.ensure_free(need)
+            self.prefix_cache.acquire(pages)
+            runs.adopt(seq, pages + self.allocator.alloc(fresh) if fresh > 0 else list(pages))
+        elif fresh > 0:
+            runs.place(seq, fresh, peak_blocks(seq, self.block_size))
         seq.num_cached_tokens = seq.num_computed_tokens = hit
         seq._num_hashed_blocks = len(pages)
         seq._last_key = key
@@ -369,10 +336,12 @@ class BlockManager:
         bt = seq.block_table
         need = -(-c // self.block_size) - len(bt)
         if need > 0:
-            alloc = self.allocator
-            if need > alloc.num_free:
+            if need > self._runs.num_free:
                 return False
-            bt += alloc.alloc(need)
+            if bt:
+                self._runs.grow(seq, need)
+            else:  # a lengths-only table emptied by a zero-token allocate
+                self._runs.place(seq, need, peak_blocks(seq, self.block_size))
             self._match_seq = None
         if self.prefix_cache is not None and seq.prompt_token_ids is not None:
             self._register(seq, c)
@@ -382,24 +351,20 @@ class BlockManager:
         """One more block for each decoding request in ``seqs`` (each at a block boundary).
 
         All or nothing: False, changing nothing, when fewer blocks are free.
-        One allocator call for the batch; the block each request just filled
-        is registered in the prefix index (decode blocks are cached too).
+        Each request takes its room's next block, else the next block if free,
+        else one allocator call serves the rest; the block each request just
+        filled is registered in the prefix index (decode blocks are cached too).
         """
-        alloc = self.allocator
-        k = len(seqs)
-        if k > alloc.num_free:
+        if len(seqs) > self._runs.num_free:
             return False
-        pages = alloc.alloc(k)
+        self._runs.grow_each(seqs)
         self._match_seq = None
         pc = self.prefix_cache
         if pc is None:
-            for s, p in zip(seqs, pages):
-                s.block_table.append(p)
             return True
         register, bs = pc.register, self.block_size
-        for s, p in zip(seqs, pages):
+        for s in seqs:
             bt = s.block_table
-            bt.append(p)
             if s.prompt_token_ids is None:
                 continue
             j = len(bt) - 2  # the block that just filled
@@ -412,15 +377,14 @@ class BlockManager:
 
     def free(self, seq: RequestState) -> None:
         """Release ``seq``'s blocks (idempotent); full computed blocks stay cached."""
-        bt = seq.block_table
-        if not bt:
+        if not seq.block_table:
             return
-        if self.prefix_cache is not None and seq.prompt_token_ids is not None:
+        cached = self.prefix_cache is not None and seq.prompt_token_ids is not None
+        if cached:
             self._register(seq, seq.num_computed_tokens)
-            self.prefix_cache.free(bt[::-1])  # tail first: the head of a prefix is evicted last
-        else:
-            self.allocator.free(bt[::-1])
-        seq.block_table = []
+        table, room = self._runs.release(seq)
+        # one call; tail first, so a prefix's head is evicted last (room blocks are uncached)
+        (self.prefix_cache if cached else self.allocator).free(table[::-1] + room)
         seq._num_hashed_blocks = 0
         seq._last_key = ROOT_KEY
         self._match_seq = None
@@ -432,7 +396,8 @@ class BlockManager:
         index >= ``num_computed_tokens // block_size`` were allocated fresh for
         ``seq`` (prefix hits lie below), so any of them that is indexed was
         registered by ``seq`` during the cancelled step and is unindexed here,
-        before it is freed (it goes back as an ordinary free block).
+        before it is freed (it goes back as an ordinary free block, or to the
+        request's room when it continues a contiguous table).
         """
         bs, bt, pc = self.block_size, seq.block_table, self.prefix_cache
         c = seq.num_computed_tokens
@@ -453,9 +418,11 @@ class BlockManager:
             self.free(seq)
             return
         keep = -(-c // bs)
-        if len(bt) > keep:
-            extra = bt[keep:]
-            del bt[keep:]
+        if not keep:
+            self.free(seq)
+            return
+        extra = self._runs.truncate(seq, keep)
+        if extra:
             self.allocator.free(extra[::-1])
 
     # ---------------------------------------------------------------- internal
@@ -472,119 +439,3 @@ class BlockManager:
             i += 1
         seq._num_hashed_blocks = i
         seq._last_key = key
-
-
-class BlockCountKV:
-    """Counts blocks per request for lengths-only requests (cb_lab); no block ids, no sharing."""
-
-    __slots__ = ("block_size", "num_blocks", "_free", "_held")
-
-    def __init__(self, num_blocks: int, block_size: int = 16) -> None:
-        for name, v in (("num_blocks", num_blocks), ("block_size", block_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValidationError(f"{name} must be an int >= 1, got {v!r}")
-        self.block_size = block_size
-        self.num_blocks = num_blocks
-        self._free = num_blocks
-        self._held: dict = {}  # {request_id: blocks held}
-
-    @property
-    def num_free_blocks(self) -> int:
-        return self._free
-
-    def usage(self) -> float:
-        return 1.0 - self._free / self.num_blocks
-
-    def num_blocks_of(self, seq: RequestState) -> int:
-        return self._held.get(seq.request_id, 0)
-
-    def check_fits(self, seq: RequestState) -> None:
-        _check_fits(seq, self.block_size, self.num_blocks)
-
-    def match_prefix(self, seq: RequestState) -> int:
-        return 0
-
-    def can_allocate(self, seq: RequestState, num_new_tokens: int) -> bool:
-        need = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size) - self._held.get(seq.request_id, 0)
-        return need <= self._free
-
-    def allocate(self, seq: RequestState, num_new_tokens: int) -> bool:
-        n = _check_new("num_new_tokens", num_new_tokens)
-        if seq.request_id in self._held:
-            raise StateError(f"request {seq.request_id!r} already holds blocks; use append_slots")
-        need = -(-n // self.block_size)
-        if need > self._free:
-            return False
-        self._free -= need
-        self._held[seq.request_id] = need
-        seq.num_cached_tokens = seq.num_computed_tokens = 0
-        return True
-
-    def append_slots(self, seq: RequestState, num_new_tokens: int) -> bool:
-        held = self._held.get(seq.request_id, 0)
-        need = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size) - held
-        if need > 0:
-            if need > self._free:
-                return False
-            self._free -= need
-            self._held[seq.request_id] = held + need
-        return True
-
-    def append_decode_slots(self, seqs: list[RequestState]) -> bool:
-        k = len(seqs)
-        if k > self._free:
-            return False
-        self._free -= k
-        held = self._held
-        for s in seqs:
-            held[s.request_id] += 1
-        return True
-
-    def free(self, seq: RequestState) -> None:
-        self._free += self._held.pop(seq.request_id, 0)
-
-    def rollback(self, seq: RequestState, *, release: bool = False) -> None:
-        if release:
-            self.free(seq)
-            return
-        held = self._held.get(seq.request_id, 0)
-        keep = -(-seq.num_computed_tokens // self.block_size)
-        if held > keep:
-            self._free += held - keep
-            self._held[seq.request_id] = keep
-
-
-class NullKV:
-    """Unlimited KV: every request always fits (the planner then only enforces token budgets)."""
-
-    __slots__ = ()
-    block_size = 1 << 62  # decodes never cross a block boundary
-    num_free_blocks = 1 << 62
-
-    def usage(self) -> float:
-        return 0.0
-
-    def check_fits(self, seq: RequestState) -> None:
-        return None
-
-    def match_prefix(self, seq: RequestState) -> int:
-        return 0
-
-    def can_allocate(self, seq: RequestState, num_new_tokens: int) -> bool:
-        return True
-
-    def allocate(self, seq: RequestState, num_new_tokens: int) -> bool:
-        seq.num_cached_tokens = seq.num_computed_tokens = 0
-        return True
-
-    def append_slots(self, seq: RequestState, num_new_tokens: int) -> bool:
-        return True
-
-    def append_decode_slots(self, seqs: list[RequestState]) -> bool:
-        return True
-
-    def free(self, seq: RequestState) -> None:
-        return None
-
-    def rollback(self, seq: RequestState, *, release: bool = False) -> None:
-        return None

@@ -94,6 +94,7 @@ class LLMEngine:
 
         from llmds.engine.block_manager import BlockManager
         from llmds.engine.hot_prefix import HotPrefixes
+        from llmds.engine.kv_storage import KVStorage
         from llmds.engine.loader import load_model
         from llmds.engine.metrics import EngineMetrics
         from llmds.engine.models.llama import LlamaModel
@@ -117,15 +118,14 @@ class LLMEngine:
         mc = self.model_config = loaded.config
         self.tokenizer = TextTokenizer(loaded.tokenizer_json, loaded.chat_template, loaded.special_tokens)
         self.eos_token_ids = frozenset(mc.eos_token_ids)
-        kv_dtype = cfg.kv_torch_dtype
-        bytes_per_block = 2 * mc.num_layers * cfg.block_size * mc.kv_size * (4 if kv_dtype == torch.float32 else 2)
-        num_blocks = cfg.num_blocks or max(1, cfg.kv_cache_memory // bytes_per_block)
+        kv_shape = (mc.num_layers, mc.num_kv_heads, mc.head_dim)
+        num_blocks = cfg.num_blocks or KVStorage.blocks_for_budget(cfg.kv_cache_memory, *kv_shape, cfg.block_size,
+                                                                   cfg.kv_torch_dtype)
         self.num_blocks = num_blocks
         self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
-        shape = (mc.num_layers, num_blocks, cfg.block_size, mc.num_kv_heads, mc.head_dim)
-        self.k_cache = torch.empty(shape, dtype=kv_dtype)
-        self.v_cache = torch.empty(shape, dtype=kv_dtype)
-        self.model = LlamaModel(mc, loaded.weights, cfg.torch_dtype, self.k_cache, self.v_cache)
+        # the one KV path: planner -> block manager (block tables) -> block ids -> this arena
+        self.kv = KVStorage(*kv_shape, num_blocks, cfg.block_size, cfg.kv_torch_dtype)
+        self.model = LlamaModel(mc, loaded.weights, cfg.torch_dtype, self.kv)
         del loaded
         self.block_manager = BlockManager(num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
         self.planner = Planner(PlannerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.prefill_chunk_size,

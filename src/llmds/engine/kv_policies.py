@@ -19,11 +19,11 @@ keeps its names:
 from __future__ import annotations
 
 import enum
-import math
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from llmds._checks import check_float
 from llmds.errors import ValidationError
 
 __all__ = ["AllocationGrant", "AllocationPolicy", "allocate_with_policy"]
@@ -121,14 +121,9 @@ def allocate_with_policy(
         return grant(ok, max_tokens, 1)
 
     # WAIT
-    if (
-        timeout is None
-        or isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not math.isfinite(timeout)
-        or timeout < 0
-    ):
-        raise ValidationError(f"WAIT needs a finite timeout >= 0 (clock units), got {timeout!r}")
+    if timeout is None:
+        raise ValidationError("WAIT needs a finite timeout >= 0 (clock units), got None")
+    timeout = check_float("timeout", timeout, 0.0)
     if cache.blocks_needed(prompt_len, max_tokens, reserve) > cache.num_blocks:
         return grant(False, max_tokens, 0)  # larger than the whole arena: waiting cannot help
     start = clock()

@@ -25,13 +25,14 @@ Step policy (vLLM v1 style):
    admitted in queue order while budget, ``max_num_seqs`` and blocks allow;
    the first one that does not fit blocks the queue (no overtaking).
 
-Orders.  Queue order (``policy``): ``"fcfs"`` by arrival (order of ``add``),
-``"priority"`` by ``(priority, arrival)``, ``"edf"`` by ``(deadline,
-priority, arrival)`` with no deadline last.  Urgency among running requests
-uses the same key with the admission counter in place of arrival, so the
-preemption victim is the lowest-priority, most recently admitted request.
+Orders (:mod:`llmds.engine.request_queue`): queue order by ``policy``
+(``"fcfs"``, ``"priority"``, ``"edf"``); among running requests the same key
+with the admission counter in place of arrival, so the preemption victim is
+the lowest-priority, most recently admitted request.
 
-Cancelling a plan (``cancel``) rolls the step back: no token advances; the
+Cancelling a plan (``cancel``) is the one rollback path of a failed step:
+KV blocks are returned only there, through the KV manager's ``rollback``, and
+cb_lab's scheduler cuts its caches back after it.  No token advances; the
 requests the plan admitted go back to the waiting queue at their position
 and free their blocks; the running ones give back the blocks allocated for
 the plan's new tokens (between steps a running request holds blocks for
@@ -41,143 +42,36 @@ served their (never written) KV.  Preemptions made by ``schedule()`` stand:
 the victims are already waiting, to be recomputed.  The next ``schedule()``
 reuses the cancelled plan's ``step_id``.
 
-Pinned prefix blocks are not available to requests that do not share them:
-``add`` rejects a request that could never fit beside the pins, and
-``pin_prefix`` refuses a pin that would leave a live request unable to
-finish.  If pins made directly on the KV manager do that anyway, such a
-request ends up preempting itself; once it heads the queue with nothing
-running, ``schedule()`` raises ``CapacityError`` naming it (abort it or
-unpin), changing nothing, instead of readmitting and preempting it forever.
+Pins (``pin_prefix``) never strand a live request: a pin that would is
+refused; if pins made directly on the KV manager strand the queue head with
+nothing running, ``schedule()`` raises ``CapacityError`` naming it instead of
+readmitting and preempting it forever.
 
-Costs: a decode step is O(1) Python work plus C-level list operations over
-the running requests (see ``decode_batch``), plus per-request work only for
-requests with an event: a block boundary (1 in ``block_size`` steps),
-finishing, preemption.  Admissions cost one prefix lookup each; the waiting
-queue is an ``IndexedHeap`` (O(log n) push/pop/delete).
+Costs: a decode step is one loop over the running requests' counters plus
+C-level list operations (see ``decode_batch``), and per-request work only for
+requests with an event (a block boundary, finishing, preemption).  Admissions
+cost one prefix lookup each; the waiting queue is O(log n) per operation.
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
 from typing import Hashable, Iterable
 
-from llmds.engine.block_manager import KVManager, NullKV
 from llmds.engine.decode_batch import DecodeBatch
+from llmds.engine.kv_manager import KVManager, NullKV
 from llmds.engine.request import RequestState, RequestStatus
+from llmds.engine.request_queue import RequestQueue, urgency_key
+from llmds.engine.step_plan import PlannerConfig, StepPlan
 from llmds.errors import CapacityError, NotFoundError, StateError, ValidationError
-from llmds.indexed_heap import IndexedHeap
 
 __all__ = ["KVManager", "PlannerConfig", "StepPlan", "Planner"]
 
-_POLICIES = ("fcfs", "priority", "edf")
 _RUNNING = RequestStatus.RUNNING
 _WAITING = RequestStatus.WAITING
 _PREEMPTED = RequestStatus.PREEMPTED
 _STOPPED = RequestStatus.FINISHED_STOPPED
 _LENGTH = RequestStatus.FINISHED_LENGTH
 _ABORTED = RequestStatus.FINISHED_ABORTED
-
-
-@dataclass(frozen=True, slots=True)
-class PlannerConfig:
-    """Step budget and policy (validated once).
-
-    Parameters
-    ----------
-    max_num_batched_tokens : int
-        Tokens computed per step, decode and prefill together (>= max_num_seqs).
-    max_num_seqs : int
-        Running requests at most.
-    prefill_chunk_size : int or None
-        Prompt tokens one request may prefill per step; None = the whole budget.
-    policy : {"fcfs", "priority", "edf"}
-        Waiting-queue order and preemption order (see module docstring).
-    """
-
-    max_num_batched_tokens: int = 2048
-    max_num_seqs: int = 256
-    prefill_chunk_size: int | None = None
-    policy: str = "fcfs"
-
-    def __post_init__(self) -> None:
-        for name in ("max_num_batched_tokens", "max_num_seqs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValidationError(f"{name} must be an int >= 1, got {v!r}")
-        if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValidationError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
-                f"({self.max_num_seqs}) so every running request can decode each step"
-            )
-        c = self.prefill_chunk_size
-        if c is None:
-            object.__setattr__(self, "prefill_chunk_size", self.max_num_batched_tokens)
-        elif isinstance(c, bool) or not isinstance(c, int) or c < 1:
-            raise ValidationError(f"prefill_chunk_size must be None or an int >= 1, got {c!r}")
-        if self.policy not in _POLICIES:
-            raise ValidationError(f"policy must be one of {_POLICIES}, got {self.policy!r}")
-
-
-class StepPlan:
-    """The work of one step (read-only for the caller).
-
-    Attributes
-    ----------
-    step_id : int
-    decode : list[RequestState]
-        Requests computing their last sampled token (one token each).
-    prefill : list[tuple[RequestState, int]]
-        ``(request, num_tokens)``: compute prompt(+output) tokens
-        ``[request.num_computed_tokens, + num_tokens)``.  A prefill item may
-        read KV written by an *earlier* item of the same plan (same-step
-        prefix sharing): run prefills in plan order, or in one pass that
-        writes each layer's KV before its attention.
-    preempted : list[RequestState]
-        Requests preempted this step (already back in the waiting queue).
-    num_batched_tokens : int
-        ``len(decode) + sum of prefill tokens``.
-    """
-
-    __slots__ = ("step_id", "decode", "prefill", "preempted", "num_batched_tokens")
-
-    def __init__(self, step_id: int, decode: list, prefill: list, preempted: list, num_batched_tokens: int):
-        self.step_id = step_id
-        self.decode = decode
-        self.prefill = prefill
-        self.preempted = preempted
-        self.num_batched_tokens = num_batched_tokens
-
-    @property
-    def num_decode_tokens(self) -> int:
-        return len(self.decode)
-
-    @property
-    def num_prefill_tokens(self) -> int:
-        return self.num_batched_tokens - len(self.decode)
-
-    @property
-    def is_empty(self) -> bool:
-        return self.num_batched_tokens == 0
-
-    @property
-    def sampling(self) -> list[RequestState]:
-        """Requests that sample a token this step, in the order ``update`` expects
-        their token ids: every decode, then each prefill that completes its prompt
-        (read it before ``update``, which advances the counters)."""
-        return self.decode + [s for s, n in self.prefill if s.num_computed_tokens + n == s.num_tokens]
-
-    def __repr__(self) -> str:
-        return (
-            f"StepPlan(step={self.step_id}, decode={len(self.decode)}, prefill={len(self.prefill)}, "
-            f"tokens={self.num_batched_tokens}, preempted={len(self.preempted)})"
-        )
-
-
-def _float_order(x: float) -> int:
-    """Order-preserving map of a float to an int in [0, 2**64)."""
-    b = struct.unpack("<q", struct.pack("<d", x))[0]
-    return (b if b >= 0 else -(b & 0x7FFFFFFFFFFFFFFF)) + (1 << 63)
 
 
 class Planner:
@@ -192,13 +86,12 @@ class Planner:
     Notes
     -----
     Requests past their prefill live in a :class:`DecodeBatch`, which
-    advances all of them with one clock tick per step and indexes the
-    requests that need per-request work (a block boundary, max_new_tokens);
-    so a decode step costs O(1) Python work plus C-level list operations and
-    the requests that have an event.
+    advances their counters in one loop per step and indexes the requests
+    that need per-request work (a block boundary, max_new_tokens); waiting
+    requests live in a :class:`~llmds.engine.request_queue.RequestQueue`.
     """
 
-    __slots__ = ("config", "kv", "_waiting", "_requests", "_batch", "_prefilling", "_arrivals",
+    __slots__ = ("config", "kv", "_waiting", "_requests", "_batch", "_prefilling",
                  "_admits", "_admit_base", "_step", "_in_flight", "_deferred_aborts", "_rank")
 
     def __init__(self, config: PlannerConfig | None = None, kv: KVManager | None = None) -> None:
@@ -212,22 +105,16 @@ class Planner:
             raise ValidationError("kv must implement the KVManager protocol")
         self.config = config
         self.kv = kv
-        self._waiting = IndexedHeap()  # {request_id: _queue_score}, smallest first
+        self._waiting = RequestQueue(config.policy)
         self._requests: dict[Hashable, RequestState] = {}  # waiting + running
         self._batch = DecodeBatch(kv.block_size)  # running, prefill done
         self._prefilling: list[RequestState] = []  # running, prefill in progress (admission order)
-        self._arrivals = 0
         self._admits = 0
         self._admit_base = 0  # _admits before the in-flight plan's admissions
         self._step = 0
         self._in_flight: StepPlan | None = None
         self._deferred_aborts: list[Hashable] = []
-        if config.policy == "fcfs":
-            self._rank = _rank_fcfs
-        elif config.policy == "priority":
-            self._rank = _rank_priority
-        else:
-            self._rank = _rank_edf
+        self._rank = urgency_key(config.policy)
 
     # ----------------------------------------------------------------- queries
     @property
@@ -275,15 +162,13 @@ class Planner:
             raise ValidationError(f"expected a RequestState, got {type(seq).__name__}")
         if seq.request_id in self._requests:
             raise ValidationError(f"request id {seq.request_id!r} is already live; ids must be unique")
-        if seq.status is not _WAITING or seq._clk is not None or seq.num_computed_tokens or seq.block_table:
+        if seq.status is not _WAITING or seq.num_computed_tokens or seq.block_table:
             raise ValidationError(f"request {seq.request_id!r} is not new (status {seq.status.name})")
         if seq.max_new_tokens == 0:
             seq.status = _LENGTH
             return False
         self.kv.check_fits(seq)
-        seq._queue_score = self._queue_score(seq, self._arrivals)
-        self._arrivals += 1
-        self._waiting.push(seq.request_id, seq._queue_score)
+        self._waiting.add(seq)
         self._requests[seq.request_id] = seq
         return True
 
@@ -351,7 +236,7 @@ class Planner:
             waiting, requests = self._waiting, self._requests
             room = cfg.max_num_seqs - self.num_running
             while budget > 0 and room > 0 and waiting:
-                s = requests[waiting.peek()[1]]
+                s = requests[waiting.peek()]
                 if room == cfg.max_num_seqs:  # nothing runs, so nothing changed in this call yet
                     self._check_still_fits(s)
                 hit = kv.match_prefix(s)
@@ -373,38 +258,22 @@ class Planner:
         return plan
 
     def update(self, plan: StepPlan, token_ids=None, finished_ids: Iterable[Hashable] = ()) -> list[RequestState]:
-        """Apply a step's results; returns the requests that finished.
+        """Apply a step's results; returns the requests that finished (their KV freed).
 
-        Parameters
-        ----------
-        plan : StepPlan
-            The plan returned by the last ``schedule()``.
-        token_ids : sequence of int, optional
-            One sampled token per request of ``plan.sampling`` (decodes, then
-            completing prefills), e.g. a list, numpy array or tensor.  None
-            (lengths-only models such as cb_lab's TinyLLM): one token each is
-            counted, not stored, and stop tokens are not checked.
-        finished_ids : iterable of ids
-            Requests the caller stops after this step (e.g. a stop string):
-            finished as FINISHED_STOPPED.
-
-        Advances ``num_computed_tokens`` by what the plan computed, appends
-        outputs, finishes requests at ``max_new_tokens`` (FINISHED_LENGTH) or on
-        a stop token (FINISHED_STOPPED), and frees their KV.  On a bad
+        ``token_ids``: one sampled id per request of ``plan.sampling`` (decodes, then
+        completing prefills) as a list, array or tensor; None for lengths-only models
+        (cb_lab's TinyLLM): outputs are counted, not stored, and stop ids not checked.
+        ``finished_ids``: requests the caller stops after this step (e.g. a stop
+        string), finished as FINISHED_STOPPED.  Requests reaching ``max_new_tokens``
+        finish as FINISHED_LENGTH, on a stop id as FINISHED_STOPPED.  On a bad
         argument nothing changes.
         """
         if plan is not self._in_flight:
             raise StateError("update() expects the plan returned by the last schedule()")
         decode, prefill = plan.decode, plan.prefill
         nd = len(decode)
-        completing = [s for s, n in prefill if s.num_computed_tokens + n == s.num_tokens] if prefill else ()
         if token_ids is not None:
-            toks = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
-            if len(toks) != nd + len(completing):
-                raise ValidationError(
-                    f"got {len(toks)} token ids; plan.sampling has {nd + len(completing)} requests "
-                    f"({nd} decodes + {len(completing)} completed prefills)"
-                )
+            toks = plan.check_token_ids(token_ids)
         stops = list(finished_ids) if finished_ids else ()
         for rid in stops:
             if rid not in self._requests:
@@ -432,12 +301,11 @@ class Planner:
             k = nd
             started = []
             for s, n in prefill:
-                c = s._num_computed + n
-                s._num_computed = c
-                if c != s._num_tokens:
+                c = s.num_computed_tokens + n
+                s.num_computed_tokens = c
+                if c != s.num_prompt_tokens + s.num_output_tokens:
                     continue
-                s._num_tokens += 1
-                s._num_output += 1
+                s.num_output_tokens += 1
                 if token_ids is not None:
                     t = toks[k]
                     k += 1
@@ -446,7 +314,7 @@ class Planner:
                         s.status = _STOPPED
                         fin(s)
                         continue
-                if s._num_output >= s.max_new_tokens:
+                if s.num_output_tokens >= s.max_new_tokens:
                     s.status = _LENGTH
                     fin(s)
                 else:
@@ -463,12 +331,7 @@ class Planner:
                 fin(s)
         self._in_flight = None
         if self._deferred_aborts:
-            for rid in self._deferred_aborts:
-                s = self._requests.get(rid)
-                if s is not None and not s.is_finished:
-                    self._finish_now(s, _ABORTED)
-                    fin(s)
-            self._deferred_aborts.clear()
+            finished += self._apply_deferred_aborts()
         if finished:
             free, requests = self.kv.free, self._requests
             for s in finished:
@@ -478,19 +341,13 @@ class Planner:
         return finished
 
     def cancel(self, plan: StepPlan) -> list[RequestState]:
-        """Roll back a plan that will not be run (its model or a plugin failed).
+        """Roll back a plan that will not be run (its model or a plugin failed); call it
+        instead of ``update``.  See the module docstring for what is undone (every
+        request's blocks through ``kv.rollback``); preemptions made by ``schedule()``
+        stand, and the next ``schedule()`` reuses ``plan.step_id``.
 
-        Call it instead of ``update``.  Afterwards the planner is between
-        steps again: no request advanced; requests the plan admitted are
-        waiting again at their queue position with no blocks; running ones
-        hold blocks for exactly their computed tokens (blocks allocated for
-        the plan's new tokens are returned); prefix-index entries registered
-        for the plan's not-yet-computed blocks are removed (``kv.rollback``).
-        Requests the plan preempted stay preempted (already waiting, to be
-        recomputed).  The next ``schedule()`` reuses ``plan.step_id``.
-
-        Returns the requests finished by aborts that arrived while the plan
-        was in flight (FINISHED_ABORTED), as ``update`` would have.
+        Returns the requests finished by aborts that arrived while the plan was in
+        flight (FINISHED_ABORTED), as ``update`` would have.
         """
         if plan is not self._in_flight:
             raise StateError("cancel() expects the plan returned by the last schedule(), not yet updated")
@@ -511,28 +368,16 @@ class Planner:
                 s.num_cached_tokens = 0
                 s.status = _PREEMPTED if s.num_preemptions else _WAITING
                 s._admit_seq = -1
-                self._waiting.push(s.request_id, s._queue_score)
+                self._waiting.requeue(s)
             self._admits = base
         self._step = plan.step_id
         self._in_flight = None
-        finished: list[RequestState] = []
-        if self._deferred_aborts:
-            for rid in self._deferred_aborts:
-                s = self._requests.get(rid)
-                if s is not None and not s.is_finished:
-                    self._finish_now(s, _ABORTED)
-                    finished.append(s)
-            self._deferred_aborts.clear()
-        return finished
+        return self._apply_deferred_aborts()
 
     def preempt(self, request_id: Hashable) -> RequestState:
-        """Preempt a running request now: free its KV and requeue it to be recomputed.
-
-        For a caller that lost a request's KV (e.g. a cache it cannot restore
-        after ``cancel``).  Raises ``NotFoundError`` for an id that is not
-        live and ``StateError`` for a request that is not running or while a
-        plan is in flight.
-        """
+        """Preempt a running request now (free its KV, requeue it to be recomputed), e.g.
+        for a caller that lost its KV.  ``NotFoundError`` for an id that is not live,
+        ``StateError`` for one not running or while a plan is in flight."""
         if self._in_flight is not None:
             raise StateError("preempt() while a plan is in flight: update() or cancel() it first")
         seq = self.get(request_id)
@@ -563,6 +408,17 @@ class Planner:
         unpin(list(block_ids))
 
     # ---------------------------------------------------------------- internals
+    def _apply_deferred_aborts(self) -> list[RequestState]:
+        """Finish the requests aborted while the plan was in flight (FINISHED_ABORTED)."""
+        out = []
+        for rid in self._deferred_aborts:
+            s = self._requests.get(rid)
+            if s is not None and not s.is_finished:
+                self._finish_now(s, _ABORTED)
+                out.append(s)
+        self._deferred_aborts.clear()
+        return out
+
     def _check_still_fits(self, seq: RequestState) -> None:
         """The queue head, with nothing running: if it could never fit beside the current
         pins (made after it was added), say so instead of preempting it forever."""
@@ -573,22 +429,12 @@ class Planner:
                 f"cannot schedule: {exc} (it was queued before the blocks were pinned: abort it or unpin)"
             ) from None
 
-    def _queue_score(self, seq: RequestState, arrival: int) -> int:
-        policy = self.config.policy
-        if policy == "fcfs":
-            return arrival
-        prio = (seq.priority + (1 << 63)) << 64
-        if policy == "priority":
-            return prio + arrival
-        dl = (1 << 64) if seq.deadline is None else _float_order(seq.deadline)
-        return (dl << 128) + prio + arrival
-
     def _preempt_one(self, preempted: list[RequestState]) -> RequestState:
         """Preempt the least urgent running request (the victim) and requeue it."""
         return self._preempt(max(self._batch.members() + self._prefilling, key=self._rank), preempted)
 
     def _preempt(self, victim: RequestState, preempted: list[RequestState]) -> RequestState:
-        if victim._clk is not None:
+        if victim.request_id in self._batch:
             self._batch.leave(victim)
         else:
             self._prefilling.remove(victim)
@@ -597,15 +443,15 @@ class Planner:
         victim.num_cached_tokens = 0
         victim.status = _PREEMPTED
         victim.num_preemptions += 1
-        self._waiting.push(victim.request_id, victim._queue_score)
+        self._waiting.requeue(victim)
         preempted.append(victim)
         return victim
 
     def _finish_now(self, seq: RequestState, status: RequestStatus) -> None:
         rid = seq.request_id
         if rid in self._waiting:
-            self._waiting.delete(rid)
-        elif seq._clk is not None:
+            self._waiting.remove(rid)
+        elif rid in self._batch:
             self._batch.leave(seq)
         elif seq in self._prefilling:
             self._prefilling.remove(seq)
@@ -613,15 +459,3 @@ class Planner:
         seq.status = status
         del self._requests[rid]
 
-
-# urgency keys of running requests: the victim is the max, service order ascending
-def _rank_fcfs(s: RequestState):
-    return s._admit_seq
-
-
-def _rank_priority(s: RequestState):
-    return (s.priority, s._admit_seq)
-
-
-def _rank_edf(s: RequestState):
-    return (float("inf") if s.deadline is None else s.deadline, s.priority, s._admit_seq)

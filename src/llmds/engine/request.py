@@ -16,6 +16,11 @@ recomputed as a prefill over prompt + outputs, then samples its next token.
 planner only needs lengths.  Requests without token ids never use prefix
 caching and their outputs are counted, not stored.
 
+The counters are plain attributes (a decode step adds one to
+``num_computed_tokens`` and ``num_output_tokens`` of every decoding request);
+``num_tokens`` is derived from them.  ``SamplingParams`` is defined in
+:mod:`llmds.engine.config` and re-exported here.
+
 Subclasses may add ``__slots__`` fields (cb_lab's ``Request`` carries its
 tensors this way); the planner only touches the fields below.
 """
@@ -23,10 +28,9 @@ tensors this way); the planner only touches the fields below.
 from __future__ import annotations
 
 import enum
-import math
-from dataclasses import dataclass
 from typing import Hashable, Sequence
 
+from llmds._checks import check_float, check_int, check_token_ids
 from llmds.engine.config import SamplingParams
 from llmds.errors import ValidationError
 
@@ -58,40 +62,6 @@ _FINISH_REASON = {
     RequestStatus.FINISHED_LENGTH: "length",
     RequestStatus.FINISHED_ABORTED: "abort",
 }
-
-
-def _int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        # numpy integers pass through int(); everything else is rejected
-        if type(value).__module__ == "numpy" and hasattr(value, "__index__"):
-            value = int(value)
-        else:
-            raise ValidationError(f"{name} must be an int, got {type(value).__name__}")
-    if lo is not None and value < lo:
-        raise ValidationError(f"{name} must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValidationError(f"{name} must be <= {hi}, got {value}")
-    return value
-
-
-def _float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if not (type(value).__module__ == "numpy" and hasattr(value, "__float__")):
-            raise ValidationError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValidationError(f"{name} must not be NaN")
-    return value
-
-
-def _token_ids(name: str, ids) -> tuple[int, ...]:
-    try:
-        out = tuple(int(t) for t in ids)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name} must be a sequence of ints") from None
-    if any(t < 0 for t in out):
-        raise ValidationError(f"{name} must be non-negative token ids")
-    return out
 
 
 class RequestState:
@@ -131,6 +101,8 @@ class RequestState:
         "prompt_token_ids",
         "num_prompt_tokens",
         "output_token_ids",
+        "num_computed_tokens",
+        "num_output_tokens",
         "num_cached_tokens",
         "max_new_tokens",
         "priority",
@@ -141,17 +113,13 @@ class RequestState:
         "status",
         "block_table",
         "num_preemptions",
-        # counters: real values, or (while in the planner's decode batch, _clk is not
-        # None) value - clock, so one clock tick advances every decoding request
-        "_num_computed",
-        "_num_output",
-        "_num_tokens",
-        "_clk",  # the planner's decode clock (a 1-element list) or None
         # planner / block-manager private state
         "_queue_score",  # waiting-queue order (int, smaller first), fixed at add
         "_admit_seq",  # admission counter of the current stay in running
         "_num_hashed_blocks",  # leading full blocks whose chain key is known (prefix caching)
         "_last_key",  # chain key of block _num_hashed_blocks - 1 (or ROOT_KEY)
+        "_room_end",  # blocks [block_table[-1] + 1, _room_end) are held for this request's growth
+        "_contig",  # block_table is one ascending run of consecutive ids
     )
 
     def __init__(
@@ -174,35 +142,33 @@ class RequestState:
         if request_id is None:
             raise ValidationError("request_id must not be None")
         if prompt_token_ids is not None:
-            ids = list(_token_ids("prompt_token_ids", prompt_token_ids))
-            if num_prompt_tokens is not None and _int("num_prompt_tokens", num_prompt_tokens) != len(ids):
+            ids = check_token_ids("prompt_token_ids", prompt_token_ids)
+            if num_prompt_tokens is not None and check_int("num_prompt_tokens", num_prompt_tokens) != len(ids):
                 raise ValidationError(
                     f"num_prompt_tokens={num_prompt_tokens} but prompt_token_ids has {len(ids)} tokens"
                 )
             n = len(ids)
+            if n < 1:
+                raise ValidationError("a request needs at least one prompt token")
+        elif num_prompt_tokens is None:
+            raise ValidationError("give prompt_token_ids or num_prompt_tokens")
         else:
-            if num_prompt_tokens is None:
-                raise ValidationError("give prompt_token_ids or num_prompt_tokens")
             ids = None
-            n = _int("num_prompt_tokens", num_prompt_tokens)
-        if n < 1:
-            raise ValidationError("a request needs at least one prompt token")
+            n = check_int("num_prompt_tokens", num_prompt_tokens, 1)
         if sampling_params is not None and not isinstance(sampling_params, SamplingParams):
             raise ValidationError("sampling_params must be a SamplingParams")
         self.request_id = request_id
         self.prompt_token_ids: list[int] | None = ids
         self.num_prompt_tokens = n
         self.output_token_ids: list[int] = []
-        self._num_output = 0
-        self._num_tokens = n
-        self._num_computed = 0
-        self._clk: list[int] | None = None
+        self.num_computed_tokens = 0
+        self.num_output_tokens = 0
         self.num_cached_tokens = 0
-        self.max_new_tokens = _int("max_new_tokens", max_new_tokens, lo=0)
-        self.priority = _int("priority", priority, lo=-(2**62), hi=2**62)
-        self.arrival_time = _float("arrival_time", arrival_time)
-        self.deadline = None if deadline is None else _float("deadline", deadline)
-        self.stop_token_ids = frozenset(_token_ids("stop_token_ids", stop_token_ids))
+        self.max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
+        self.priority = check_int("priority", priority, -(2**62), 2**62)
+        self.arrival_time = check_float("arrival_time", arrival_time)
+        self.deadline = None if deadline is None else check_float("deadline", deadline)
+        self.stop_token_ids = frozenset(check_token_ids("stop_token_ids", stop_token_ids))
         self.sampling_params = sampling_params
         self.status = RequestStatus.WAITING
         self.block_table: list[int] = []
@@ -211,56 +177,14 @@ class RequestState:
         self._admit_seq = -1
         self._num_hashed_blocks = 0
         self._last_key = 0
+        self._room_end = 0
+        self._contig = True
 
     # ------------------------------------------------------------- counters
     @property
-    def num_computed_tokens(self) -> int:
-        """Tokens whose KV is in the cache."""
-        c = self._clk
-        return self._num_computed if c is None else self._num_computed + c[0]
-
-    @num_computed_tokens.setter
-    def num_computed_tokens(self, value: int) -> None:
-        c = self._clk
-        self._num_computed = value if c is None else value - c[0]
-
-    @property
-    def num_output_tokens(self) -> int:
-        """Tokens generated so far."""
-        c = self._clk
-        return self._num_output if c is None else self._num_output + c[0]
-
-    @num_output_tokens.setter
-    def num_output_tokens(self, value: int) -> None:
-        c = self._clk
-        self._num_output = value if c is None else value - c[0]
-
-    @property
     def num_tokens(self) -> int:
         """Known tokens: prompt + outputs."""
-        c = self._clk
-        return self._num_tokens if c is None else self._num_tokens + c[0]
-
-    @num_tokens.setter
-    def num_tokens(self, value: int) -> None:
-        c = self._clk
-        self._num_tokens = value if c is None else value - c[0]
-
-    def _attach_clock(self, clock: list[int]) -> None:
-        """Enter a decode batch: counters become offsets against ``clock[0]``."""
-        now = clock[0]
-        self._num_computed -= now
-        self._num_output -= now
-        self._num_tokens -= now
-        self._clk = clock
-
-    def _detach_clock(self) -> None:
-        """Leave the decode batch: counters become plain values again."""
-        now = self._clk[0]
-        self._num_computed += now
-        self._num_output += now
-        self._num_tokens += now
-        self._clk = None
+        return self.num_prompt_tokens + self.num_output_tokens
 
     # ------------------------------------------------------------- queries
     @property

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llmds.engine.kv_storage import KVStorage
 from llmds.engine.loader import ModelConfig, ModelWeights
 from llmds.engine.models._attn_kernels import paged_decode_attention
+from llmds.errors import ValidationError
 
 __all__ = ["ForwardBatch", "PrefillChunk", "LlamaModel"]
 
@@ -77,11 +79,12 @@ class LlamaModel:
     ----------
     config, weights : from :func:`llmds.engine.loader.load_model` (float32)
     dtype : torch.float32 or torch.bfloat16 (weights and activations)
-    k_cache, v_cache : [num_layers, num_blocks, block_size, num_kv_heads, head_dim] (float32 or bfloat16)
+    kv : the :class:`~llmds.engine.kv_storage.KVStorage` arena (float32 or bfloat16) whose block ids the
+        engine's BlockManager hands out; ``k_cache[layer]`` is ``[num_blocks, block_size, kv_heads, head_dim]``
     """
 
     def __init__(self, config: ModelConfig, weights: ModelWeights, dtype: torch.dtype,
-                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+                 kv: KVStorage) -> None:
         self.config = config
         self.dtype = dtype
         cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
@@ -90,14 +93,16 @@ class LlamaModel:
         self.norm = cast(weights.norm)
         self.layers = [tuple(cast(getattr(lw, f)) for f in ("attn_norm", "qkv", "o", "ffn_norm", "gate_up", "down"))
                        for lw in weights.layers]
+        k_cache, v_cache = kv.k_cache, kv.v_cache
         nl, nb, bs, hkv, hd = k_cache.shape
         if (nl, hkv, hd) != (config.num_layers, config.num_kv_heads, config.head_dim):
-            raise ValueError(f"KV cache shape {tuple(k_cache.shape)} does not fit the model")
+            raise ValidationError(f"KV storage {kv!r} does not fit the model ({config.num_layers} layers, "
+                                  f"{config.num_kv_heads} KV heads of {config.head_dim})")
         self.block_size = bs
-        self.k_cache, self.v_cache = k_cache, v_cache
+        self.kv = kv
         # flat slot views per layer, for torch (writes, prefill) and numpy (decode kernel)
-        self.k_slots = [k_cache[i].view(nb * bs, hkv, hd) for i in range(nl)]
-        self.v_slots = [v_cache[i].view(nb * bs, hkv, hd) for i in range(nl)]
+        self.k_slots = [kv.k_layer(i) for i in range(nl)]
+        self.v_slots = [kv.v_layer(i) for i in range(nl)]
         # per-layer block tensors as numpy (bfloat16 as its uint16 bits) for the decode kernel
         if k_cache.dtype == torch.bfloat16:
             self.k_np = [k_cache[i].view(torch.int16).numpy().view(np.uint16) for i in range(nl)]

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from llmds.engine.block_manager import BlockCountKV, BlockManager
+from llmds.engine.block_manager import BlockManager
 from llmds.engine.planner import Planner, PlannerConfig
 from llmds.engine.request import RequestState, RequestStatus
 from llmds.errors import CapacityError, StateError, ValidationError
@@ -75,6 +75,29 @@ class FakeKV:
             assert full[-bs:] == pc.tokens_of(b) and len(full) % bs == 0, f"indexed block {b}: wrong tokens"
             assert pc.chain_keys(full, len(full) // bs)[-1] == pc.key_of(b), f"indexed block {b}: wrong prefix"
             assert self.mem[b] == [full[: len(full) - bs + j + 1] for j in range(bs)], f"block {b}: stale slots"
+
+
+def room_blocks(seqs):
+    """Blocks held as growth rooms: ``[block_table[-1] + 1, _room_end)`` of each request with a room."""
+    out = []
+    for s in seqs:
+        if s._room_end:
+            assert s.block_table and s._contig, "only a contiguous table has a room"
+            out += range(s.block_table[-1] + 1, s._room_end)
+    return out
+
+
+def check_placement_stats(bm, seqs):
+    """The manager's placement counters equal a recount over the live requests."""
+    tables = [s.block_table for s in seqs if s.block_table]
+    runs = [t for t in tables if all(b - a == 1 for a, b in zip(t, t[1:]))]
+    for s in seqs:
+        assert s._contig == (s.block_table == list(range(s.block_table[0], s.block_table[0] + len(s.block_table)))
+                             if s.block_table else True)
+    st_ = bm.stats()
+    assert (st_["block_tables"], st_["contiguous_tables"]) == (len(tables), len(runs))
+    assert st_["room_blocks"] == len(room_blocks(seqs))
+    assert bm.num_free_blocks == bm.allocator.num_free + st_["room_blocks"] == st_["num_free_blocks"]
 
 
 def tok_fn(s):
@@ -181,8 +204,8 @@ def test_lru_eviction_order_of_cached_blocks():
     bm.free(b)  # then 6,5,4; the partial blocks 3 and 7 go to the head (reused first)
     assert bm.num_free_blocks == 12 and len(bm.prefix_cache) == 6
     got = []
-    while bm.num_free_blocks:
-        s = RequestState(("y", len(got)), num_prompt_tokens=1)
+    while bm.num_free_blocks:  # one-block requests (peak 1: placement takes the free-list head)
+        s = RequestState(("y", len(got)), num_prompt_tokens=1, max_new_tokens=1)
         bm.allocate(s, 1)
         got += s.block_table
         if len(got) == 6:
@@ -269,7 +292,7 @@ def test_append_slots_short_changes_nothing_and_free_idempotent():
     assert not bm.can_allocate(b, 4) and not bm.allocate(b, 4) and b.block_table == []
     a.num_computed_tokens = 4
     assert bm.append_slots(a, 1) and a.block_table == [0, 1, 2]
-    a.num_tokens = 7  # pretend two outputs arrived
+    a.num_output_tokens = 2  # pretend two outputs arrived (7 known tokens)
     a.num_computed_tokens = 6
     assert bm.append_slots(a, 1) is False and a.block_table == [0, 1, 2]
     with pytest.raises(ValidationError):
@@ -287,18 +310,18 @@ def test_capacity_checks():
         bm.check_fits(RequestState(1, num_prompt_tokens=17))
     bm.check_fits(RequestState(1, num_prompt_tokens=16, max_new_tokens=1))
     with pytest.raises(CapacityError):
-        BlockCountKV(4, 4).check_fits(RequestState(1, num_prompt_tokens=16, max_new_tokens=2))
+        BlockManager(4, 4).check_fits(RequestState(1, num_prompt_tokens=16, max_new_tokens=2))
 
 
-# --------------------------------------------------------------------- equality with BlockCountKV
+# --------------------------------------------------- token ids without caching plan as lengths-only
 @settings(max_examples=40, deadline=None)
 @given(lens=st.lists(st.tuples(st.integers(1, 20), st.integers(1, 6)), min_size=1, max_size=10),
        blocks=st.integers(4, 20), bs=st.integers(1, 4), budget=st.integers(2, 16))
-def test_without_caching_plans_equal_block_count_kv(lens, blocks, bs, budget):
+def test_without_caching_plans_equal_lengths_only_requests(lens, blocks, bs, budget):
     # (with caching on, a preempted request may hit its own blocks and plans legitimately differ)
     cfg = PlannerConfig(max_num_batched_tokens=budget, max_num_seqs=min(4, budget), prefill_chunk_size=5)
     bm = BlockManager(blocks, bs, enable_prefix_caching=False)
-    p1, p2 = Planner(cfg, bm), Planner(cfg, BlockCountKV(blocks, bs))
+    p1, p2 = Planner(cfg, bm), Planner(cfg, BlockManager(blocks, bs))
     nxt = 1000
     for i, (n, mx) in enumerate(lens):
         toks = list(range(nxt, nxt + n))
@@ -327,16 +350,12 @@ def test_without_caching_plans_equal_block_count_kv(lens, blocks, bs, budget):
 PREFIXES = [[1, 2, 1, 2, 1, 2, 1, 2], [3, 3, 3, 3, 1, 1], [1, 2, 1, 2, 4]]
 
 
-class BlockAccounting(RuleBasedStateMachine):
-    num_blocks = 14
+class PlannerRules(RuleBasedStateMachine):
+    """The add / abort / pin / unpin rules of the state machines over a planner ``self.p`` and its
+    block manager ``self.bm``; subclasses add their own model, steps and invariants."""
 
     def __init__(self):
         super().__init__()
-        self.bs = 2
-        self.bm = BlockManager(self.num_blocks, self.bs)
-        cfg = PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=3, policy="priority")
-        self.p = Planner(cfg, self.bm)
-        self.fake = FakeKV(self.bm)
         self.live = {}
         self.pins = []
         self.next_id = 0
@@ -355,17 +374,6 @@ class BlockAccounting(RuleBasedStateMachine):
         else:
             assert s.status is RequestStatus.FINISHED_LENGTH
 
-    @rule(n=st.integers(1, 4))
-    def step(self, n):
-        for _ in range(n):
-            if not self.p.has_unfinished():
-                return
-            plan = self.p.schedule()
-            self.fake.run(plan)
-            for s in self.p.update(plan, [tok_fn(s) for s in plan.sampling]):
-                assert s.is_finished and s.block_table == []
-                del self.live[s.request_id]
-
     @precondition(lambda self: self.live)
     @rule(data=st.data())
     def abort(self, data):
@@ -377,12 +385,44 @@ class BlockAccounting(RuleBasedStateMachine):
     @rule(prefix=st.integers(0, 2))
     def pin(self, prefix):
         if len(self.pins) < 2:
-            self.pins.append(self.bm.pin_prefix(PREFIXES[prefix]))
+            try:
+                self.pins.append(self._pin(PREFIXES[prefix]))
+            except CapacityError:  # the planner refuses a pin that would strand a live request
+                pass
+
+    def _pin(self, tokens):
+        return self.p.pin_prefix(tokens)
 
     @precondition(lambda self: self.pins)
     @rule()
     def unpin(self):
         self.bm.unpin(self.pins.pop())
+
+
+class BlockAccounting(PlannerRules):
+    num_blocks = 14
+
+    def __init__(self):
+        super().__init__()
+        self.bs = 2
+        self.bm = BlockManager(self.num_blocks, self.bs)
+        cfg = PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=3, policy="priority")
+        self.p = Planner(cfg, self.bm)
+        self.fake = FakeKV(self.bm)
+
+    @rule(n=st.integers(1, 4))
+    def step(self, n):
+        for _ in range(n):
+            if not self.p.has_unfinished():
+                return
+            plan = self.p.schedule()
+            self.fake.run(plan)
+            for s in self.p.update(plan, [tok_fn(s) for s in plan.sampling]):
+                assert s.is_finished and s.block_table == []
+                del self.live[s.request_id]
+
+    def _pin(self, tokens):  # behind the planner's back: the block manager alone checks nothing
+        return self.bm.pin_prefix(tokens)
 
     @invariant()
     def kv_intact(self):
@@ -403,9 +443,13 @@ class BlockAccounting(RuleBasedStateMachine):
         for pages in self.pins:
             for b in pages:
                 expect[b] += 1
+        rooms = room_blocks(self.live.values())
+        for b in rooms:
+            expect[b] += 1
         assert [alloc.refcount(b) for b in range(self.bm.num_blocks)] == expect
         assert alloc.num_free == expect.count(0)
         assert sorted(alloc.free_pages()) == [b for b in range(self.bm.num_blocks) if expect[b] == 0]
+        check_placement_stats(self.bm, self.live.values())
 
     def teardown(self):
         drive(self.p, self.fake)
@@ -448,22 +492,92 @@ def test_random_workload_with_shared_prefixes_kv_correct():
 
 
 def test_append_decode_slots_all_or_nothing():
-    for kv in (BlockManager(4, 2), BlockCountKV(4, 2)):
-        seqs = [RequestState(i, [i], max_new_tokens=3) for i in range(2)]
-        for s in seqs:
-            assert kv.allocate(s, 1)
-            s.output_token_ids.append(5)  # as if it sampled one token and decoded it
-            s.num_output_tokens, s.num_tokens, s.num_computed_tokens = 1, 2, 2
-        assert not kv.append_decode_slots(seqs + seqs[:1])  # 3 blocks wanted, 2 free
-        assert kv.num_free_blocks == 2
-        if isinstance(kv, BlockManager):
-            assert len(kv.prefix_cache) == 0
-        assert kv.append_decode_slots(seqs) and kv.num_free_blocks == 0
-        if isinstance(kv, BlockManager):
-            assert [s.block_table for s in seqs] == [[0, 2], [1, 3]]
-            # the blocks that just filled are registered: (0, 5) and (1, 5)
-            assert kv.prefix_cache.tokens_of(0) == (0, 5) and kv.prefix_cache.tokens_of(1) == (1, 5)
-            assert [s._num_hashed_blocks for s in seqs] == [1, 1]
-        for s in seqs:
-            kv.free(s)
-        assert kv.num_free_blocks == 4
+    kv = BlockManager(4, 2)
+    seqs = [RequestState(i, [i], max_new_tokens=3) for i in range(2)]
+    for s in seqs:
+        assert kv.allocate(s, 1)
+        s.output_token_ids.append(5)  # as if it sampled one token and decoded it
+        s.num_output_tokens, s.num_computed_tokens = 1, 2
+    # each table is placed with a room for its peak (2 blocks): [0] + room [1], [2] + room [3]
+    assert [s.block_table for s in seqs] == [[0], [2]] and kv.stats()["room_blocks"] == 2
+    assert not kv.append_decode_slots(seqs + seqs[:1])  # 3 blocks wanted, 2 free
+    assert kv.num_free_blocks == 2 and len(kv.prefix_cache) == 0
+    assert [s.block_table for s in seqs] == [[0], [2]] and kv.stats()["room_blocks"] == 2
+    assert kv.append_decode_slots(seqs) and kv.num_free_blocks == 0
+    assert [s.block_table for s in seqs] == [[0, 1], [2, 3]] and kv.stats()["contiguous_tables"] == 2
+    # the blocks that just filled are registered: (0, 5) and (1, 5)
+    assert kv.prefix_cache.tokens_of(0) == (0, 5) and kv.prefix_cache.tokens_of(2) == (1, 5)
+    assert [s._num_hashed_blocks for s in seqs] == [1, 1]
+    for s in seqs:
+        kv.free(s)
+    assert kv.num_free_blocks == 4 and kv.stats()["block_tables"] == 0
+
+
+# --------------------------------------------------------------------- placement: runs and rooms
+def test_tables_are_runs_with_growth_rooms_up_to_the_peak():
+    bm = BlockManager(16, 4)
+    a = RequestState("a", num_prompt_tokens=5, max_new_tokens=8)  # peak: 12 KV tokens = 3 blocks
+    b = RequestState("b", num_prompt_tokens=4, max_new_tokens=1)  # peak 1 block: no room
+    assert bm.allocate(a, 5) and bm.allocate(b, 4)
+    assert a.block_table == [0, 1] and a._room_end == 3 and b.block_table == [3]
+    st_ = bm.stats()
+    assert (st_["block_tables"], st_["contiguous_tables"], st_["room_blocks"]) == (2, 2, 1)
+    assert bm.num_free_blocks == 13 and bm.allocator.num_free == 12 and bm.usage() == 3 / 16
+    a.num_output_tokens, a.num_computed_tokens = 4, 8
+    assert bm.append_slots(a, 1) and a.block_table == [0, 1, 2] and a._room_end == 0  # from the room
+    assert bm.is_contiguous(a) and bm.stats()["room_blocks"] == 0
+    a.num_output_tokens, a.num_computed_tokens = 7, 12  # past its peak: no room, the next block is 3 (b's)
+    assert bm.append_slots(a, 0) and bm.append_slots(a, 0)
+    a.num_output_tokens = 8
+    assert bm.append_slots(a, 1) and a.block_table == [0, 1, 2, 4] and not bm.is_contiguous(a)
+    assert bm.stats()["contiguous_tables"] == 1
+    bm.free(b)
+    c = RequestState("c", num_prompt_tokens=4, max_new_tokens=5)  # peak 2: head run [3, 5, ...] is too short
+    assert bm.allocate(c, 4) and c.block_table == [5] and c._room_end == 7  # first free run that holds it
+
+
+def test_rooms_are_given_back_before_cached_blocks_are_evicted():
+    bm = BlockManager(8, 2)
+    warm = R("warm", [1, 2, 3, 4, 9], max_new=1)
+    assert bm.allocate(warm, 5)
+    bm.free(warm)  # blocks 0, 1 hold [1, 2], [3, 4]: cached, free
+    x = RequestState("x", num_prompt_tokens=2, max_new_tokens=7)  # peak 4 blocks: [2] + room [3, 6)
+    assert bm.allocate(x, 2) and x.block_table == [2] and x._room_end == 6
+    y = RequestState("y", num_prompt_tokens=6, max_new_tokens=1)  # 3 blocks; only 6, 7 are uncached free
+    assert bm.allocate(y, 6) and y.block_table == [3, 4, 5]  # x's room was given back, not a cached block
+    assert x._room_end == 0 and bm.evictions == 0
+    z = RequestState("z", num_prompt_tokens=4, max_new_tokens=1)
+    assert bm.allocate(z, 4) and z.block_table == [6, 7] and bm.evictions == 0
+    again = R("again", [1, 2, 3, 4, 5])  # the cached prefix survived
+    assert bm.match_prefix(again) == 4
+
+
+def test_rollback_returns_a_runs_blocks_to_its_room_and_the_redo_gets_them_back():
+    bm = BlockManager(16, 2)
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2, prefill_chunk_size=3), bm)
+    a = R("a", range(7), max_new=4)  # peak 5 blocks
+    p.add(a)
+    plan = p.schedule()
+    p.update(plan, [0] * len(plan.sampling))
+    before = (list(a.block_table), a._room_end)
+    plan = p.schedule()  # a prefills 3 more tokens: one more block from its room
+    assert len(a.block_table) == 3
+    p.cancel(plan)
+    assert (a.block_table, a._room_end) == before
+    plan = p.schedule()
+    assert a.block_table == list(range(3)) and bm.is_contiguous(a)
+    p.update(plan, [0] * len(plan.sampling))
+    drive(p)
+    assert bm.num_free_blocks == 16 and bm.stats()["block_tables"] == 0 and bm.allocator.num_free == 16
+
+
+def test_constructor_validates_and_maps_the_allocators_names():
+    from llmds.paged_allocator import PagedAllocator
+
+    pool = PagedAllocator(4, 10)  # page_size 4, max_pages 10
+    bm = BlockManager(10, 4, allocator=pool)
+    assert (bm.num_blocks, bm.block_size, bm.allocator) == (10, 4, pool)
+    for kw in (dict(num_blocks=0), dict(block_size=0), dict(num_blocks=2.0), dict(enable_prefix_caching=1),
+               dict(allocator=object()), dict(allocator=PagedAllocator(4, 9))):
+        with pytest.raises(ValidationError):
+            BlockManager(**(dict(num_blocks=10, block_size=4) | kw))

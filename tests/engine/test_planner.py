@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
 from test_block_manager import PREFIXES, BlockAccounting, FakeKV, R, drive, tok_fn
 
-from llmds.engine.block_manager import BlockCountKV, BlockManager, NullKV
+from llmds.engine.block_manager import BlockManager, NullKV
 from llmds.engine.planner import KVManager, Planner, PlannerConfig, StepPlan
 from llmds.engine.request import RequestState, RequestStatus, SamplingParams
 from llmds.errors import CapacityError, NotFoundError, StateError, ValidationError
@@ -68,7 +68,7 @@ def test_request_and_sampling_validation():
 
 
 def test_kv_managers_satisfy_protocol():
-    for kv in (NullKV(), BlockCountKV(8, 4), BlockManager(8, 4)):
+    for kv in (NullKV(), BlockManager(8, 4), BlockManager(8, 4)):
         assert isinstance(kv, KVManager)
 
 
@@ -177,7 +177,7 @@ def test_stop_tokens_and_caller_finish():
 
 
 def test_abort_waiting_running_and_in_flight():
-    kv = BlockCountKV(16, 4)
+    kv = BlockManager(16, 4)
     p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2), kv)
     for i in range(3):
         p.add(req(i, 4, max_new=5))
@@ -194,7 +194,7 @@ def test_abort_waiting_running_and_in_flight():
 
 
 def test_lengths_only_update_counts_outputs():
-    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2), BlockCountKV(8, 2))
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2), BlockManager(8, 2))
     r = req("x", 3, max_new=4)
     p.add(r)
     n = 0
@@ -207,7 +207,7 @@ def test_lengths_only_update_counts_outputs():
 # --------------------------------------------------------------------- preemption
 def _fill_decoders(policy, prios):
     """len(prios) one-block requests decoding on a pool with exactly one block each."""
-    kv = BlockCountKV(len(prios), 4)
+    kv = BlockManager(len(prios), 4)
     p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8, policy=policy), kv)
     for i, pr in enumerate(prios):
         p.add(req(i, 4, max_new=4, priority=pr))
@@ -234,7 +234,7 @@ def test_preemption_priority_lowest_priority_then_newest():
 
 
 def test_preempted_request_back_at_arrival_position_and_finishes():
-    kv = BlockCountKV(2, 4)
+    kv = BlockManager(2, 4)
     p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8), kv)
     a, b, c = req("a", 4, max_new=4), req("b", 4, max_new=4), req("c", 4, max_new=4)
     for r in (a, b):
@@ -252,7 +252,7 @@ def test_preempted_request_back_at_arrival_position_and_finishes():
 
 
 def test_self_preemption_when_least_urgent():
-    kv = BlockCountKV(3, 2)
+    kv = BlockManager(3, 2)
     p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8, policy="priority"), kv)
     p.add(req("hi", 3, max_new=4, priority=0))  # 2 blocks
     p.add(req("lo", 2, max_new=4, priority=9))  # 1 block
@@ -262,7 +262,7 @@ def test_self_preemption_when_least_urgent():
 
 
 def test_running_prefill_preempts_scheduled_decode_and_returns_budget():
-    kv = BlockCountKV(4, 2)
+    kv = BlockManager(4, 2)
     cfg = PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=2, policy="priority")
     p = Planner(cfg, kv)
     p.add(req("d", 1, max_new=8, priority=5))  # decodes, low priority
@@ -299,7 +299,7 @@ def test_queue_orders():
 
 
 def test_no_starvation_under_priority_mix():
-    p = Planner(PlannerConfig(max_num_batched_tokens=4, max_num_seqs=2, policy="priority"), BlockCountKV(6, 2))
+    p = Planner(PlannerConfig(max_num_batched_tokens=4, max_num_seqs=2, policy="priority"), BlockManager(6, 2))
     low = req("low", 3, max_new=3, priority=10)
     p.add(low)
     step = 0
@@ -433,7 +433,7 @@ workloads = st.lists(
 def test_matches_reference_and_everything_finishes(work, budget, seqs, chunk, policy, bs, blocks):
     seqs = min(seqs, budget)
     cfg = PlannerConfig(max_num_batched_tokens=budget, max_num_seqs=seqs, prefill_chunk_size=chunk, policy=policy)
-    kv = BlockCountKV(blocks, bs)
+    kv = BlockManager(blocks, bs)
     p, ref = Planner(cfg, kv), Ref(cfg, blocks, bs)
     arrivals = sorted(enumerate(work), key=lambda x: x[1][0])
     reqs, done, step = {}, set(), 0
@@ -479,7 +479,7 @@ def test_matches_reference_and_everything_finishes(work, budget, seqs, chunk, po
 
 # --------------------------------------------------------------------- decode batch bookkeeping
 def test_counters_exact_through_decode_preempt_and_abort():
-    kv = BlockCountKV(6, 2)
+    kv = BlockManager(6, 2)
     p = Planner(PlannerConfig(max_num_batched_tokens=16, max_num_seqs=4), kv)
     reqs = [req(i, 3, max_new=6) for i in range(3)]
     for r in reqs:
@@ -490,17 +490,17 @@ def test_counters_exact_through_decode_preempt_and_abort():
         for s in plan.decode:
             assert s.num_tokens == s.num_prompt_tokens + s.num_output_tokens
             assert s.num_computed_tokens == s.num_tokens - 1 and s.is_decoding
-            assert kv.num_blocks_of(s) == -(-(s.num_computed_tokens + 1) // 2)
+            assert len(s.block_table) == -(-(s.num_computed_tokens + 1) // 2)
         for s in plan.preempted:
             seen_preempt = True
-            assert s.num_computed_tokens == 0 and s.num_output_tokens >= 1 and kv.num_blocks_of(s) == 0
+            assert s.num_computed_tokens == 0 and s.num_output_tokens >= 1 and len(s.block_table) == 0
         before = {s.request_id: s.num_output_tokens for s in plan.sampling}
         p.update(plan)
         for rid, n in before.items():
             assert reqs[rid].num_output_tokens == n + 1
         if plan.step_id == 4 and 1 in p:
             s = p.abort(1)
-            assert s.num_tokens == 3 + s.num_output_tokens and s._clk is None
+            assert s.num_tokens == 3 + s.num_output_tokens and s.request_id not in p._batch
             frozen = (s.num_computed_tokens, s.num_output_tokens)
     assert seen_preempt
     assert (reqs[1].num_computed_tokens, reqs[1].num_output_tokens) == frozen  # no longer ticking
@@ -623,7 +623,7 @@ def test_cancel_keeps_preemptions_and_returns_boundary_blocks():
     assert p.cancel(plan) == []
     # the victims stay preempted (waiting, nothing computed); 0 and 1 gave back their new blocks
     assert [p.get(i).status for i in range(4)] == [RUNNING, RUNNING, PREEMPTED, PREEMPTED]
-    assert [kv.num_blocks_of(p.get(i)) for i in range(4)] == [1, 1, 0, 0] and kv.num_free_blocks == 2
+    assert [len(p.get(i).block_table) for i in range(4)] == [1, 1, 0, 0] and kv.num_free_blocks == 2
     assert [p.get(i).num_computed_tokens for i in range(4)] == [4, 4, 0, 0]
     plan2, _ = run_step(p)
     assert plan2.step_id == plan.step_id and ids(plan2.decode) == [0, 1] and plan2.preempted == []
@@ -633,7 +633,7 @@ def test_cancel_keeps_preemptions_and_returns_boundary_blocks():
 
 
 def test_cancel_applies_aborts_made_in_flight_and_block_count_rollback():
-    kv = BlockCountKV(16, 4)
+    kv = BlockManager(16, 4)
     p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=3), kv)
     x, y = req("x", 7, max_new=3), req("y", 2, max_new=3)
     p.add(x)
@@ -665,7 +665,7 @@ def test_cancel_contract_errors():
 
 
 def test_preempt_public():
-    kv = BlockCountKV(8, 2)
+    kv = BlockManager(8, 2)
     p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=2), kv)
     p.add(req("a", 3, max_new=3))
     p.add(req("w", 3, max_new=3))
@@ -680,7 +680,7 @@ def test_preempt_public():
         p.preempt("a")  # in flight
     p.update(plan)
     a = p.preempt("a")
-    assert a.status is PREEMPTED and a.num_computed_tokens == 0 and kv.num_blocks_of(a) == 0 and a.num_preemptions == 1
+    assert a.status is PREEMPTED and a.num_computed_tokens == 0 and len(a.block_table) == 0 and a.num_preemptions == 1
     outs = {}
     while p.has_unfinished():
         for s in run_step(p)[1]:
@@ -827,7 +827,7 @@ def test_pin_refused_when_a_live_request_could_not_finish(state):
 
 
 def test_pin_requires_a_prefix_cache():
-    p = Planner(kv=BlockCountKV(4, 2))
+    p = Planner(kv=BlockManager(4, 2, enable_prefix_caching=False))
     with pytest.raises(StateError):
         p.pin_prefix([1, 2])
     with pytest.raises(StateError):

@@ -16,6 +16,8 @@ from hypothesis import settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
 
+from test_block_manager import check_placement_stats, room_blocks  # noqa: E402
+
 from llmds.engine._kv_report import stats_text  # noqa: E402
 from llmds.engine.kv_arena import TensorKVCache  # noqa: E402
 from llmds.engine.kv_policies import AllocationPolicy, allocate_with_policy  # noqa: E402
@@ -90,7 +92,8 @@ def test_constructor_rejects_bad_arguments(kwargs):
 
 def test_engine_package_does_not_import_torch():
     code = (
-        "import sys, llmds, llmds.engine, llmds.engine.kv_policies, llmds.engine.kv_blocks\n"
+        "import sys, llmds, llmds.engine, llmds.engine.kv_policies, llmds.engine.planner,"
+        " llmds.engine.block_manager\n"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run(
@@ -154,16 +157,17 @@ def test_append_is_all_or_nothing_and_room_theft_falls_back():
     assert not c.view_is_contiguous("a")
 
 
-def test_growth_fallback_skips_other_requests_rooms():
+def test_rooms_are_released_newest_first_and_growth_falls_back():
     pool = PagedAllocator(2, 8)
     c = TensorKVCache(1, 1, 2, 16, block_size=2, allocator=pool)
-    assert c.allocate_for("a", 2, max_tokens=8)  # [0], room [1, 4)
-    assert c.allocate_for("b", 2, max_tokens=4)  # [4], room [5]
-    pool.take(5)  # another pool user takes b's neighbour
-    assert c.append_token("b") and c.block_table("b") == [4, 6]  # free-list head 1..3 is a's room
-    assert (
-        c.append_tokens("a", 6) and c.block_table("a") == [0, 1, 2, 3] and c.view_is_contiguous("a")
-    )
+    assert c.allocate_for("a", 2, max_tokens=8, reserve=False)  # [0], room [1, 4) held
+    assert c.allocate_for("b", 2, max_tokens=8, reserve=False)  # [4], room [5, 8) held
+    assert pool.num_free == 0 and c.available_blocks() == 6 and c.stats().free_blocks == 6
+    assert c.allocate_for("c", 4)  # 2 blocks: b's room (the newest) is given back first
+    assert c.block_table("c") == [5, 6]
+    assert c.append_tokens("b", 2) and c.block_table("b") == [4, 7] and not c.view_is_contiguous("b")
+    assert c.append_tokens("a", 6) and c.block_table("a") == [0, 1, 2, 3] and c.view_is_contiguous("a")
+    assert c.is_full() and c.stats().contiguous_sequences == 2
 
 
 def test_free_for_is_idempotent_and_blocks_are_reused():
@@ -317,14 +321,15 @@ def test_shared_allocator_cached_pages_are_left_to_their_owner():
     pool.mark_cached(owner[1])
     pool.free(owner)
     assert c.allocate_for("a", 2, max_tokens=4)
-    assert c.block_table("a") == [2]  # run [0, 1) is too short; page 1 is cached
-    pool.mark_cached(3)  # a's growth page and the free-list head become cached prefix blocks
-    pool.mark_cached(0)
-    assert pool.free_pages()[:2] == [0, 3]
+    assert c.block_table("a") == [2]  # run [0, 1) is too short for the cap; page 1 is cached
+    pool.mark_cached(0)  # the free-list head becomes a cached prefix block too
     assert c.append_token("a") and c.append_token("a")
-    assert c.block_table("a") == [2, 4] and reclaimed == []
-    assert c.allocate_for("big", 12)  # 6 blocks: only possible by reclaiming the cached pages
-    assert sorted(reclaimed) == [0, 1, 3] and sorted(c.block_table("big")) == [0, 1, 3, 5, 6, 7]
+    assert c.block_table("a") == [2, 3] and reclaimed == []  # grown inside its room
+    assert c.allocate_for("big", 8)  # 4 uncached blocks are free: no reclaim
+    assert sorted(c.block_table("big")) == [4, 5, 6, 7] and reclaimed == []
+    c.free_for("big")
+    assert c.allocate_for("bigger", 12)  # 6 blocks: only possible by reclaiming the cached pages
+    assert sorted(reclaimed) == [0, 1] and sorted(c.block_table("bigger")) == [0, 1, 4, 5, 6, 7]
     assert c.is_full()
 
 
@@ -576,15 +581,16 @@ class ArenaMachine(RuleBasedStateMachine):
                 self.c.append_tokens(rid, n)
             return
         r = self.ref[rid]
-        before = (self.c.block_table(rid), self.pool.num_free)
+        bm = self.c.block_manager
+        before = (self.c.block_table(rid), bm.num_free_blocks)
         k = self._blocks(r["used"] + n) - self._blocks(r["used"])
-        room = self.pool.num_free if r["reserved"] else self.c.available_blocks()
+        room = bm.num_free_blocks if r["reserved"] else self.c.available_blocks()
         expected = r["used"] + n <= r["cap"] and k <= room
         assert self.c.append_tokens(rid, n) == expected
         if expected:
             r["used"] += n
         else:
-            assert (self.c.block_table(rid), self.pool.num_free) == before
+            assert (self.c.block_table(rid), bm.num_free_blocks) == before
         assert self.c.used_tokens(rid) == r["used"]
 
     @rule(rid=IDS)
@@ -639,33 +645,30 @@ class ArenaMachine(RuleBasedStateMachine):
         c, pool, bs = self.c, self.pool, 2
         tables = {rid: c.block_table(rid) for rid in self.ref}
         assert set(tables) == {rid for rid in range(6) if rid in c} and len(c) == len(self.ref)
-        owned = [b for t in tables.values() for b in t] + self.outside
+        rooms = room_blocks(c._seqs.values())  # held for growth: allocated, in no table
+        owned = [b for t in tables.values() for b in t] + self.outside + rooms
         assert len(owned) == len(set(owned)) == pool.num_allocated
         assert pool.num_free + pool.num_allocated == c.num_blocks == 12
         assert all(pool.refcount(b) == 1 and not pool.is_cached(b) for b in owned)
+        assert c.block_manager.num_free_blocks == pool.num_free + len(rooms) == c.stats().free_blocks
         assert c.total_allocated_bytes + c.total_free_bytes == c.k_cache.nbytes + c.v_cache.nbytes
-        room = np.zeros(12, dtype=bool)
         reserved = 0
         for rid, t in tables.items():
-            r, seq = self.ref[rid], c._seqs[rid]
+            r = self.ref[rid]
             assert len(t) == -(-r["used"] // bs) and c.used_tokens(rid) == r["used"]
-            assert c.view_is_contiguous(rid) == all(
-                b == a + 1 for a, b in zip(t, t[1:], strict=False)
-            )
+            assert c.view_is_contiguous(rid) == all(b == a + 1 for a, b in zip(t, t[1:], strict=False))
             if r["reserved"]:
                 reserved += -(-r["cap"] // bs) - len(t)
-            lo, hi = t[-1] + 1, seq.room_end
-            assert not room[lo:hi].any()  # rooms are disjoint
-            room[lo:hi] = True
         assert c.stats().reserved_blocks == reserved
-        assert np.array_equal(room, c._tables.room)
+        assert c.stats().contiguous_sequences == sum(c.view_is_contiguous(rid) for rid in tables)
+        check_placement_stats(c.block_manager, list(c._seqs.values()))
         assert 0.0 <= c.fragmentation() < 1.0
 
     def teardown(self):
         for rid in list(self.ref):
             assert self.c.free_for(rid)
         assert len(self.c) == 0 and self.c.stats().reserved_blocks == 0
-        assert not self.c._tables.room.any()
+        assert self.c.block_manager.stats()["room_blocks"] == 0
         assert self.pool.num_free == 12 - len(self.outside)
 
 

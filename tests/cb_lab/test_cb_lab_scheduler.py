@@ -1,4 +1,4 @@
-"""cb_lab core: ragged masks, TinyLLM, KV caches, and the scheduler's correctness properties."""
+"""cb_lab Scheduler: continuous batching equals isolated runs, preemption, errors, failed steps."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lab_helpers import DIM, _prompts, assert_close, isolated_outputs, run_scheduler
 
-from cb_lab.core.batch_builder import TokenMeta, build_ragged_batch
 from cb_lab.core.kv_cache import DenseKVCache, PagedKVCache
 from cb_lab.core.request import Request
 from cb_lab.core.scheduler import Scheduler
@@ -26,250 +26,10 @@ from cb_lab.model.tiny_llm import TinyLLM
 from cb_lab.plugins.base import AttentionPlugin, CachePlugin, PluginManager, SchedulerPlugin
 from cb_lab.plugins.builtin import CacheCompressionPlugin
 from llmds import errors
-from llmds.engine.block_manager import BlockCountKV, BlockManager
+from llmds.engine.block_manager import BlockManager
 from llmds.engine.kv_arena import TensorKVCache
 from llmds.engine.request import RequestState, RequestStatus
 
-DIM = 16
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
-    """Max-abs comparison (torch.testing.assert_close costs seconds of imports on first use)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    err = (actual - expected).abs().max().item() if actual.numel() else 0.0
-    assert err <= atol, f"max abs error {err:.3g} > {atol}"
-
-
-def _prompts(seed: int, lengths):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, DIM, generator=g) for n in lengths]
-
-
-def isolated_outputs(model: TinyLLM, prompt: torch.Tensor, max_new: int) -> torch.Tensor:
-    """Reference: one request alone, dense full prefill, then decode over a DenseKVCache."""
-    if max_new == 0:
-        return prompt.new_empty(0, DIM)
-    out, k, v = model.forward_prefill_dense(prompt)
-    cache = DenseKVCache()
-    cache.append(k, v)
-    toks = [out[-1]]
-    for _ in range(max_new - 1):
-        o, k1, v1 = model.forward_decode(toks[-1], cache)
-        cache.append(k1, v1)
-        toks.append(o[0])
-    return torch.stack(toks)
-
-
-def run_scheduler(sched: Scheduler, requests, arrivals=None, max_steps=500):
-    """Add requests at their arrival step (default all at step 0) and run to completion."""
-    arrivals = arrivals or [0] * len(requests)
-    pending = sorted(zip(arrivals, range(len(requests))))
-    stats, step = [], 0
-    while pending or sched.active:
-        while pending and pending[0][0] <= step:
-            sched.add_request(requests[pending.pop(0)[1]])
-        stats.append(sched.step())
-        step += 1
-        assert step < max_steps
-    return stats
-
-
-# ---------------------------------------------------------------- ragged batch
-def _brute_mask(meta):
-    n = len(meta)
-    m = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        for j in range(n):
-            m[i, j] = meta[i].req_id == meta[j].req_id and meta[j].pos_in_seq <= meta[i].pos_in_seq
-    return m
-
-
-@settings(max_examples=30, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(["a", "b", "c", 7]), st.integers(0, 20), st.integers(0, 5)),
-        max_size=5,
-    )
-)
-def test_ragged_mask_matches_brute_force(spec):
-    chunks = [(rid, start, torch.randn(n, 4)) for rid, start, n in spec]
-    tokens, meta, mask = build_ragged_batch(chunks)
-    n = sum(c[2].size(0) for c in chunks)
-    assert mask.shape == (n, n) and mask.dtype == torch.bool
-    assert [m.global_idx for m in meta] == list(range(n))
-    expect_meta = [TokenMeta(rid, s + i, 0) for rid, s, t in chunks for i in range(t.size(0))]
-    assert [(m.req_id, m.pos_in_seq) for m in meta] == [
-        (m.req_id, m.pos_in_seq) for m in expect_meta
-    ]
-    if n:
-        assert torch.equal(tokens, torch.cat([c[2] for c in chunks]))
-        assert torch.equal(mask, _brute_mask(meta))
-
-
-def test_ragged_batch_documented_example():
-    chunks = [("req1", 0, torch.randn(3, 16)), ("req2", 0, torch.randn(2, 16))]
-    tokens, meta, mask = build_ragged_batch(chunks)
-    assert tokens.shape == (5, 16)
-    expect = torch.tensor(
-        [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]],
-        dtype=torch.bool,
-    )
-    assert torch.equal(mask, expect)
-    assert meta[3] == TokenMeta("req2", 0, 3)
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        [("a", -1, torch.randn(2, 4))],
-        [("a", 0, torch.randn(4))],
-        [("a", 0, torch.ones(2, 4, dtype=torch.int64))],
-        [("a", 0, torch.randn(2, 4)), ("b", 0, torch.randn(2, 5))],
-        [(None, 0, torch.randn(2, 4))],
-        [("a", 0)],
-    ],
-)
-def test_ragged_batch_rejects_bad_chunks(bad):
-    with pytest.raises(ValidationError):
-        build_ragged_batch(bad)
-
-
-def test_empty_batch():
-    tokens, meta, mask = build_ragged_batch([])
-    assert tokens.shape == (0, 0) and meta == [] and mask.shape == (0, 0)
-
-
-# ----------------------------------------------------------------------- model
-def test_tiny_llm_is_seeded():
-    a, b, c = TinyLLM(16, seed=1), TinyLLM(16, seed=1), TinyLLM(16, seed=2)
-    assert torch.equal(a.wq, b.wq) and torch.equal(a.wo, b.wo)
-    assert not torch.equal(a.wq, c.wq)
-
-
-def test_ragged_prefill_equals_dense_per_request():
-    model = TinyLLM(DIM, num_heads=2)
-    pa, pb, pc = _prompts(0, [5, 3, 7])
-    tokens, _, mask = build_ragged_batch([("a", 0, pa), ("b", 0, pb), ("c", 0, pc)])
-    out, k, v = model.forward_prefill_ragged(tokens, mask)
-    for (s, e), p in zip([(0, 5), (5, 8), (8, 15)], (pa, pb, pc)):
-        od, kd, vd = model.forward_prefill_dense(p)
-        assert_close(out[s:e], od, atol=1e-6)
-        assert_close(k[s:e], kd, atol=1e-6)
-
-
-def test_decode_attends_to_itself_and_the_cache():
-    """Decode of the last prompt token over the cache of the others equals the dense last row."""
-    model = TinyLLM(DIM)
-    (p,) = _prompts(1, [6])
-    od, kd, vd = model.forward_prefill_dense(p)
-    cache = DenseKVCache()
-    cache.append(kd[:5], vd[:5])
-    o, k1, v1 = model.forward_decode(p[5], cache)
-    assert_close(o[0], od[5], atol=1e-6)
-    assert_close(k1[0], kd[5], atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda m: m.forward_prefill_dense(torch.randn(3, 8)),
-        lambda m: m.forward_prefill_dense(torch.randn(3, 16, dtype=torch.float64)),
-        lambda m: m.forward_prefill_ragged(torch.randn(3, 16), torch.ones(3, 2, dtype=torch.bool)),
-        lambda m: m.forward_prefill_ragged(torch.randn(3, 16), torch.ones(3, 3)),
-        lambda m: m.forward_decode(torch.randn(2, 16), DenseKVCache()),
-        lambda m: TinyLLM(dim=0),
-        lambda m: TinyLLM(dim=16, num_heads=3),
-    ],
-)
-def test_model_rejects_bad_input(call):
-    with pytest.raises(ValidationError) as ei:
-        call(TinyLLM(16))
-    assert isinstance(ei.value, errors.ValidationError) and isinstance(ei.value, ValueError)
-
-
-# -------------------------------------------------------------------- KV caches
-@settings(max_examples=25, deadline=None)
-@given(
-    st.lists(st.integers(0, 9), min_size=1, max_size=12),
-    st.integers(1, 5),
-    st.lists(st.integers(0, 200), max_size=6),
-)
-def test_paged_cache_equals_dense_cache(appends, block_size, keep):
-    dense, paged = DenseKVCache(), PagedKVCache(block_size=block_size)
-    g = torch.Generator().manual_seed(len(appends))
-    for n in appends:
-        k, v = torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g)
-        dense.append(k, v)
-        paged.append(k, v)
-        assert len(dense) == len(paged) == dense.num_appended == paged.num_appended
-        for a, b in zip(dense.get_kv(), paged.get_kv()):
-            assert torch.equal(a, b)
-    if len(dense):
-        idx = sorted({i % len(dense) for i in keep})
-        dense.retain(idx)
-        paged.retain(idx)
-        assert len(paged) == len(idx)
-        for a, b in zip(dense.get_kv(), paged.get_kv()):
-            assert torch.equal(a, b)
-
-
-def test_paged_get_kv_is_a_view_when_contiguous_and_a_gather_otherwise():
-    private = PagedKVCache(block_size=4)
-    for _ in range(5):  # grows its private pool several times
-        private.append(torch.randn(3, 8), torch.randn(3, 8))
-    assert private.is_contiguous()
-    k, _ = private.get_kv()
-    arena = private.pool.k_cache
-    assert k.untyped_storage().data_ptr() == arena.untyped_storage().data_ptr()  # zero-copy
-
-    pool = TensorKVCache(1, 2, 4, 64, block_size=4)
-    a, b = PagedKVCache(pool=pool), PagedKVCache(pool=pool)
-    rows = {id(a): [], id(b): []}
-    for _ in range(4):  # interleaved growth: a's blocks are not consecutive
-        for c, n in ((a, 3), (b, 2)):
-            k = torch.randn(n, 8)
-            rows[id(c)].append(k)
-            c.append(k, k * 2)
-    assert not a.is_contiguous()
-    ka, va = a.get_kv()
-    assert torch.equal(ka, torch.cat(rows[id(a)])) and torch.equal(va, 2 * ka)
-    assert ka.untyped_storage().data_ptr() != pool.k_cache.untyped_storage().data_ptr()
-    assert set(a.block_table()).isdisjoint(b.block_table())
-
-
-def test_shared_pool_out_of_blocks_raises_and_changes_nothing():
-    pool = TensorKVCache(1, 1, 8, 16, block_size=4)
-    a, b = PagedKVCache(pool=pool), PagedKVCache(pool=pool)
-    a.append(torch.randn(10, 8), torch.randn(10, 8))
-    before = a.get_kv()[0].clone()
-    b.append(torch.randn(4, 8), torch.randn(4, 8))
-    with pytest.raises(KVMemoryError) as ei:
-        a.append(torch.randn(5, 8), torch.randn(5, 8))
-    assert isinstance(ei.value, errors.CapacityError)
-    assert len(a) == 10 and torch.equal(a.get_kv()[0], before)
-    b.release()  # frees blocks: now it fits
-    a.append(torch.randn(5, 8), torch.randn(5, 8))
-    assert len(a) == 15
-
-
-@pytest.mark.parametrize("cache_cls", [DenseKVCache, PagedKVCache])
-def test_cache_rejects_bad_rows(cache_cls):
-    c = cache_cls()
-    c.append(torch.randn(2, 8), torch.randn(2, 8))
-    for k, v in [
-        (torch.randn(2, 4), torch.randn(2, 4)),
-        (torch.randn(2, 8), torch.randn(3, 8)),
-        (torch.randn(8), torch.randn(8)),
-        (torch.randn(2, 8, dtype=torch.float64),) * 2,
-    ]:
-        with pytest.raises(ValidationError):
-            c.append(k, v)
-    assert len(c) == 2
-    with pytest.raises(ValidationError):
-        c.retain([0, 5])
-
-
-# -------------------------------------------------------------------- scheduler
 LENGTHS, MAX_NEW = [7, 3, 10, 1, 5], [4, 6, 2, 5, 1]
 
 
@@ -313,14 +73,17 @@ def test_continuous_batching_equals_isolated_runs(budget, chunk):
     st.sampled_from([None, 2, 3]),
 )
 def test_random_workloads_equal_isolated_runs(spec, budget, chunk, kv_blocks):
-    """Random prompts, output lengths, arrival steps, budgets and (tight) block pools."""
+    """Random prompts, output lengths, arrival steps, budgets and (tight) block pools; with a
+    block manager the requests' paged caches store into the planner's blocks."""
     model = TinyLLM(DIM, num_heads=2, seed=8)
     prompts = _prompts(len(spec), [n for n, _, _ in spec])
-    reqs = [Request(i, p, m, DenseKVCache()) for i, (p, (_, m, _)) in enumerate(zip(prompts, spec))]
+    cache = DenseKVCache if kv_blocks is None else PagedKVCache
+    reqs = [Request(i, p, m, cache()) for i, (p, (_, m, _)) in enumerate(zip(prompts, spec))]
     kv = None
     if kv_blocks is not None:  # big enough for the longest request alone, often too small for all
         need = max(-(-(n + max(m, 1) - 1) // kv_blocks) for n, m, _ in spec)
-        kv = BlockCountKV(num_blocks=need + 1, block_size=kv_blocks)
+        kv = BlockManager(num_blocks=need + 1, block_size=kv_blocks)
+    chunk = min(chunk, budget)
     stats = run_scheduler(Scheduler(model, budget, chunk, kv=kv), reqs, [a for _, _, a in spec])
     assert all(s["total_tokens"] <= budget for s in stats)
     for r in reqs:
@@ -328,6 +91,8 @@ def test_random_workloads_equal_isolated_runs(spec, budget, chunk, kv_blocks):
         if r.max_new_tokens:
             ref = isolated_outputs(model, r.prompt, r.max_new_tokens)
             assert_close(torch.stack(r.generated_tokens), ref, atol=1e-5)
+    if kv is not None:
+        assert kv.num_free_blocks == kv.num_blocks and kv.stats()["block_tables"] == 0
 
 
 def test_paged_cache_decoding_equals_dense_cache():
@@ -344,10 +109,70 @@ def test_paged_cache_decoding_equals_dense_cache():
     assert pool.allocator.num_free == pool.num_blocks  # finished requests gave their blocks back
 
 
+@pytest.mark.parametrize("blocks", [64, 6])  # roomy, and tight enough to preempt
+def test_paged_caches_in_the_planners_blocks_equal_dense(blocks):
+    """The scheduler drives a real BlockManager: paged caches hold their rows in exactly the
+    blocks the planner allocated, and decode as the dense caches do (1e-6)."""
+    model = TinyLLM(DIM, seed=4)
+    dense = _requests(DenseKVCache, seed=9)
+    run_scheduler(Scheduler(model, 6, 3), dense)
+    bm = BlockManager(blocks, 4)
+    sched = Scheduler(model, 6, 3, kv=bm)
+    paged = _requests(PagedKVCache, seed=9)
+    pending, stats = list(paged), []
+    while pending or sched.active:
+        if pending:
+            sched.add_request(pending.pop(0))
+        stats.append(sched.step())
+        for r in sched.active:
+            c = r.kv_cache
+            assert c.is_bound and c.pool is sched.kv_storage
+            if len(c):  # the rows live in the planner's blocks, at the request's positions
+                assert c.block_table() == r.block_table[: -(-len(c) // 4)]
+                k, _ = c.get_kv()
+                flat = sched.kv_storage.k_layer(0)
+                slots = [r.block_table[i // 4] * 4 + i % 4 for i in range(len(c))]
+                assert torch.equal(flat[slots].reshape(len(c), DIM), k)
+        assert bm.stats()["block_tables"] == sum(1 for r in sched.active if r.block_table)
+    assert (blocks == 6) == any(s["preempted_request_ids"] for s in stats)
+    for d, p in zip(dense, paged):
+        assert_close(torch.stack(p.generated_tokens), torch.stack(d.generated_tokens), atol=1e-6)
+        assert not p.kv_cache.is_bound and len(p.kv_cache) == 0  # released when it finished
+    assert bm.num_free_blocks == blocks and bm.stats()["block_tables"] == 0
+
+
+def test_finished_paged_cache_keeps_its_rows_outside_the_freed_blocks():
+    model = TinyLLM(DIM, seed=4)
+    bm = BlockManager(16, 4)
+    sched = Scheduler(model, 6, 3, kv=bm, release_finished_kv=False)
+    reqs = _requests(PagedKVCache, seed=9)
+    dense = _requests(DenseKVCache, seed=9)
+    run_scheduler(sched, reqs)
+    run_scheduler(Scheduler(model, 6, 3, release_finished_kv=False), dense)
+    assert bm.num_free_blocks == 16
+    sched.kv_storage.k_cache.fill_(float("nan"))  # the planner's blocks are reused: rows must not be there
+    for p, d in zip(reqs, dense):
+        assert not p.kv_cache.is_bound and len(p.kv_cache) == len(d.kv_cache) > 0
+        for a, b in zip(p.kv_cache.get_kv(), d.kv_cache.get_kv()):
+            assert_close(a, b, atol=1e-6)
+
+
+def test_a_paged_cache_on_its_own_pool_cannot_bypass_the_planners_blocks():
+    sched = Scheduler(TinyLLM(DIM), kv=BlockManager(8, 4))
+    pool = TensorKVCache(1, 1, DIM, 64, block_size=4)
+    with pytest.raises(ValidationError, match="without pool"):
+        sched.add_request(Request("a", torch.randn(3, DIM), 2, PagedKVCache(pool=pool)))
+    with pytest.raises(ValidationError, match="block_size=8"):
+        sched.add_request(Request("a", torch.randn(3, DIM), 2, PagedKVCache(block_size=8)))
+    assert not sched.active and not sched.planner.has_unfinished() and sched.kv_storage is None
+    sched.add_request(Request("a", torch.randn(3, DIM), 2, PagedKVCache(block_size=4)))
+    assert sched.active[0].kv_cache.is_bound
+
+
 def test_preemption_by_planner_recomputes_and_outputs_stay_exact():
     model = TinyLLM(DIM, seed=5)
     reqs = _requests(DenseKVCache, seed=2)
-    sched = Scheduler(model, 8, 4, kv=BlockCountKV(num_blocks=5, block_size=3))
+    sched = Scheduler(model, 8, 4, kv=BlockManager(num_blocks=5, block_size=3))
     stats = run_scheduler(sched, reqs)
     assert any(s["preempted_request_ids"] for s in stats)
     for r in reqs:
@@ -355,17 +180,32 @@ def test_preemption_by_planner_recomputes_and_outputs_stay_exact():
         assert_close(torch.stack(r.generated_tokens), ref, atol=1e-5)
 
 
-def test_zero_max_new_tokens_finishes_at_once_and_empty_step():
+def test_zero_max_new_tokens_finishes_at_once_and_leaves_active_at_the_next_step():
     sched = Scheduler(TinyLLM(DIM))
     s = sched.step()
     assert s["status"] == "no_active_requests" and s["total_tokens"] == 0
     req = Request("z", torch.randn(4, DIM), 0, DenseKVCache())
     assert req.finished
     sched.add_request(req)
-    assert req.finished and not sched.active and req.generated_tokens == []
+    # finished, but (as in the reference) still active until the next step removes it
+    assert req.finished and sched.active == [req] and req.generated_tokens == []
+    with pytest.raises(DuplicateRequestError):
+        sched.add_request(Request("z", torch.randn(4, DIM), 1, DenseKVCache()))
+    assert sched.abort("z") is req and req.status is RequestStatus.FINISHED_LENGTH  # already finished
     s = sched.step()
-    assert s["status"] == "no_active_requests" and s["finished_request_ids"] == ["z"]
-    assert s["finished_requests"] == 1 and s["step_id"] == 1
+    assert s["status"] == "completed" and s["finished_request_ids"] == ["z"] and s["total_tokens"] == 0
+    assert s["finished_requests"] == 1 and s["step_id"] == 1 and s["active_requests"] == 0
+    assert not sched.active and sched.step()["status"] == "no_active_requests"
+    sched.add_request(Request("z", torch.randn(4, DIM), 0, DenseKVCache()))  # the id is free again
+    sched.add_request(Request("w", torch.randn(2, DIM), 2, DenseKVCache()))
+    stats = run_scheduler(sched, [])
+    assert stats[0]["finished_request_ids"] == ["z"] and stats[-1]["finished_request_ids"] == ["w"]
+
+
+def test_prefill_chunk_larger_than_the_step_budget_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="cannot exceed max_tokens_per_step"):
+        Scheduler(TinyLLM(DIM), max_tokens_per_step=4, prefill_chunk_size=5)
+    assert Scheduler(TinyLLM(DIM), max_tokens_per_step=4, prefill_chunk_size=4).prefill_chunk_size == 4
 
 
 def test_step_duration_uses_injected_clock():
@@ -401,7 +241,7 @@ def test_request_manual_api_and_states():
 
 def test_scheduler_errors_are_typed_and_change_nothing():
     model = TinyLLM(DIM)
-    for budget, chunk in [(0, 4), (8, 0), (-1, 2), (8, 2.5)]:
+    for budget, chunk in [(0, 4), (8, 0), (-1, 2), (8, 2.5), (3, 4)]:
         with pytest.raises(ConfigurationError) as ei:
             Scheduler(model, budget, chunk)
         assert isinstance(ei.value, errors.ValidationError) and isinstance(ei.value, ValueError)
@@ -426,7 +266,7 @@ def test_scheduler_errors_are_typed_and_change_nothing():
         sched.abort("nope")
     assert isinstance(ei.value, KeyError) and isinstance(ei.value, errors.NotFoundError)
     with pytest.raises(KVMemoryError):
-        Scheduler(model, kv=BlockCountKV(2, 2)).add_request(
+        Scheduler(model, kv=BlockManager(2, 2)).add_request(
             Request("big", torch.randn(9, DIM), 1, DenseKVCache())
         )
     assert [r.req_id for r in sched.active] == ["a"]
@@ -551,9 +391,9 @@ def _setup(name):
     model = TinyLLM(DIM, num_heads=2, seed=3)
     if name == "dense":
         return Scheduler(model, 5, 2), _requests(DenseKVCache)
-    pool = TensorKVCache(1, 1, DIM, 128, block_size=4)  # cb_lab caches on one shared pool
-    sched = Scheduler(model, 8, 4, kv=BlockCountKV(num_blocks=5, block_size=3))  # tight: preempts
-    return sched, _requests(lambda: PagedKVCache(pool=pool), seed=0)
+    # tight: preempts; the paged caches store into the planner's blocks
+    sched = Scheduler(model, 8, 4, kv=BlockManager(num_blocks=5, block_size=3))
+    return sched, _requests(PagedKVCache, seed=0)
 
 
 ARRIVALS = [0, 0, 2, 3, 5]
@@ -600,9 +440,30 @@ def test_failing_step_is_cancelled_and_outputs_equal_a_run_without_it(hook, at, 
         assert r.finished and len(r.generated_tokens) == r.max_new_tokens
         assert_close(torch.stack(r.generated_tokens), out, atol=1e-6)
     if setup != "dense":
-        pool = reqs[0].kv_cache.pool
-        assert pool.allocator.num_free == pool.num_blocks
+        bm = sched.planner.kv
+        assert bm.num_free_blocks == bm.num_blocks and bm.allocator.num_free == bm.num_blocks
         assert any(s["preempted_request_ids"] for s in stats)
+
+
+def test_failed_step_that_crossed_a_block_cuts_the_bound_cache_back_to_its_blocks():
+    """The planner's rollback returns the step's new block; the bound cache is cut to its rows
+    before the step without reading past its (now shorter) table, and the redo is exact."""
+    model = TinyLLM(DIM, seed=1)
+    bm = BlockManager(16, 2)
+    sched = Scheduler(model, 4, 2, kv=bm)
+    plugin = FailOnce("after_append", 2)  # step 1: rows 2..3 were appended into a new block
+    plugin.install(sched)
+    r = Request("a", _prompts(0, [5])[0], 3, PagedKVCache())
+    sched.add_request(r)
+    sched.step()
+    with pytest.raises(RuntimeError, match="injected"):
+        sched.step()
+    assert len(r.kv_cache) == r.num_computed_tokens == 2 and len(r.block_table) == 1
+    assert r.kv_cache.block_table() == r.block_table
+    while sched.active:
+        sched.step()
+    assert_close(torch.stack(r.generated_tokens), isolated_outputs(model, r.prompt, 3), atol=1e-5)
+    assert bm.num_free_blocks == 16
 
 
 def test_cache_shrunk_during_a_failed_step_is_recomputed():

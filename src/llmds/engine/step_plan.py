@@ -1,0 +1,120 @@
+"""The planner's small data objects: its step budget (``PlannerConfig``) and one step's work (``StepPlan``).
+
+Both are re-exported by :mod:`llmds.engine.planner`, the module that reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmds._checks import check_choice, check_int
+from llmds.engine.request import RequestState
+from llmds.engine.request_queue import POLICIES
+from llmds.errors import ValidationError
+
+__all__ = ["PlannerConfig", "StepPlan"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """Step budget and policy (validated once).
+
+    Parameters
+    ----------
+    max_num_batched_tokens : int
+        Tokens computed per step, decode and prefill together (>= max_num_seqs).
+    max_num_seqs : int
+        Running requests at most.
+    prefill_chunk_size : int or None
+        Prompt tokens one request may prefill per step; None = the whole budget.
+    policy : {"fcfs", "priority", "edf"}
+        Waiting-queue order and preemption order (see module docstring).
+    """
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    prefill_chunk_size: int | None = None
+    policy: str = "fcfs"
+
+    def __post_init__(self) -> None:
+        budget = check_int("max_num_batched_tokens", self.max_num_batched_tokens, 1)
+        seqs = check_int("max_num_seqs", self.max_num_seqs, 1)
+        if budget < seqs:
+            raise ValidationError(
+                f"max_num_batched_tokens ({budget}) must be >= max_num_seqs "
+                f"({seqs}) so every running request can decode each step"
+            )
+        c = self.prefill_chunk_size
+        chunk = budget if c is None else check_int("prefill_chunk_size", c, 1)
+        check_choice("policy", self.policy, POLICIES)
+        for name, value in (("max_num_batched_tokens", budget), ("max_num_seqs", seqs),
+                            ("prefill_chunk_size", chunk)):
+            object.__setattr__(self, name, value)
+
+
+class StepPlan:
+    """The work of one step (read-only for the caller).
+
+    Attributes
+    ----------
+    step_id : int
+    decode : list[RequestState]
+        Requests computing their last sampled token (one token each).
+    prefill : list[tuple[RequestState, int]]
+        ``(request, num_tokens)``: compute prompt(+output) tokens
+        ``[request.num_computed_tokens, + num_tokens)``.  A prefill item may
+        read KV written by an *earlier* item of the same plan (same-step
+        prefix sharing): run prefills in plan order, or in one pass that
+        writes each layer's KV before its attention.
+    preempted : list[RequestState]
+        Requests preempted this step (already back in the waiting queue).
+    num_batched_tokens : int
+        ``len(decode) + sum of prefill tokens``.
+    """
+
+    __slots__ = ("step_id", "decode", "prefill", "preempted", "num_batched_tokens")
+
+    def __init__(self, step_id: int, decode: list, prefill: list, preempted: list, num_batched_tokens: int):
+        self.step_id = step_id
+        self.decode = decode
+        self.prefill = prefill
+        self.preempted = preempted
+        self.num_batched_tokens = num_batched_tokens
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return len(self.decode)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return self.num_batched_tokens - len(self.decode)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_batched_tokens == 0
+
+    @property
+    def sampling(self) -> list[RequestState]:
+        """Requests that sample a token this step, in the order ``update`` expects
+        their token ids: every decode, then each prefill that completes its prompt
+        (read it before ``update``, which advances the counters)."""
+        return self.decode + [s for s, n in self.prefill if s.num_computed_tokens + n == s.num_tokens]
+
+    def check_token_ids(self, token_ids) -> list[int]:
+        """``token_ids`` (a list, numpy array or tensor) as a list of one id per request of
+        :attr:`sampling`; ``ValidationError`` on a count mismatch."""
+        toks = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
+        nd = len(self.decode)
+        completing = sum(1 for s, n in self.prefill if s.num_computed_tokens + n == s.num_tokens)
+        if len(toks) != nd + completing:
+            raise ValidationError(
+                f"got {len(toks)} token ids; plan.sampling has {nd + completing} requests "
+                f"({nd} decodes + {completing} completed prefills)"
+            )
+        return toks
+
+    def __repr__(self) -> str:
+        return (
+            f"StepPlan(step={self.step_id}, decode={len(self.decode)}, prefill={len(self.prefill)}, "
+            f"tokens={self.num_batched_tokens}, preempted={len(self.preempted)})"
+        )
