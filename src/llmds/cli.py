@@ -164,13 +164,13 @@ def _index(a: argparse.Namespace) -> int:
     from llmds.server.rag import RagIndex, collect_chunks
 
     t0 = time.perf_counter()
-    chunks = collect_chunks(a.paths, a.chunk_words)  # bad paths fail before the model loads
+    chunks = collect_chunks(a.paths, a.chunk_tokens)  # bad paths fail before the model loads
     with Progress(transient=True) as bar:
         task = bar.add_task(f"embedding {len(chunks)} chunks", total=len(chunks))
         emb = MiniLMEmbedder().load()
-        idx = RagIndex(chunks, emb, progress=lambda done, total: bar.update(task, completed=done))
+        idx = RagIndex.build(chunks, emb, progress=lambda done, total: bar.update(task, completed=done))
     idx.save(a.out)
-    sources = len({c.source for c in idx.chunks.values()})
+    sources = len({c.source for c in chunks})
     sys.stdout.write(f"indexed {len(idx)} chunks of {sources} documents in {time.perf_counter() - t0:.1f} s "
                      f"-> {a.out}\n")
     return 0
@@ -190,8 +190,9 @@ def _search(a: argparse.Namespace) -> int:
     table = Table(title=f"{len(hits)} results in {seconds * 1000:.1f} ms")
     for col in ("id", "score", "source", "text"):
         table.add_column(col)
-    for c, s in hits:
-        table.add_row(str(c.id), f"{s:.3f}", c.source, " ".join(c.text.split())[:160])
+    for h in hits:
+        table.add_row(str(h.doc_id), f"{h.score:.3f}", str((h.metadata or {}).get("source")),
+                      " ".join((h.text or "").split())[:160])
     Console().print(table)
     return 0
 
@@ -249,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Build the hybrid (BM25 + all-MiniLM-L6-v2 HNSW) index of documents.")
     ix.add_argument("paths", nargs="+", metavar="PATH", help="folders or files (.md/.txt/.rst)")
     ix.add_argument("--out", required=True, help="index file to write")
-    ix.add_argument("--chunk-words", type=int, default=160, help="words per chunk (default 160)")
+    ix.add_argument("--chunk-tokens", type=int, default=180,
+                    help="retrieval tokens (words) per chunk, at most (default 180)")
     ix.set_defaults(func=_index)
 
     se = sub.add_parser("search", help="search a saved index", description="Hybrid search of a saved index.")

@@ -31,7 +31,7 @@ _EMBED_NAMES = (EMBED_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
 def create_app(state: ServerState):
     """The ASGI app (FastAPI inside :class:`~llmds.server.http.Guard`); ``app.state.llmds`` is ``state``."""
     from llmds.server.metrics import make_registry
-    from llmds.server.rag import last_user_text, rag_messages
+    from llmds.server.rag import hit_json, last_user_text, rag_messages
     from llmds.server.responses import ChatFormat, CompletionFormat, complete, events
 
     @asynccontextmanager
@@ -92,8 +92,9 @@ def create_app(state: ServerState):
             if query is None:
                 raise APIError(400, "rag needs a non-empty user message or rag.query", param="rag.query")
             hits = await _retrieve(state, query, body.rag.top_k)
-            messages = rag_messages(messages, [c for c, _ in hits])
-            extra["rag"] = {"chunks": [{"id": c.id, "source": c.source, "score": s} for c, s in hits]}
+            messages = rag_messages(messages, hits)
+            extra["rag"] = {"chunks": [{k: v for k, v in hit_json(h).items() if k in ("id", "source", "score")}
+                                       for h in hits]}
         ids = state.encode_chat(messages)
         max_tokens = body.requested_max_tokens() or state.default_max_tokens(len(ids))
         params = _params(body, max_tokens, body.logprobs_k())
@@ -147,9 +148,7 @@ def create_app(state: ServerState):
     @api.post("/v1/retrieve")
     async def retrieve(body: RetrieveRequest) -> dict[str, Any]:
         hits = await _retrieve(state, body.query, body.top_k)
-        return {"object": "list", "data": [
-            {"id": c.id, "score": s, "text": c.text, "source": c.source, "start": c.start, "end": c.end}
-            for c, s in hits]}
+        return {"object": "list", "data": [hit_json(h) for h in hits]}
 
     return Guard(api, state.config.api_key, state.config.max_body_bytes,
                  on_too_large=lambda: state.gate.reject("body_too_large", "", 0))
