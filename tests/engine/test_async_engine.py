@@ -98,3 +98,22 @@ def test_shutdown_finishes_open_streams(eng):
     got = run(_with_engine(eng, body))
     assert got[-1].finished and got[-1].finish_reason == "abort"
     assert eng.block_manager.num_free_blocks == eng.num_blocks
+
+
+def test_a_stream_nobody_reads_is_released_when_its_request_finishes(eng):
+    params = SamplingParams(temperature=0, max_tokens=4)
+    want = eng.generate(["Hello"], params)[0].output_token_ids
+
+    async def body(a):
+        rids = [await a.add_request("Hello", params) for _ in range(3)]
+        while eng.has_unfinished_requests():
+            await asyncio.sleep(0)
+        await a.barrier()  # the last outputs were dispatched before this returns
+        assert not a._streams and list(a._unread) == rids  # no live queue left behind
+        toks = []
+        async for out in a.stream(rids[0]):  # a late reader still gets the whole request
+            toks += out.new_token_ids
+        assert list(a._unread) == rids[1:]
+        return toks
+
+    assert run(_with_engine(eng, body)) == want

@@ -152,3 +152,20 @@ def test_random_add_abort_step_never_leaks_a_block(small, ops):
     for rid in live:
         small.abort(rid)
     assert_idle(small)
+
+
+@pytest.mark.parametrize("threshold", [3, 0])
+def test_a_hot_prefix_survives_eviction_only_when_pinning_is_on(threshold):
+    eng = LLMEngine(num_blocks=20, block_size=16, max_num_seqs=2, max_num_batched_tokens=128,
+                    hot_prefix_threshold=threshold, max_pinned_fraction=0.5)
+    hot = [11 + i % 97 for i in range(64)]  # 4 full blocks
+    one = SamplingParams(temperature=0, max_tokens=1)
+    for k in range(4):
+        eng.generate([hot + [500 + k]], one)
+    assert (eng.hot.num_pinned_blocks == 4) if threshold else eng.hot is None
+    for k in range(6):  # cold prompts that need every unpinned block: evict whatever is not pinned
+        eng.generate([[300 + 7 * k + i % 50 for i in range(240)]], one)
+    again = eng.generate([hot + [999]], one)[0]
+    assert again.cached_tokens == (64 if threshold else 0)
+    pinned = eng.hot.num_pinned_blocks if threshold else 0
+    assert eng.block_manager.num_free_blocks == eng.num_blocks - pinned  # pinned blocks are not reclaimable

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from typing import Any, AsyncIterator, Hashable
 
 from llmds.engine.config import SamplingParams
@@ -25,6 +26,8 @@ from llmds.engine.engine import LLMEngine, RequestOutput
 from llmds.errors import StateError
 
 __all__ = ["AsyncLLMEngine"]
+
+_MAX_UNREAD = 1024  # finished, never-read streams kept for a late stream() call
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class AsyncLLMEngine:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._streams: dict[Hashable, asyncio.Queue] = {}  # touched only on the event loop
+        # finished requests whose stream nobody has read yet (bounded: the oldest are dropped)
+        self._unread: OrderedDict[Hashable, asyncio.Queue] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -89,6 +94,8 @@ class AsyncLLMEngine:
     async def stream(self, request_id: Hashable) -> AsyncIterator[RequestOutput]:
         q = self._streams.get(request_id)
         if q is None:
+            q = self._unread.pop(request_id, None)
+        if q is None:
             raise StateError(f"no stream for request {request_id!r}")
         finished = False
         try:
@@ -102,6 +109,7 @@ class AsyncLLMEngine:
                     return
         finally:
             self._streams.pop(request_id, None)
+            self._unread.pop(request_id, None)
             if not finished:
                 self.abort(request_id)
 
@@ -173,6 +181,11 @@ class AsyncLLMEngine:
             q = streams.get(out.request_id)
             if q is not None:
                 q.put_nowait(out)
+                if out.finished:  # a reader holds its queue; an unread stream stays findable, bounded
+                    del streams[out.request_id]
+                    self._unread[out.request_id] = q
+                    if len(self._unread) > _MAX_UNREAD:
+                        self._unread.popitem(last=False)
         if closing:
             for q in streams.values():
                 q.put_nowait(None)

@@ -282,15 +282,17 @@ class LLMEngine:
         done = {s.request_id for s in finished}
         for i, s in enumerate(sampling):
             live = self._live.get(s.request_id)
-            if live is None or s.request_id in done:
+            if live is None:
+                continue
+            if self.hot is not None and not live.pinned_checked:  # its prompt's KV is computed (and cached)
+                live.pinned_checked = True
+                self.hot.maybe_pin(s.prompt_token_ids, live.keys)
+            if s.request_id in done:
                 continue
             lp = None if logprobs is None or logprobs[i] is None else [logprobs[i]]
             outputs.append(RequestOutput(s.request_id, [tokens[i]], deltas[i], False, None, s.num_prompt_tokens,
                                          s.num_output_tokens, s.num_cached_tokens, lp,
                                          arrival_time=live.arrival, first_token_time=live.first))
-            if self.hot is not None and not live.pinned_checked:
-                live.pinned_checked = True
-                self.hot.maybe_pin(s.prompt_token_ids, live.keys)
         if finished:
             index = {s.request_id: i for i, s in enumerate(sampling)}
             for s in finished:

@@ -59,7 +59,8 @@ class HotPrefixes:
 
     @property
     def num_pinned_blocks(self) -> int:
-        return sum(len(b) for _, b in self.pinned.values())
+        """Distinct blocks held by pins (nested prefixes share their leading blocks)."""
+        return len({b for _, blocks in self.pinned.values() for b in blocks})
 
     def keys_of(self, token_ids: Sequence[int]) -> list[int]:
         """Chain keys of the prompt's full blocks, leaving its last token out (it is never cached)."""
@@ -93,8 +94,8 @@ class HotPrefixes:
     def maybe_pin(self, token_ids: Sequence[int], keys: list[int]) -> None:
         """Pin the hot prefix of a prompt whose KV is computed (call between steps)."""
         j = self.hot_length(keys)
-        if j == 0 or keys[j - 1] in self.pinned:
-            return
+        if j == 0 or keys[j - 1] in self.pinned or any(keys[j - 1] in ks for ks, _ in self.pinned.values()):
+            return  # already pinned, alone or as the head of a longer pinned prefix
         heat = int(self._estimates(keys[j - 1:j])[0])
         while self.pinned and self.num_pinned_blocks + j > self.max_pinned_blocks:
             coldest = min(self.pinned, key=lambda k: int(self._estimates([k])[0]))
@@ -108,6 +109,10 @@ class HotPrefixes:
         except (CapacityError, StateError):
             return
         if blocks:
+            # a shorter pinned prefix of this one is subsumed: its blocks are this pin's head
+            for key in keys[:j - 1]:
+                if key in self.pinned:
+                    self._drop(key)
             self.pinned[keys[j - 1]] = (keys[:j], blocks)
             self.num_pins += 1
 
