@@ -23,11 +23,14 @@ def _median_time(fn, repeats: int = 7) -> float:
 
 def linear_rates(eng, sizes=(1, 32, 512)) -> dict:
     """Tokens/s of the model's linear layers alone (every layer's qkv, o, gate_up, down and the
-    lm_head, on the real weights, in the engine's dtype) at ``T`` tokens per step: the ceiling."""
+    lm_head, on the real weights with the engine's kernels, in its dtype) at ``T`` tokens per step:
+    the ceiling."""
     import torch
-    import torch.nn.functional as F
+
+    from llmds.engine.models.llama import linear
 
     m = eng.model
+    f = m.config.intermediate_size
     out = {}
     with torch.inference_mode():
         for T in sizes:
@@ -35,11 +38,11 @@ def linear_rates(eng, sizes=(1, 32, 512)) -> dict:
 
             def stack():
                 for _, w_qkv, w_o, _, w_gu, w_down in m.layers:
-                    F.linear(x, w_qkv)
-                    F.linear(x, w_o)
-                    gu = F.linear(x, w_gu)
-                    F.linear(gu[:, :w_down.shape[1]], w_down)
-                F.linear(x[:min(T, 32)], m.lm_head)  # logits only for the last position of each request
+                    linear(x, w_qkv)
+                    linear(x, w_o)
+                    gu = linear(x, w_gu)
+                    linear(gu[:, :f].contiguous(), w_down)
+                linear(x[:min(T, 32)], m.lm_head)  # logits only for the last position of each request
 
             out[str(T)] = T / _median_time(stack, 5 if T < 512 else 3)
     return out

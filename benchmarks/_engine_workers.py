@@ -118,7 +118,6 @@ def single_decode(add, step, busy, ids: list[int]) -> float:
 
 # ---------------------------------------------------------------------------- llmds
 def run_llmds(spec: dict) -> dict:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t0 = time.perf_counter()
     from llmds.engine.config import SamplingParams
     from llmds.engine.engine import LLMEngine

@@ -72,6 +72,42 @@ class ForwardBatch:
     logits_indices: torch.Tensor
 
 
+_LINEAR = ("qkv", "o", "gate_up", "down")
+
+
+def _onednn_packing() -> bool:
+    """Whether this torch build can prepack linear weights for oneDNN (CPU builds with mkldnn)."""
+    try:
+        w = torch.ones(8, 8)
+        x = torch.ones(2, 8)
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 32), None, "none",
+                                               [], "")
+        return bool(torch.equal(y, F.linear(x, w)))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_PACKED = torch.backends.mkldnn.is_available() and _onednn_packing()
+
+
+def pack_linear(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``[out, in]`` in oneDNN's blocked layout when available, else as is.
+
+    Prepacking is what torch's own inductor does for CPU inference: without it, each call
+    reorders the weight (bf16) or runs MKL's sgemm (fp32).  Measured on the 2-core machine,
+    per call: 1.7-4x faster at 1-32 rows, 1.0-1.4x at 512 (lm_head: 4x at one row); bf16 results
+    identical, fp32 within 2e-4 of F.linear (different blocking of the same sums).
+    """
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 32) if _PACKED else weight
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for a weight from :func:`pack_linear`."""
+    if _PACKED:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    return F.linear(x, weight)
+
+
 class LlamaModel:
     """The forward pass.  Owns the (cast) weights; reads and writes the K/V block tensors it is given.
 
@@ -89,9 +125,11 @@ class LlamaModel:
         self.dtype = dtype
         cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
         self.embed = cast(weights.embed)
-        self.lm_head = self.embed if weights.lm_head is weights.embed else cast(weights.lm_head)
+        # linear weights prepacked for oneDNN (see `pack_linear`); the tied lm_head gets its own packed copy
+        self.lm_head = pack_linear(cast(weights.lm_head))
         self.norm = cast(weights.norm)
-        self.layers = [tuple(cast(getattr(lw, f)) for f in ("attn_norm", "qkv", "o", "ffn_norm", "gate_up", "down"))
+        self.layers = [tuple(pack_linear(cast(getattr(lw, f))) if f in _LINEAR else cast(getattr(lw, f))
+                             for f in ("attn_norm", "qkv", "o", "ffn_norm", "gate_up", "down"))
                        for lw in weights.layers]
         k_cache, v_cache = kv.k_cache, kv.v_cache
         nl, nb, bs, hkv, hd = k_cache.shape
@@ -157,7 +195,7 @@ class LlamaModel:
             dec_tables, dec_lens = batch.decode_block_tables, batch.decode_context_lens
         for li, (attn_norm, w_qkv, w_o, ffn_norm, w_gate_up, w_down) in enumerate(self.layers):
             x = self._norm(h, attn_norm)
-            qkv = F.linear(x, w_qkv)
+            qkv = linear(x, w_qkv)
             qk = self._rope(qkv[:, :qs + ks].view(T, nh + nkv, hd), cos, sin)  # q and k heads at once
             q, k = qk[:, :nh], qk[:, nh:]
             v = qkv[:, qs + ks:].view(T, nkv, hd)
@@ -170,14 +208,14 @@ class LlamaModel:
                                        np.float32(self.scale), attn_np[:nd])
             for p in batch.prefills:
                 self._prefill_attention(q, kc, vc, p, attn)
-            o = F.linear(attn.view(T, qs).to(h.dtype), w_o)
+            o = linear(attn.view(T, qs).to(h.dtype), w_o)
             h = h + o
             x = self._norm(h, ffn_norm)
-            gu = F.linear(x, w_gate_up)
+            gu = linear(x, w_gate_up)
             f = c.intermediate_size
-            h = h + F.linear(F.silu(gu[:, :f]) * gu[:, f:], w_down)
+            h = h + linear(F.silu(gu[:, :f]) * gu[:, f:], w_down)
         last = h.index_select(0, batch.logits_indices)
-        return F.linear(self._norm(last, self.norm), self.lm_head).float()
+        return linear(self._norm(last, self.norm), self.lm_head).float()
 
     def _prefill_attention(self, q, kc, vc, p: PrefillChunk, out) -> None:
         n, start = p.n, p.start
