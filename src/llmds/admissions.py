@@ -21,6 +21,7 @@ So both call patterns work: ``should_admit`` alone, and the seed's
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -153,6 +154,36 @@ class AdmissionController:
             return
         self._events.append([now, tokens])
         self._window_tokens += tokens
+
+    def retry_after(self, estimated_tokens: int = 0) -> float:
+        """Seconds until ``should_admit(estimated_tokens)`` would admit if nothing else arrives.
+
+        0.0 when it would admit now; ``math.inf`` when the request alone exceeds the token
+        budget of a whole window.  What an HTTP server puts in ``Retry-After`` on a rejection.
+        """
+        estimated_tokens = check_int("estimated_tokens", estimated_tokens, 0)
+        now = self._clock()
+        self._expire(now)
+        w, events = self.window_size, self._events
+        budget = self.token_rate_limit * w
+        if estimated_tokens > budget:
+            return math.inf
+        # requests: the most that may stay in the window, by should_admit's own comparison
+        keep = math.floor(self.qps_target * w)
+        while keep >= 0 and (keep + 1) / w > self.qps_target:
+            keep -= 1
+        if keep < 0:
+            return math.inf
+        k = len(events) - keep  # the k oldest entries must leave first
+        wait = events[k - 1][0] + w - now if k > 0 else 0.0
+        # tokens: the oldest entries leave until the rest plus this request fit the budget
+        tokens = self._window_tokens + estimated_tokens
+        for t, n in events:
+            if tokens <= budget:
+                break
+            tokens -= n
+            wait = max(wait, t + w - now)
+        return max(wait, 0.0)
 
     def stats(self) -> dict[str, Any]:
         """Decision counters and the current window rates."""

@@ -175,6 +175,12 @@ class MiniLMEmbedder:
         )
         return np.ascontiguousarray(out, dtype=np.float32)
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Word-piece tokens the model reads for ``texts`` (special tokens in, truncation applied)."""
+        tok = self.load()._model.tokenizer
+        enc = tok(list(texts), truncation=True, max_length=self.max_seq_length)
+        return sum(len(ids) for ids in enc["input_ids"])
+
     def __call__(self, text: str) -> np.ndarray:
         """Embed one text; returns ``float32 [384]`` with unit norm."""
         if not isinstance(text, str):

@@ -1,67 +1,208 @@
-"""Engine configuration objects: slotted dataclasses, validated once at construction.
-
-``SamplingParams`` says how a request's tokens are sampled.  The step budget of
-the planner (``PlannerConfig``) stays with the planner
-(:mod:`llmds.engine.planner`), the only code that reads it.
-"""
+"""Engine and sampling configuration: slotted, frozen dataclasses validated once at construction."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
-from llmds._checks import check_bool, check_float, check_int, check_token_ids
+from llmds._checks import check_bool, check_choice, check_float, check_int, check_token_ids
 from llmds.errors import ValidationError
 
-__all__ = ["SamplingParams"]
+__all__ = ["EngineConfig", "SamplingParams"]
+
+_DTYPES = ("float32", "bfloat16")
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to sample a request's tokens (validated once, immutable).
+    """How to sample a request's tokens (vLLM's names and defaults; immutable).
 
     Parameters
     ----------
+    max_tokens : int
+        Tokens to generate, >= 0 (0 finishes the request at once).
     temperature : float
-        Finite, >= 0; 0 means greedy.
+        >= 0; 0 means greedy (argmax).
     top_p : float
         Nucleus mass in (0, 1]; 1 disables.
     top_k : int
         -1 disables, else >= 1.
-    max_tokens : int
-        Tokens to generate, >= 0 (0 finishes the request at once).
-    stop_token_ids : sequence of int
-        Extra token ids that stop generation (the engine adds EOS unless
-        ``ignore_eos``); stored as a tuple.
+    min_p : float
+        In [0, 1]: drop tokens whose probability is below ``min_p`` times the top one.
     seed : int or None
-        Per-request sampling seed.
+        Per-request seed: the request samples the same tokens whatever it is batched with.
+    stop : sequence of str
+        Stop strings: generation ends before the first occurrence, which is not returned.
+    stop_token_ids : sequence of int
+        Extra token ids that stop generation (EOS is added unless ``ignore_eos``); not returned as text.
     ignore_eos : bool
-        Keep generating past EOS.
+    repetition_penalty : float
+        > 0; 1 disables.  Logits of tokens seen in the prompt or output are divided by it
+        (multiplied when negative), as transformers and vLLM do.
+    presence_penalty, frequency_penalty : float
+        In [-2, 2] (OpenAI): subtract ``presence * [count > 0] + frequency * count`` over output tokens.
+    logprobs : int or None
+        Return the sampled token's log-probability and the ``logprobs`` most likely ones (0..20).
+    skip_special_tokens : bool
+        Leave special tokens out of the text.
     """
 
+    max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
-    max_tokens: int = 16
-    stop_token_ids: tuple[int, ...] = ()
+    min_p: float = 0.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
-        top_k = check_int("top_k", self.top_k, -1)
-        if top_k == 0:
-            raise ValidationError("top_k must be -1 (disabled) or >= 1, got 0")
-        values = {
-            "temperature": check_float("temperature", self.temperature, 0.0),
-            "top_p": check_float("top_p", self.top_p, 0.0, 1.0, low_open=True),
-            "top_k": top_k,
-            "max_tokens": check_int("max_tokens", self.max_tokens, 0),
-            "stop_token_ids": tuple(check_token_ids("stop_token_ids", self.stop_token_ids)),
-            "seed": None if self.seed is None else check_int("seed", self.seed),
-            "ignore_eos": check_bool("ignore_eos", self.ignore_eos),
-        }
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+        _set(self, "max_tokens", check_int("max_tokens", self.max_tokens, 0))
+        _set(self, "temperature", check_float("temperature", self.temperature, 0.0))
+        _set(self, "top_p", check_float("top_p", self.top_p, 0.0, 1.0, low_open=True))
+        k = check_int("top_k", self.top_k)
+        if k != -1 and k < 1:
+            raise ValidationError(f"top_k must be -1 (disabled) or >= 1, got {k}")
+        _set(self, "top_k", k)
+        _set(self, "min_p", check_float("min_p", self.min_p, 0.0, 1.0))
+        if self.seed is not None:
+            _set(self, "seed", check_int("seed", self.seed, -(2**63), 2**64 - 1))
+        stop = self.stop
+        if isinstance(stop, str):
+            stop = (stop,)
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+            raise ValidationError(f"stop must be a string or a sequence of non-empty strings, got {self.stop!r}")
+        _set(self, "stop", tuple(stop))
+        _set(self, "stop_token_ids", tuple(check_token_ids("stop_token_ids", self.stop_token_ids)))
+        check_bool("ignore_eos", self.ignore_eos)
+        check_bool("skip_special_tokens", self.skip_special_tokens)
+        _set(self, "repetition_penalty",
+             check_float("repetition_penalty", self.repetition_penalty, 0.0, low_open=True))
+        _set(self, "presence_penalty", check_float("presence_penalty", self.presence_penalty, -2.0, 2.0))
+        _set(self, "frequency_penalty", check_float("frequency_penalty", self.frequency_penalty, -2.0, 2.0))
+        if self.logprobs is not None:
+            _set(self, "logprobs", check_int("logprobs", self.logprobs, 0, 20))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything :class:`~llmds.engine.engine.LLMEngine` needs besides the model file.
+
+    Parameters
+    ----------
+    model : str or None
+        A ``.gguf`` file or a Hugging Face model folder; None = the embedded SmolLM2-135M-Instruct.
+    dtype : {"float32", "bfloat16"}
+        Weights and activations.  float32 is the exactness reference (token-identical to
+        transformers); bfloat16 runs the linear layers about 2x faster on CPUs with AVX512-BF16 / AMX.
+    kv_cache_dtype : {"auto", "float32", "bfloat16"}
+        K/V storage; "auto" = ``dtype``.
+    block_size : int
+        Tokens per KV block.
+    num_blocks : int or None
+        KV blocks; None = as many as ``kv_cache_memory`` bytes hold.
+    kv_cache_memory : int
+        Bytes for K and V of all layers (used when ``num_blocks`` is None).
+    max_num_seqs : int
+        Running requests at most.
+    max_num_batched_tokens : int
+        Tokens computed per step, decodes and prefill chunks together.
+    prefill_chunk_size : int or None
+        Prompt tokens one request prefills per step; None = the whole step budget.
+    max_model_len : int or None
+        Longest prompt + output; None = the model's context length.
+    enable_prefix_caching : bool
+    policy : {"fcfs", "priority", "edf"}
+        Waiting-queue order (``edf``: earliest SLO deadline first).
+    hot_prefix_threshold : int
+        Pin a prompt's prefix blocks once a Count-Min sketch has seen the prefix this often (0 = never).
+    max_pinned_fraction : float
+        Share of the KV blocks hot prefixes may pin.
+    threads : int or None
+        torch / numba threads; None = their defaults (all cores).
+    seed : int
+        Seed of the engine's generator (requests without their own seed).
+    """
+
+    model: str | None = None
+    dtype: str = "float32"
+    kv_cache_dtype: str = "auto"
+    block_size: int = 16
+    num_blocks: int | None = None
+    kv_cache_memory: int = 1 << 30
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    prefill_chunk_size: int | None = None
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    policy: str = "fcfs"
+    hot_prefix_threshold: int = 4
+    max_pinned_fraction: float = 0.25
+    threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model is not None and not isinstance(self.model, str):
+            _set(self, "model", str(self.model))
+        check_choice("dtype", self.dtype, _DTYPES)
+        check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto",) + _DTYPES)
+        check_int("block_size", self.block_size, 1, 1024)
+        if self.num_blocks is not None:
+            check_int("num_blocks", self.num_blocks, 1)
+        check_int("kv_cache_memory", self.kv_cache_memory, 1)
+        check_int("max_num_seqs", self.max_num_seqs, 1)
+        check_int("max_num_batched_tokens", self.max_num_batched_tokens, 1)
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValidationError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+                f"({self.max_num_seqs}) so every running request can decode each step")
+        if self.prefill_chunk_size is not None:
+            check_int("prefill_chunk_size", self.prefill_chunk_size, 1, self.max_num_batched_tokens)
+        if self.max_model_len is not None:
+            check_int("max_model_len", self.max_model_len, 2)
+        check_bool("enable_prefix_caching", self.enable_prefix_caching)
+        check_choice("policy", self.policy, ("fcfs", "priority", "edf"))
+        check_int("hot_prefix_threshold", self.hot_prefix_threshold, 0)
+        check_float("max_pinned_fraction", self.max_pinned_fraction, 0.0, 1.0)
+        if self.threads is not None:
+            check_int("threads", self.threads, 1, 1024)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValidationError(f"unknown engine option(s) {unknown}; valid: {sorted(names)}")
+        return cls(**kwargs)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return torch.float32 if self.dtype == "float32" else torch.bfloat16
+
+    @property
+    def kv_torch_dtype(self):
+        import torch
+
+        d = self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype
+        return torch.float32 if d == "float32" else torch.bfloat16

@@ -1,0 +1,153 @@
+"""Parts of ``bench_engine`` that measure llmds alone: the linear-stack ceiling, decode attention
+variants, and hot-prefix pinning under a Zipf mix of system prompts.  Each runs inside the llmds
+worker process (``_engine_workers.run_llmds``) or the bench process; CPU time, medians of repeats.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+
+def _median_time(fn, repeats: int = 7) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def linear_rates(eng, sizes=(1, 32, 512)) -> dict:
+    """Tokens/s of the model's linear layers alone (every layer's qkv, o, gate_up, down and the
+    lm_head, on the real weights with the engine's kernels, in its dtype) at ``T`` tokens per step:
+    the ceiling."""
+    import torch
+
+    from llmds.engine.models.llama import linear
+
+    m = eng.model
+    f = m.config.intermediate_size
+    out = {}
+    with torch.inference_mode():
+        for T in sizes:
+            x = torch.randn(T, m.embed.shape[1], dtype=m.dtype)
+
+            def stack():
+                for _, w_qkv, w_o, _, w_gu, w_down in m.layers:
+                    linear(x, w_qkv)
+                    linear(x, w_o)
+                    gu = linear(x, w_gu)
+                    linear(gu[:, :f].contiguous(), w_down)
+                linear(x[:min(T, 32)], m.lm_head)  # logits only for the last position of each request
+
+            out[str(T)] = T / _median_time(stack, 5 if T < 512 else 3)
+    return out
+
+
+def ceiling_tok_s(prompt_tokens: int, output_tokens: int, rates: dict) -> float:
+    """Output tok/s if the workload ran at the linear-stack rate: prompts at 512 tokens per step,
+    outputs at 32 (the issue's definition)."""
+    return output_tokens / (prompt_tokens / rates["512"] + output_tokens / rates["32"])
+
+
+def attention_variants(context_lens: list[int], dtype: str, repeats: int = 9) -> dict:
+    """One layer's decode attention for ``len(context_lens)`` requests, three ways, CPU ms.
+
+    * ``numba_paged``: the engine's kernel, reading K/V through block tables in place;
+    * ``sdpa_per_request``: torch SDPA per request on the arena's zero-copy slice of its run;
+    * ``sdpa_padded``: one batched SDPA over K/V gathered into a padded tensor with a mask.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from llmds.engine.models._attn_kernels import paged_decode_attention
+
+    tdt = getattr(torch, dtype)
+    nh, nkv, hd, bs = 9, 3, 64, 16
+    lens = np.asarray(context_lens, np.int32)
+    nreq = len(lens)
+    nblk = (lens + bs - 1) // bs
+    starts = np.concatenate([[0], np.cumsum(nblk)[:-1]])
+    total = int(nblk.sum())
+    g = torch.Generator().manual_seed(0)
+    kc = torch.randn(total, bs, nkv, hd, generator=g).to(tdt)
+    vc = torch.randn(total, bs, nkv, hd, generator=g).to(tdt)
+    q = torch.randn(nreq, nh, hd, generator=g)
+    tables = np.zeros((nreq, int(nblk.max())), np.int32)
+    for i in range(nreq):
+        tables[i, :nblk[i]] = np.arange(starts[i], starts[i] + nblk[i])
+    scale = np.float32(hd ** -0.5)
+    out = np.empty((nreq, nh, hd), np.float32)
+    as_np = (lambda t: t.view(torch.int16).numpy().view(np.uint16)) if tdt == torch.bfloat16 else (
+        lambda t: t.numpy())
+    knp, vnp, qnp = as_np(kc), as_np(vc), q.numpy()
+    kflat, vflat = kc.view(-1, nkv, hd), vc.view(-1, nkv, hd)
+
+    def numba_paged():
+        paged_decode_attention(qnp, knp, vnp, tables, lens, scale, out)
+
+    def per_request():
+        for i in range(nreq):
+            a = int(starts[i]) * bs
+            K = kflat[a:a + lens[i]].transpose(0, 1).unsqueeze(0).float()
+            V = vflat[a:a + lens[i]].transpose(0, 1).unsqueeze(0).float()
+            F.scaled_dot_product_attention(q[i:i + 1].unsqueeze(2), K, V, scale=float(scale), enable_gqa=True)
+
+    width = int(lens.max())
+    pos = np.arange(width)
+    slots = np.minimum(pos[None, :], lens[:, None] - 1) + starts[:, None] * bs
+    slots_t = torch.from_numpy(slots.reshape(-1))
+    mask = torch.from_numpy(pos[None, :] < lens[:, None]).view(nreq, 1, 1, width)
+
+    def padded():
+        K = kflat.index_select(0, slots_t).view(nreq, width, nkv, hd).transpose(1, 2).float()
+        V = vflat.index_select(0, slots_t).view(nreq, width, nkv, hd).transpose(1, 2).float()
+        F.scaled_dot_product_attention(q.unsqueeze(2), K, V, attn_mask=mask, scale=float(scale), enable_gqa=True)
+
+    res = {}
+    for name, fn in (("numba_paged", numba_paged), ("sdpa_per_request", per_request), ("sdpa_padded", padded)):
+        fn()
+        ts = []
+        for _ in range(repeats):
+            t = time.process_time()
+            fn()
+            ts.append(time.process_time() - t)
+        res[name] = statistics.median(ts) * 1e3
+    return res
+
+
+def hot_prefix_hit_rates(dtype: str, requests: int = 240, prompts: int = 20, zipf_s: float = 1.1,
+                         num_blocks: int = 96, wave: int = 4, seed: int = 0) -> dict:
+    """Prefix-cache hit rate with and without hot-prefix pinning: ``requests`` short questions after
+    one of ``prompts`` system prompts (~100 tokens each, Zipf popularity), a KV cache of
+    ``num_blocks`` blocks of 16 (about half the system prompts fit), ``wave`` requests at a time."""
+    from llmds.engine.config import SamplingParams
+    from llmds.engine.engine import LLMEngine
+
+    rng = np.random.default_rng(seed)
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+    systems = [" ".join(rng.choice(words, 90)) + f" You are assistant number {i}." for i in range(prompts)]
+    w = 1.0 / np.arange(1, prompts + 1) ** zipf_s
+    picks = rng.choice(prompts, size=requests, p=w / w.sum())
+    sp = SamplingParams(temperature=0, max_tokens=1)
+    out = {}
+    for name, threshold in (("pinned", 4), ("unpinned", 0)):
+        eng = LLMEngine(dtype=dtype, num_blocks=num_blocks, max_num_seqs=wave, hot_prefix_threshold=threshold,
+                        max_pinned_fraction=0.5)
+        t = time.perf_counter()
+        for i in range(0, requests, wave):
+            eng.generate([[{"role": "system", "content": systems[j]},
+                           {"role": "user", "content": f"Question {k}: what is {k} plus {k}?"}]
+                          for k, j in zip(range(i, i + wave), picks[i:i + wave])], sp)
+        m = eng.metrics
+        out[name] = {"hit_rate": m.prefix_cache_hits / max(1, m.prefix_cache_queries),
+                     "pinned_blocks": eng.hot.num_pinned_blocks if eng.hot is not None else 0,
+                     "seconds": time.perf_counter() - t}
+        del eng
+    out["workload"] = {"requests": requests, "system_prompts": prompts, "zipf_s": zipf_s, "num_blocks": num_blocks,
+                       "wave": wave}
+    return out

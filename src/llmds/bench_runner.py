@@ -1,0 +1,156 @@
+"""``llmds bench``: run the benchmarks of a source checkout, then plot their JSON with matplotlib.
+
+Plots (PNG, beside the JSON in ``plots/``): server throughput vs concurrent clients and latency
+percentiles; engine throughput vs batch size (when its benchmark is present); retrieval recall@10
+vs queries/s (dense, MS MARCO); llmds/peer speed ratios of the structures.  Benchmarks run as
+``python -m benchmarks.<module>`` from the checkout's root, so they are the same programs
+``make bench`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from llmds.errors import StateError, ValidationError
+
+__all__ = ["BENCHMARKS", "run_benchmarks", "plot_results"]
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = {
+    "structures": ["bench_structures"],
+    "kv": ["bench_kv_cache", "bench_kv_arena"],
+    "planner": ["bench_planner"],
+    "retrieval": ["bench_retrieval"],
+    "engine": ["bench_engine"],
+    "server": ["bench_server"],
+}
+
+
+def checkout_root() -> Path:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "_common.py").is_file():
+        raise StateError("`llmds bench` runs the benchmarks of a source checkout; none was found beside "
+                         f"this installation ({root})")
+    return root
+
+
+def run_benchmarks(which: list[str], args: list[str]) -> int:
+    """Run the named benchmark groups (all when empty) and plot what they wrote; the worst exit status."""
+    unknown = [w for w in which if w not in BENCHMARKS]
+    if unknown:
+        raise ValidationError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+    root = checkout_root()
+    status = 0
+    for group in which or list(BENCHMARKS):
+        for module in BENCHMARKS[group]:
+            if not (root / "benchmarks" / f"{module}.py").is_file():
+                sys.stderr.write(f"llmds bench: {module} is not in this checkout; skipped\n")
+                continue
+            rc = subprocess.call([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=root)
+            status = max(status, rc)
+    quick = "--quick" in args
+    results = root / "benchmarks" / "results" / ("quick" if quick else "")
+    for png in plot_results(results):
+        sys.stdout.write(f"plot: {png}\n")
+    return status
+
+
+def plot_results(results: Path) -> list[Path]:
+    """Every plot the JSON files in ``results`` allow; returns the PNG paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = results / "plots"
+    written: list[Path] = []
+    for name, fn in (("bench_server", _server), ("bench_engine", _engine), ("bench_retrieval", _retrieval),
+                     ("bench_structures", _structures)):
+        path = results / f"{name}.json"
+        if not path.is_file():
+            continue
+        try:
+            written += fn(json.loads(path.read_text()), out)
+        except (KeyError, TypeError, ValueError) as exc:  # an older or different result layout
+            log.warning("cannot plot %s: %s", path, exc)
+    return written
+
+
+def _save(fig, out: Path, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _server(r: dict, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in r["servers"].items():
+        levels = sorted(s.get("levels", {}), key=int)
+        if levels:
+            ax.plot([int(n) for n in levels], [s["levels"][n]["tok_s"] for n in levels], marker="o", label=name)
+    ax.set(xlabel="concurrent streaming clients", ylabel="output tokens/s", title="throughput vs clients")
+    ax.legend()
+    paths = [_save(fig, out, "server_throughput")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    names = [n for n, s in r["servers"].items() if s.get("levels")]
+    for ax, metric in zip(axes, ("ttft", "itl")):
+        for j, name in enumerate(names):
+            top = r["servers"][name]["levels"][max(r["servers"][name]["levels"], key=int)]
+            ax.bar([j - 0.2, j + 0.2], [top[f"{metric}_p50_ms"], top[f"{metric}_p99_ms"]], width=0.4,
+                   color=["C0", "C1"])
+        ax.set_xticks(range(len(names)), names)
+        ax.set(ylabel="ms", title=f"{metric.upper()} p50 / p99 at {max(r['clients'])} clients", yscale="log")
+    paths.append(_save(fig, out, "server_latency"))
+    return paths
+
+
+def _engine(r: dict, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    rows = r["rows"]
+    xkey = next(k for k in ("batch_size", "batch", "num_seqs", "requests") if k in rows[0])
+    ykey = next(k for k in rows[0] if "tok" in k and isinstance(rows[0][k], (int, float)))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for who in sorted({row.get("engine", "llmds") for row in rows}):
+        pts = sorted((row[xkey], row[ykey]) for row in rows if row.get("engine", "llmds") == who)
+        ax.plot(*zip(*pts), marker="o", label=who)
+    ax.set(xlabel=xkey, ylabel=ykey, title="engine throughput vs batch size", xscale="log")
+    ax.legend()
+    return [_save(fig, out, "engine_throughput")]
+
+
+def _retrieval(r: dict, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    rows = r["parts"]["dense"]["msmarco"]["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lib in sorted({row["library"] for row in rows}):
+        pts = [(row["recall_at_10"], row["single_qps"]) for row in sorted(rows, key=lambda x: x["ef_search"])
+               if row["library"] == lib]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lib)
+    ax.set(xlabel="recall@10", ylabel="queries/s (single query)", title="HNSW recall vs QPS (MS MARCO)",
+           yscale="log")
+    ax.legend()
+    return [_save(fig, out, "retrieval_recall_qps")]
+
+
+def _structures(r: dict, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    rows = r["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [f"{row['structure']} {row['op']}" for row in rows]
+    ax.barh(labels, [row["speed_ratio"] for row in rows])
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set(xlabel="llmds / peer speed (> 1: llmds faster)", xscale="log", title="structures vs their peers")
+    return [_save(fig, out, "structures_ratio")]

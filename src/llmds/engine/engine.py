@@ -1,0 +1,391 @@
+"""LLMEngine: a real model served on the paged KV cache with continuous batching.
+
+One ``step()`` is schedule -> run -> update, as in nano-vllm and vLLM:
+
+1. the :class:`~llmds.engine.planner.Planner` picks the decodes and prefill chunks of this step
+   under the token budget (its :class:`~llmds.engine.block_manager.BlockManager` owns the block
+   tables: allocation, prefix caching, preemption when blocks run out);
+2. :func:`~llmds.engine.runner.build_batch` flattens them into one batch and the model runs one
+   forward over it, writing K/V into the block tensors at the slots of those tables;
+3. the sampler draws one token per request that completed its known tokens, the detokenizers
+   turn them into text (stop strings), and ``Planner.update`` advances the requests and frees
+   the finished ones' blocks.
+
+A failed forward is undone through ``Planner.cancel`` (the one rollback path) and re-raised.
+The engine holds no global state; several engines can live in one process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterator, Sequence
+
+from llmds._checks import check_int
+from llmds.engine.config import EngineConfig, SamplingParams
+from llmds.errors import ValidationError
+
+__all__ = ["RequestOutput", "LLMEngine"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """What one step produced for one request.
+
+    ``new_token_ids`` / ``text`` are this step's delta (text held back by stop-string matching
+    or an incomplete character comes later).  When ``finished``, ``output_text`` and
+    ``output_token_ids`` hold the whole output and ``finish_reason`` is ``"stop"``, ``"length"``
+    or ``"abort"``.  Times are on the engine's clock (seconds).
+    """
+
+    request_id: Hashable
+    new_token_ids: list[int]
+    text: str
+    finished: bool
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    logprobs: list | None = None
+    output_text: str | None = None
+    output_token_ids: list[int] | None = None
+    stop_reason: str | int | None = None
+    output_logprobs: list | None = None
+    arrival_time: float = 0.0
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+
+class _Live:
+    """Engine-side state of one request (one object per request, none per token)."""
+
+    __slots__ = ("seq", "params", "detok", "row", "arrival", "scheduled", "first", "last", "keys", "pinned_checked",
+                 "logprobs")
+
+    def __init__(self, seq, params, detok, row, arrival, keys) -> None:
+        self.seq, self.params, self.detok, self.row = seq, params, detok, row
+        self.arrival = arrival
+        self.scheduled: float | None = None
+        self.first: float | None = None
+        self.last: float | None = None
+        self.keys = keys
+        self.pinned_checked = False
+        self.logprobs: list | None = None if params.logprobs is None else []
+
+
+class LLMEngine:
+    """Serve a Llama-family model (default: the embedded SmolLM2-135M-Instruct).
+
+    ``LLMEngine(model=None, **options)`` with the options of :class:`EngineConfig`, or
+    ``LLMEngine(config=EngineConfig(...))``.  ``clock`` (seconds) is injectable for tests.
+    """
+
+    def __init__(self, model: str | None = None, *, config: EngineConfig | None = None,
+                 clock: Callable[[], float] = time.perf_counter, **options: Any) -> None:
+        import torch
+
+        from llmds.engine.block_manager import BlockManager
+        from llmds.engine.hot_prefix import HotPrefixes
+        from llmds.engine.kv_storage import KVStorage
+        from llmds.engine.loader import load_model
+        from llmds.engine.metrics import EngineMetrics
+        from llmds.engine.models.llama import LlamaModel
+        from llmds.engine.planner import Planner, PlannerConfig
+        from llmds.engine.sampling import Sampler
+        from llmds.engine.text import TextTokenizer
+
+        t0 = time.perf_counter()
+        if config is None:
+            config = EngineConfig.from_kwargs(model=model, **options)
+        elif model is not None or options:
+            raise ValidationError("pass either config=EngineConfig(...) or model/options, not both")
+        self.config = cfg = config
+        self.clock = clock
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+            import numba
+
+            numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
+        loaded = load_model(cfg.model)
+        mc = self.model_config = loaded.config
+        self.tokenizer = TextTokenizer(loaded.tokenizer_json, loaded.chat_template, loaded.special_tokens)
+        self.eos_token_ids = frozenset(mc.eos_token_ids)
+        kv_shape = (mc.num_layers, mc.num_kv_heads, mc.head_dim)
+        num_blocks = cfg.num_blocks or KVStorage.blocks_for_budget(cfg.kv_cache_memory, *kv_shape, cfg.block_size,
+                                                                   cfg.kv_torch_dtype)
+        self.num_blocks = num_blocks
+        self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
+        # the one KV path: planner -> block manager (block tables) -> block ids -> this arena
+        self.kv = KVStorage(*kv_shape, num_blocks, cfg.block_size, cfg.kv_torch_dtype)
+        self.model = LlamaModel(mc, loaded.weights, cfg.torch_dtype, self.kv)
+        del loaded
+        self.block_manager = BlockManager(num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
+        self.planner = Planner(PlannerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.prefill_chunk_size,
+                                             cfg.policy), kv=self.block_manager)
+        self.sampler = Sampler(cfg.seed)
+        self.metrics = EngineMetrics()
+        self.hot = None
+        if cfg.enable_prefix_caching and cfg.hot_prefix_threshold > 0 and cfg.max_pinned_fraction > 0:
+            self.hot = HotPrefixes(cfg.block_size, cfg.hot_prefix_threshold,
+                                   int(num_blocks * cfg.max_pinned_fraction), self.planner.pin_prefix,
+                                   self.planner.unpin)
+        self._live: dict[Hashable, _Live] = {}
+        self._finished_now: list[_Live] = []  # finished at add (max_tokens=0), reported by the next step
+        self._ids = itertools.count()
+        self.load_seconds = time.perf_counter() - t0
+
+    # --------------------------------------------------------------- requests
+    def add_request(self, prompt: str | Sequence[int] | Sequence[dict], sampling_params: SamplingParams | None = None,
+                    request_id: Hashable | None = None, *, priority: int = 0, deadline: float | None = None) -> Hashable:
+        """Queue a request; returns its id.
+
+        ``prompt`` is text, token ids, or chat messages (``[{"role", "content"}, ...]``, rendered
+        with the model's chat template).  Raises ``ValidationError`` for a bad prompt or a prompt
+        longer than the context, ``CapacityError`` for one the KV cache could never hold; nothing
+        is queued then.
+        """
+        from llmds.engine.request import RequestState
+        from llmds.engine.sampling import SampleRow
+        from llmds.engine.text import Detokenizer
+
+        params = SamplingParams() if sampling_params is None else sampling_params
+        if not isinstance(params, SamplingParams):
+            raise ValidationError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        ids = self.encode_prompt(prompt)
+        if len(ids) >= self.max_model_len:
+            raise ValidationError(
+                f"the prompt has {len(ids)} tokens; the model's context is {self.max_model_len} "
+                "(prompt + at least one generated token)")
+        if request_id is None:
+            request_id = f"req-{next(self._ids)}"
+            while request_id in self._live:
+                request_id = f"req-{next(self._ids)}"
+        elif request_id in self._live:
+            raise ValidationError(f"request id {request_id!r} is already live; ids must be unique")
+        stops = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stops |= self.eos_token_ids
+        max_new = min(params.max_tokens, self.max_model_len - len(ids))
+        now = self.clock()
+        seq = RequestState(request_id, ids, max_new_tokens=max_new, priority=check_int("priority", priority),
+                           arrival_time=now, deadline=deadline, stop_token_ids=stops, sampling_params=params)
+        queued = self.planner.add(seq)  # CapacityError / ValidationError: nothing queued
+        keys = self.hot.keys_of(ids) if self.hot is not None else []
+        if self.hot is not None:
+            self.hot.observe(keys)
+        detok = Detokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
+        live = _Live(seq, params, detok, SampleRow(params, ids, seq.output_token_ids), now, keys)
+        self._live[request_id] = live
+        if not queued:  # max_tokens == 0: finished already; reported by the next step()
+            self._finished_now.append(live)
+        return request_id
+
+    def encode_prompt(self, prompt: Any) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+            ids = self.tokenizer.encode_chat(prompt)
+        else:
+            ids = self.tokenizer.check_ids(prompt)
+        if not ids:
+            raise ValidationError("the prompt is empty: give at least one token")
+        return ids
+
+    def abort(self, request_id: Hashable) -> bool:
+        """Finish a request now and free its KV blocks; False for an unknown or finished id."""
+        live = self._live.pop(request_id, None)
+        if live is None:
+            return False
+        self.planner.abort(request_id)
+        self.metrics.requests_finished["abort"] += 1
+        if live in self._finished_now:
+            self._finished_now.remove(live)
+        self._gauges()  # no step may follow (an idle engine): keep running/waiting/KV usage true
+        return True
+
+    def abort_all(self, reason: str = "abort") -> list[RequestOutput]:
+        """Finish every live request now (``finish_reason=reason``), freeing all blocks; their final outputs."""
+        outs = []
+        for rid in list(self._live):
+            live = self._live.pop(rid)
+            self.planner.abort(rid)
+            outs.append(self._final(live, [], reason=reason))
+        self._finished_now.clear()
+        self._gauges()
+        return outs
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._live)
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._live)
+
+    # -------------------------------------------------------------------- step
+    def step(self) -> list[RequestOutput]:
+        """Run one step; returns an output for every request that produced a token or finished."""
+        t0 = time.perf_counter()
+        outputs = [self._final(live, []) for live in self._drain_finished_now()]
+        plan = self.planner.schedule()
+        m = self.metrics
+        if plan.is_empty:
+            self.planner.update(plan, [])
+            self._gauges()
+            return outputs
+        now = self.clock()
+        for s, n in plan.prefill:
+            live = self._live[s.request_id]
+            if live.scheduled is None:
+                live.scheduled = now
+                m.request_queue_time_seconds.observe(now - live.arrival)
+        m.num_preemptions += len(plan.preempted)
+        from llmds.engine.runner import build_batch
+
+        try:
+            batch = build_batch(plan, self.config.block_size)
+            tf = time.perf_counter()
+            logits = self.model.forward(batch)
+            m.forward_seconds += time.perf_counter() - tf
+            sampling = plan.sampling
+            rows = [self._live[s.request_id].row for s in sampling]
+            tokens, logprobs = self.sampler(logits, rows)
+        except BaseException:
+            self.planner.cancel(plan)
+            raise
+        now = self.clock()
+        stopped, deltas = [], []
+        for i, (s, tok) in enumerate(zip(sampling, tokens)):
+            live = self._live[s.request_id]
+            text = "" if tok in s.stop_token_ids else live.detok.push(tok)
+            if live.detok.stopped is not None:
+                stopped.append(s.request_id)
+            deltas.append(text)
+            if live.first is None:
+                live.first = now
+                m.time_to_first_token_seconds.observe(now - live.arrival)
+            else:
+                m.inter_token_latency_seconds.observe(now - live.last)
+            live.last = now
+            if live.logprobs is not None:
+                live.logprobs.append(logprobs[i])
+        finished = self.planner.update(plan, tokens, stopped)
+        m.generation_tokens += len(tokens)
+        m.prompt_tokens += sum(n for _, n in plan.prefill)  # computed prompt tokens (recompute included)
+        done = {s.request_id for s in finished}
+        for i, s in enumerate(sampling):
+            live = self._live.get(s.request_id)
+            if live is None:
+                continue
+            if self.hot is not None and not live.pinned_checked:  # its prompt's KV is computed (and cached)
+                live.pinned_checked = True
+                self.hot.maybe_pin(s.prompt_token_ids, live.keys)
+            if s.request_id in done:
+                continue
+            lp = None if logprobs is None or logprobs[i] is None else [logprobs[i]]
+            outputs.append(RequestOutput(s.request_id, [tokens[i]], deltas[i], False, None, s.num_prompt_tokens,
+                                         s.num_output_tokens, s.num_cached_tokens, lp,
+                                         arrival_time=live.arrival, first_token_time=live.first))
+        if finished:
+            index = {s.request_id: i for i, s in enumerate(sampling)}
+            for s in finished:
+                live = self._live.pop(s.request_id, None)
+                if live is None:
+                    continue  # aborted by the caller
+                i = index.get(s.request_id)
+                new = [] if i is None else [tokens[i]]
+                lp = None if i is None or logprobs is None or logprobs[i] is None else [logprobs[i]]
+                out = self._final(live, new, lp, deltas[i] if i is not None else "")
+                outputs.append(out)
+        self._gauges()
+        m.num_steps += 1
+        m.step_seconds += time.perf_counter() - t0
+        return outputs
+
+    def _final(self, live: _Live, new: list[int], lp=None, delta: str = "", reason: str | None = None) -> RequestOutput:
+        s, now = live.seq, self.clock()
+        reason = reason or s.finish_reason or "length"
+        stop_reason = live.detok.stopped
+        if stop_reason is None and reason == "stop" and s.output_token_ids:
+            stop_reason = s.output_token_ids[-1]
+        self.metrics.requests_finished[reason] = self.metrics.requests_finished.get(reason, 0) + 1
+        self.metrics.e2e_request_latency_seconds.observe(now - live.arrival)
+        text = delta + live.detok.flush()
+        return RequestOutput(s.request_id, new, text, True, reason, s.num_prompt_tokens, s.num_output_tokens,
+                             s.num_cached_tokens, lp, output_text=live.detok.text,
+                             output_token_ids=list(s.output_token_ids), stop_reason=stop_reason,
+                             output_logprobs=live.logprobs, arrival_time=live.arrival,
+                             first_token_time=live.first, finished_time=now)
+
+    def _drain_finished_now(self) -> list[_Live]:
+        done, self._finished_now = self._finished_now, []
+        for live in done:
+            self._live.pop(live.seq.request_id, None)
+        return done
+
+    def _gauges(self) -> None:
+        m, bm = self.metrics, self.block_manager
+        m.num_requests_running = self.planner.num_running
+        m.num_requests_waiting = self.planner.num_waiting
+        m.kv_cache_usage_perc = bm.usage()
+        m.prefix_cache_queries = bm.num_query_tokens
+        m.prefix_cache_hits = bm.num_hit_tokens
+        m.num_pinned_blocks = self.hot.num_pinned_blocks if self.hot is not None else 0
+
+    # -------------------------------------------------------------- drivers
+    def generate(self, prompts: str | Sequence, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 *, use_tqdm: bool = False) -> list[RequestOutput]:
+        """Run prompts to completion; the final output of each, in prompt order."""
+        single = isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                               and all(isinstance(t, int) for t in prompts))
+        items = [prompts] if single else list(prompts)
+        params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(items)
+        if len(params) != len(items):
+            raise ValidationError(f"got {len(params)} sampling params for {len(items)} prompts")
+        ids = [self.add_request(p, sp) for p, sp in zip(items, params)]
+        results: dict[Hashable, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ids), desc="generate", unit="req")
+        try:
+            while len(results) < len(ids):
+                for out in self.step():
+                    if out.finished and out.request_id in set(ids):
+                        results[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+        except BaseException:
+            for rid in ids:
+                self.abort(rid)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [results[r] for r in ids]
+
+    def stream(self, prompt: Any, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Yield one request's outputs as they come (this call drives the engine's steps)."""
+        rid = self.add_request(prompt, sampling_params)
+        try:
+            while True:
+                for out in self.step():
+                    if out.request_id == rid:
+                        yield out
+                        if out.finished:
+                            return
+        finally:
+            self.abort(rid)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.metrics.summary(), **{f"kv_{k}": v for k, v in self.block_manager.stats().items()},
+                "num_blocks": self.num_blocks, "block_size": self.config.block_size,
+                "load_seconds": self.load_seconds}

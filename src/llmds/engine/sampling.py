@@ -1,0 +1,131 @@
+"""Batched sampling: penalties, greedy, temperature, top-k / top-p / min-p, seeds, log-probabilities.
+
+One call handles every request that samples this step (one logits row each).  The common case
+(all greedy, no penalties, no logprobs) is one ``argmax``.  Otherwise rows are grouped so each
+transformation is one tensor op over the rows that need it.
+
+Random draws use the exponential race (``argmax(p / E)`` with ``E ~ Exp(1)`` per token is a
+sample from ``p``), so a row's randomness is one vector of noise.  A request with a ``seed``
+draws its noise from its own ``torch.Generator``: it samples the same tokens whatever it is
+batched with (and after a preemption).  Others share the engine's generator.
+
+Log-probabilities are those of the model's distribution (``log_softmax`` of the raw logits),
+as vLLM returns by default and OpenAI documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from llmds.engine.config import SamplingParams
+
+__all__ = ["SampleRow", "TokenLogprobs", "Sampler"]
+
+
+@dataclass(slots=True)
+class TokenLogprobs:
+    """Log-probability of a sampled token and the ``top`` most likely tokens (id, logprob), best first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+class SampleRow:
+    """What the sampler needs of one request: its parameters, history and generator."""
+
+    __slots__ = ("params", "generator", "prompt_token_ids", "output_token_ids")
+
+    def __init__(self, params: SamplingParams, prompt_token_ids: Sequence[int], output_token_ids: list[int]) -> None:
+        self.params = params
+        self.prompt_token_ids = prompt_token_ids
+        self.output_token_ids = output_token_ids  # the live list (the planner appends to it)
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+class Sampler:
+    """Sample one token per row of a float32 logits matrix."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], list[TokenLogprobs | None] | None]:
+        params = [r.params for r in rows]
+        simple = all(p.temperature == 0.0 and not p.has_penalties for p in params)
+        want_lp = [i for i, p in enumerate(params) if p.logprobs is not None]
+        lp = torch.log_softmax(logits[want_lp], dim=-1) if want_lp else None
+        if simple:
+            tokens = logits.argmax(dim=-1).tolist()
+        else:
+            x = logits.clone()
+            for i, r in enumerate(rows):
+                if r.params.has_penalties:
+                    _penalize(x[i], r)
+            tokens = x.argmax(dim=-1).tolist()
+            hot = [i for i, p in enumerate(params) if p.temperature != 0.0]
+            if hot:
+                for i, t in zip(hot, self._sample(x[hot], [rows[i] for i in hot])):
+                    tokens[i] = t
+        if lp is None:
+            return tokens, None
+        out: list[TokenLogprobs | None] = [None] * len(rows)
+        for j, i in enumerate(want_lp):
+            k = params[i].logprobs
+            row = lp[j]
+            top = []
+            if k:
+                v, ix = row.topk(k)
+                top = list(zip(ix.tolist(), v.tolist()))
+            out[i] = TokenLogprobs(tokens[i], float(row[tokens[i]]), top)
+        return tokens, out
+
+    def _sample(self, x: torch.Tensor, rows: Sequence[SampleRow]) -> list[int]:
+        temps = torch.tensor([r.params.temperature for r in rows], dtype=x.dtype).unsqueeze(1)
+        x = x / temps
+        ks = [r.params.top_k for r in rows]
+        if any(k != -1 for k in ks):
+            kmax = min(max(k if k != -1 else x.shape[1] for k in ks), x.shape[1])
+            kth = x.topk(kmax, dim=-1).values  # [n, kmax] descending
+            idx = torch.tensor([(min(k, x.shape[1]) if k != -1 else kmax) - 1 for k in ks]).unsqueeze(1)
+            thresh = kth.gather(1, idx)
+            none = torch.tensor([k == -1 for k in ks]).unsqueeze(1)
+            x = x.masked_fill((x < thresh) & ~none, float("-inf"))
+        probs = torch.softmax(x, dim=-1)
+        ps = [r.params.top_p for r in rows]
+        if any(p < 1.0 for p in ps):
+            sp, si = probs.sort(dim=-1, descending=True)
+            cum = sp.cumsum(dim=-1)
+            top_p = torch.tensor(ps, dtype=probs.dtype).unsqueeze(1)
+            drop_sorted = (cum - sp) > top_p  # keep the smallest prefix whose mass reaches top_p
+            drop = torch.zeros_like(drop_sorted).scatter(1, si, drop_sorted)
+            probs = probs.masked_fill(drop, 0.0)
+        mins = [r.params.min_p for r in rows]
+        if any(m > 0.0 for m in mins):
+            mp = torch.tensor(mins, dtype=probs.dtype).unsqueeze(1)
+            probs = probs.masked_fill(probs < mp * probs.max(dim=-1, keepdim=True).values, 0.0)
+        noise = torch.empty_like(probs)
+        shared = [i for i, r in enumerate(rows) if r.generator is None]
+        if shared:
+            noise[shared] = torch.empty((len(shared), probs.shape[1])).exponential_(generator=self.generator)
+        for i, r in enumerate(rows):
+            if r.generator is not None:
+                noise[i].exponential_(generator=r.generator)
+        return (probs / noise).argmax(dim=-1).tolist()
+
+
+def _penalize(row: torch.Tensor, r: SampleRow) -> None:
+    """Repetition penalty over prompt + output tokens; presence/frequency over output tokens (in place)."""
+    p = r.params
+    out = r.output_token_ids
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(list(r.prompt_token_ids) + out, dtype=torch.long).unique()
+        s = row[seen]
+        row[seen] = torch.where(s < 0, s * p.repetition_penalty, s / p.repetition_penalty)
+    if out and (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0):
+        counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=row.shape[0]).to(row.dtype)
+        row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)

@@ -1,0 +1,76 @@
+"""Run the server: load the engine, build the app, serve it with uvicorn until SIGTERM / SIGINT.
+
+On SIGTERM (or Ctrl-C) the server stops accepting connections, aborts every request in flight at
+once (streams end with an ``error`` event, whole responses with 503), frees every KV block, joins
+the engine thread and exits with status 0 (uvicorn would re-raise the signal; :class:`Server`
+does not).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+__all__ = ["build_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def _uvicorn_server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server with a ``ready`` event, the bound address, and a prompt, clean SIGTERM."""
+
+        def __init__(self, config, state, on_ready: Callable[[str], None] | None = None) -> None:
+            super().__init__(config)
+            self.state = state
+            self.ready = threading.Event()
+            self.on_ready = on_ready
+            self.url: str | None = None
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers:
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                self.url = f"http://{host}:{port}"
+                if self.on_ready is not None:
+                    self.on_ready(self.url)
+            self.ready.set()
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # exit 0 after the graceful shutdown, no re-raised signal
+            # abort what runs now (uvicorn would wait for every stream to finish)
+            threading.Thread(target=self.state.stop, name="llmds-stop", daemon=True).start()
+
+    return Server
+
+
+def build_server(state, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+                 on_ready: Callable[[str], None] | None = None):
+    """A ready-to-``run()`` server for ``state`` (``port=0`` picks a free port; see ``.url``)."""
+    import uvicorn
+
+    from llmds.server.app import create_app
+
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, lifespan="on",
+                            access_log=log_level == "debug", timeout_graceful_shutdown=10,
+                            server_header=False)
+    return _uvicorn_server_class()(config, state, on_ready)
+
+
+def serve(engine_config, server_config, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          on_ready: Callable[[str], None] | None = None) -> int:
+    """Load the model and serve until stopped; returns the exit status (0 after SIGTERM)."""
+    from llmds.engine.engine import LLMEngine
+    from llmds.server.state import ServerState
+
+    engine = LLMEngine(config=engine_config)
+    log.info("model loaded in %.1f s: %d KV blocks of %d tokens", engine.load_seconds, engine.num_blocks,
+             engine_config.block_size)
+    server = build_server(ServerState(engine, server_config), host, port, log_level, on_ready)
+    server.run()
+    return 0 if server.started else 1
+

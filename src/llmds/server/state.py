@@ -1,0 +1,226 @@
+"""What one running server holds: the engine and its thread, the admission gate, the retrieval
+index, the metrics; and :class:`Generation`, one admitted request's output stream.
+
+Every exit path of a request (finished, client gone, exception, shutdown) goes through
+:meth:`Generation.close`, which aborts an unfinished request (its KV blocks are freed before the
+engine's next step) and releases its admission ticket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from llmds._checks import check_int
+from llmds.engine.engine import RequestOutput
+from llmds.errors import CapacityError, LLMDSError
+from llmds.server.admission import AdmissionGate, Rejection, Ticket
+from llmds.server.errors import APIError, from_llmds_error, retry_after_header
+
+__all__ = ["ServerConfig", "ServerState", "Generation"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The server's own options (the engine's are an :class:`~llmds.engine.config.EngineConfig`).
+
+    ``model_name``: the id ``/v1/models`` lists and requests may name (None: the model's file name).
+    ``max_body_bytes``: larger request bodies get 413.  ``max_qps`` / ``max_token_rate`` /
+    ``rate_window`` / ``max_waiting_requests`` / ``max_waiting_tokens``: see
+    :mod:`llmds.server.admission`.  ``docs`` / ``index``: what RAG retrieves from (None: the
+    project's README and docs); ``rag=False`` serves no retrieval and no embeddings.
+    ``hot_threshold``: hits that make a chunk "hot" in ``llmds:retrieval_hot_documents``.
+    """
+
+    model_name: str | None = None
+    api_key: str | None = None
+    max_body_bytes: int = 2 << 20
+    max_qps: float = 50.0
+    max_token_rate: float = 200_000.0
+    rate_window: float = 10.0
+    max_waiting_requests: int = 256
+    max_waiting_tokens: int = 262_144
+    docs: tuple[str, ...] | None = None
+    index: str | None = None
+    rag: bool = True
+    hot_threshold: int = 8
+
+    def __post_init__(self) -> None:
+        check_int("max_body_bytes", self.max_body_bytes, 1024)
+        check_int("hot_threshold", self.hot_threshold, 1)
+
+
+class ServerState:
+    """Engine, engine thread, gate, retrieval and metrics of one server (see the module docstring)."""
+
+    def __init__(self, engine, config: ServerConfig | None = None, clock=time.monotonic) -> None:
+        from llmds.engine.async_engine import AsyncLLMEngine
+        from llmds.server.metrics import ServerMetrics
+
+        self.config = cfg = config or ServerConfig()
+        self.engine = engine
+        self.aengine = AsyncLLMEngine(engine)
+        self.model_name = cfg.model_name or _model_name(engine)
+        self.gate = AdmissionGate(cfg.max_qps, cfg.max_token_rate, cfg.rate_window, cfg.max_waiting_requests,
+                                  cfg.max_waiting_tokens, clock=clock)
+        self.metrics = ServerMetrics()
+        self.rag = None  # a RagIndex once ready
+        self.embedder = None
+        self.rag_error: str | None = None
+        self.rag_ready = threading.Event()  # set when retrieval is ready or has failed
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # the longest prompt + output that fits both the model's context and the KV pool
+        self.context_limit = min(engine.max_model_len, engine.num_blocks * engine.config.block_size)
+        self.created = int(time.time())
+        self._idle = threading.Condition()
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the engine thread (call on the event loop) and prepare retrieval in the background."""
+        self.loop = asyncio.get_running_loop()
+        self.aengine.start(self.loop)
+        if self.config.rag:
+            threading.Thread(target=self._load_rag, name="llmds-rag", daemon=True).start()
+        else:
+            self.rag_ready.set()
+
+    def stop(self) -> None:
+        """Abort every request, free all blocks, join the engine thread (idempotent)."""
+        self.aengine.shutdown()
+        bm = self.engine.block_manager
+        log.info("engine stopped: %d of %d KV blocks free", bm.num_free_blocks, self.engine.num_blocks)
+
+    def _load_rag(self) -> None:
+        from llmds.embeddings import MiniLMEmbedder
+        from llmds.server.rag import RagIndex, default_docs
+
+        t0 = time.perf_counter()
+        try:
+            emb = MiniLMEmbedder(batch_size=32).load()
+            self.embedder = emb
+            if self.config.index:
+                rag = RagIndex.load(self.config.index, emb)
+            else:
+                paths = list(self.config.docs) if self.config.docs is not None else default_docs()
+                rag = RagIndex.from_paths(paths, emb) if paths else None
+            self.rag = rag
+            log.info("retrieval ready in %.1f s: %s chunks", time.perf_counter() - t0, len(rag) if rag else 0)
+        except Exception as exc:  # noqa: BLE001 - the LLM routes keep serving without retrieval
+            self.rag_error = f"{type(exc).__name__}: {exc}"
+            log.error("retrieval is unavailable: %s", self.rag_error)
+        finally:
+            self.rag_ready.set()
+
+    # ------------------------------------------------------------------- requests
+    async def generate(self, prompt_ids: list[int], params, priority: int = 0, param: str = "messages") -> Generation:
+        """Admit and queue a request; raises :class:`APIError` (4xx / 429 / 503) when refused
+        (``param``: the request field that holds the prompt)."""
+        eng = self.engine
+        if len(prompt_ids) >= eng.max_model_len:
+            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; this model's context is "
+                           f"{eng.max_model_len} tokens (prompt + at least one generated token)",
+                           param=param, code="context_length_exceeded")
+        max_new = min(params.max_tokens, eng.max_model_len - len(prompt_ids))
+        ticket = self.gate.admit(len(prompt_ids), max_new)
+        if isinstance(ticket, Rejection):
+            raise rejection_error(ticket)
+        self._enter()
+        try:
+            rid = await self.aengine.add_request(prompt_ids, params, priority=priority)
+        except BaseException as exc:
+            ticket.close()
+            self._leave()
+            if isinstance(exc, LLMDSError):
+                raise from_llmds_error(exc, param if isinstance(exc, CapacityError) else None) from None
+            raise
+        gen = Generation(self, rid, ticket)
+        await asyncio.sleep(0)  # the stream's first step runs now: from here closing it aborts
+        return gen
+
+    def default_max_tokens(self, prompt_tokens: int) -> int:
+        """``max_tokens`` when a chat request names none: the rest of what fits (at least 1)."""
+        return max(1, self.context_limit - prompt_tokens)
+
+    def _enter(self) -> None:
+        with self._idle:
+            self.metrics.in_flight += 1
+
+    def _leave(self) -> None:
+        with self._idle:
+            self.metrics.in_flight -= 1
+            if self.metrics.in_flight == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block (another thread) until no request is in flight; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.metrics.in_flight == 0, timeout)
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        try:
+            return self.engine.tokenizer.encode_chat(messages)
+        except LLMDSError as exc:
+            raise from_llmds_error(exc, "messages") from None
+
+
+class Generation:
+    """One admitted request's outputs (see the module docstring)."""
+
+    def __init__(self, state: ServerState, request_id: Hashable, ticket: Ticket) -> None:
+        self.state, self.request_id, self.ticket = state, request_id, ticket
+        self._agen = state.aengine.stream(request_id)
+        self._next: asyncio.Future | None = asyncio.ensure_future(self._agen.__anext__())
+        self._closed = False
+
+    async def next(self) -> RequestOutput | None:
+        """The next output; None when the engine shut down under the request."""
+        try:
+            if self._next is not None:
+                fut, self._next = self._next, None
+                out = await fut
+            else:
+                out = await self._agen.__anext__()
+        except StopAsyncIteration:
+            return None
+        self.ticket.started()
+        return out
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._next is not None:
+                self._next.cancel()
+                with suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await self._next
+            await self._agen.aclose()
+        finally:
+            self.ticket.close()
+            self.state._leave()
+
+
+def rejection_error(rej: Rejection) -> APIError:
+    import math
+
+    if not math.isfinite(rej.retry_after):
+        return APIError(400, f"this request can never be admitted: {rej.message}",
+                        param="max_tokens" if rej.reason == "tokens_per_second" else "messages",
+                        code="request_too_large")
+    return APIError(429, f"Rate limit reached ({rej.reason}): {rej.message}. Retry after "
+                    f"{rej.retry_after:.1f} s.", type="rate_limit_error", code="rate_limit_exceeded",
+                    headers=retry_after_header(rej.retry_after))
+
+
+def _model_name(engine) -> str:
+    from pathlib import Path
+
+    m = engine.config.model
+    return "SmolLM2-135M-Instruct" if m is None else Path(m).stem

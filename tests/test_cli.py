@@ -1,0 +1,105 @@
+"""The ``llmds`` command line: help everywhere, one-line user errors, and the commands' output
+checked against the engine and the retrieval index they drive."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from llmds import cli
+
+COMMANDS = ["serve", "generate", "chat", "index", "search", "bench", "version"]
+
+
+@pytest.mark.parametrize("command", [None] + COMMANDS)
+def test_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(([command] if command else []) + ["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: llmds") and (command is None or command in out)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["generate", "hi", "--max-tokens", "-3"], "max_tokens"),
+    (["generate", "hi", "--temperature", "-1"], "temperature"),
+    (["serve", "--docs", "a", "--index", "b"], "not both"),
+    (["serve", "--docs", "/no/such/folder"], "no such file"),
+    (["search", "/no/such/index.npz", "query"], "no such index"),
+    (["index", "/no/such/folder", "--out", "/tmp/x.npz"], "no such document"),
+    (["bench", "everything"], "unknown benchmark"),
+])
+def test_a_user_error_is_one_line(argv, words, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("llmds: error: ") and words in err
+    assert "Traceback" not in err
+
+
+def test_bad_option_type_is_argparse_one_liner():
+    r = subprocess.run([sys.executable, "-m", "llmds.cli", "serve", "--port", "eighty"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "invalid int value" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def engine():
+    pytest.importorskip("torch")
+    from llmds.engine.engine import LLMEngine
+
+    return LLMEngine(num_blocks=64, max_num_seqs=2, hot_prefix_threshold=0)
+
+
+@pytest.fixture
+def use_engine(engine, monkeypatch):
+    monkeypatch.setattr(cli, "_load_engine", lambda a: engine)
+    return engine
+
+
+GREEDY = ["--temperature", "0", "--max-tokens", "8"]
+
+
+def test_generate_streams_the_engines_output(use_engine, capsys):
+    from llmds.engine.config import SamplingParams
+
+    assert cli.main(["generate", "What is the capital of France?", *GREEDY]) == 0
+    want = use_engine.generate([[{"role": "user", "content": "What is the capital of France?"}]],
+                               SamplingParams(max_tokens=8, temperature=0))[0].output_text
+    assert capsys.readouterr().out == want + "\n"
+    assert cli.main(["generate", "The capital of France is", "--raw", *GREEDY]) == 0
+    want = use_engine.generate("The capital of France is", SamplingParams(max_tokens=8, temperature=0))[0].output_text
+    assert capsys.readouterr().out == want + "\n"
+
+
+def test_chat_keeps_the_history(use_engine, capsys, monkeypatch):
+    from llmds.engine.config import SamplingParams
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Name a fruit.\n\nAnd a colour?\n/reset\nHi\n/exit\n"))
+    assert cli.main(["chat", "--system", "Be brief.", *GREEDY]) == 0
+    replies = capsys.readouterr().out.split("\n")[:3]
+    greedy = SamplingParams(max_tokens=8, temperature=0)
+    sys_msg = {"role": "system", "content": "Be brief."}
+    first = [sys_msg, {"role": "user", "content": "Name a fruit."}]
+    a1 = use_engine.generate([first], greedy)[0].output_text
+    second = first + [{"role": "assistant", "content": a1}, {"role": "user", "content": "And a colour?"}]
+    a2 = use_engine.generate([second], greedy)[0].output_text
+    a3 = use_engine.generate([[sys_msg, {"role": "user", "content": "Hi"}]], greedy)[0].output_text  # after /reset
+    assert replies == [a1, a2, a3]
+
+
+def test_index_then_search(tmp_path, capsys):
+    pytest.importorskip("sentence_transformers")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "paging.md").write_text("Paged attention stores the KV cache in fixed-size blocks.\n")
+    (docs / "admission.txt").write_text("Admission control answers 429 with a Retry-After header.\n")
+    (docs / "ignored.bin").write_bytes(b"\x00\x01")
+    out = tmp_path / "docs.npz"
+    assert cli.main(["index", str(docs), "--out", str(out)]) == 0
+    assert "indexed 2 chunks of 2 documents" in capsys.readouterr().out
+    assert cli.main(["search", str(out), "which header says when to retry", "--top-k", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert "admission.txt" in shown and "paging.md" not in shown
