@@ -46,6 +46,7 @@ bench: install-bench
 	$(PY) -m benchmarks.bench_kv_arena $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_planner $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_retrieval $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_engine $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_server $(BENCH_ARGS)
 
 clean:
