@@ -251,7 +251,7 @@ def main(argv=None):
             "head_dim": D,
             "block_size": BS,
             "dtype": "float32",
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **{k: v for k, v in vars(args).items() if k != "out"},  # no machine path in the results
         },
         "machine": {
             "python": platform.python_version(),

@@ -1,4 +1,4 @@
-"""Seed-API conformance: the documents in /work/shared/seed-api/ work as written.
+"""Seed-API conformance: the documents in ../shared/seed-api/ (next to the repository) work as written.
 
 Covers ``llmds-usage-guide.md`` (every code example, run as close to verbatim as
 possible), ``llmds-api-reference.md`` (usage snippets, every documented method
