@@ -11,13 +11,14 @@ import time
 import numpy as np
 
 
-def _median_time(fn, repeats: int = 7) -> float:
+def _median_time(fn, repeats: int = 7, clock=time.perf_counter) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
     fn()
     ts = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(clock() - t)
     return statistics.median(ts)
 
 
@@ -110,13 +111,7 @@ def attention_variants(context_lens: list[int], dtype: str, repeats: int = 9) ->
 
     res = {}
     for name, fn in (("numba_paged", numba_paged), ("sdpa_per_request", per_request), ("sdpa_padded", padded)):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t = time.process_time()
-            fn()
-            ts.append(time.process_time() - t)
-        res[name] = statistics.median(ts) * 1e3
+        res[name] = _median_time(fn, repeats, time.process_time) * 1e3
     return res
 
 
