@@ -20,7 +20,7 @@ def format_tables(r: dict, ratio_rule) -> str:
     w, eng = r["workload"], r["engines"]
     lines = [f"\n{w['requests']} chat requests, prompts {w['prompt_len_min']}-{w['prompt_len_max']} tokens "
              f"(mean total {w['prompt_tokens_mean']:.0f}), {w['max_tokens']} output tokens each, greedy; "
-             f"{w['repeats']} offline passes (median), Poisson pass at {w['poisson_rate']} req/s; "
+             f"{w['repeats']} rounds, llmds and vLLM alternating (median), Poisson pass at {w['poisson_rate']} req/s; "
              f"{r['machine']['processor']} ({r['machine']['cpus']} cpus)",
              f"{ratio_rule('llmds tok/s / peer tok/s, same dtype')}", "",
              "| engine | output tok/s, all at once | ratio | TTFT p50 / p99 ms | ITL p50 / p99 ms | "

@@ -2,8 +2,11 @@
 
 Workload (the issue's): 32 chat requests of mixed prompt lengths (50-600 tokens, one shared system
 prompt), 128 output tokens each, greedy with ``ignore_eos``, all arriving at once ("offline"),
-``--repeats`` times with fresh questions each time (the shared system prompt stays cached, in
-every engine that caches prefixes); then a Poisson pass of the same size at ``--rate`` requests/s.
+``--repeats`` rounds with fresh questions each round (every engine warms up first, so the shared
+system prompt is cached in those that cache prefixes); then a Poisson pass of the same size at
+``--rate`` requests/s.  In each round llmds and vLLM run one after the other, each in a fresh
+process: this machine's speed drifts by ~10% over minutes, and alternating keeps the drift out
+of the ratio (``stepped_rounds``).
 Every engine gets the same token ids (made here with the model's chat template).
 
 Engines, each in a fresh process (``benchmarks/_engine_workers.py``), one at a time:
@@ -163,14 +166,13 @@ def run(quick: bool, repeats: int, engines: set[str], rate: float) -> dict:
                  "engines": {}, "notes": {}}
     ok, res["notes"] = peer_notes(engines - {"llmds"})
     outputs = {}
+    stepped = [("llmds", {})] if "llmds" in engines else []
+    stepped += [("vllm", ok["vllm"])] if "vllm" in ok else []
     for dtype in ("bfloat16", "float32"):
-        if "llmds" in engines:
-            r = run_worker("llmds", {**base, "dtype": dtype, "ceiling": True})
-            _keep(res, outputs, f"llmds {dtype}", r)
-            if isinstance(r, dict):
+        for name, r in stepped_rounds(stepped, base, dtype).items():
+            _keep(res, outputs, f"{name} {dtype}", r)
+            if name == "llmds" and isinstance(r, dict):
                 r["ceiling_tok_s"] = ceiling_tok_s(prompt_tokens, n * max_tokens, r["linear_tok_s"])
-        if "vllm" in ok:
-            _keep(res, outputs, f"vllm {dtype}", run_worker("vllm", {**base, **ok["vllm"], "dtype": dtype}))
     if "hf" in ok:
         hf_spec = {**base, **ok["hf"], "dtypes": ["float32", "bfloat16"], "single": 2 if quick else 4}
         _keep(res, outputs, "transformers", run_worker("hf", hf_spec))
@@ -186,6 +188,43 @@ def run(quick: bool, repeats: int, engines: set[str], rate: float) -> dict:
         res["attention_ms"] = {d: attention_variants(lens, d) for d in ("float32", "bfloat16")}
         res["hot_prefix"] = hot_prefix_hit_rates("bfloat16", requests=60 if quick else 240)
     return res
+
+
+def stepped_rounds(stepped: list[tuple[str, dict]], base: dict, dtype: str) -> dict[str, dict | str]:
+    """The step-loop engines (llmds, vLLM) in alternating rounds, one offline pass per process.
+
+    This machine's speed drifts by ~10% over minutes, so engine A's passes all in one window and
+    B's in the next would compare the windows: round ``r`` runs every engine on prompt set ``r``,
+    one after the other, each in a fresh process.  Round 0 also runs the Poisson pass (and the
+    llmds ceiling).  Per engine: the offline record of the median round, every round's tok/s,
+    the median load time and single-request decode rate, the largest RSS.
+    """
+    rounds: dict[str, list[dict]] = {name: [] for name, _ in stepped}
+    notes: dict[str, str] = {}
+    for r, prompts in enumerate(base["repeats"]):
+        for name, extra in stepped:
+            if name in notes:
+                continue
+            spec = {**base, **extra, "dtype": dtype, "repeats": [prompts]}
+            if r:
+                spec.pop("poisson")
+            spec["ceiling"] = name == "llmds" and r == 0
+            out = run_worker(name, spec)
+            if isinstance(out, str):
+                notes[name] = out
+            else:
+                rounds[name].append(out)
+    return {name: notes.get(name) or merge_rounds(rs) for name, rs in rounds.items()}
+
+
+def merge_rounds(rs: list[dict]) -> dict:
+    """One engine's result from its rounds (see :func:`stepped_rounds`)."""
+    med = sorted(rs, key=lambda x: x["offline"]["tok_s"])[len(rs) // 2]
+    out = {**rs[0], "offline": {**med["offline"], "tok_s_runs": [x["offline"]["tok_s"] for x in rs]}}
+    out["load_s"] = statistics.median(x["load_s"] for x in rs)
+    out["single_decode_tok_s"] = statistics.median(x["single_decode_tok_s"] for x in rs)
+    out["rss"] = {k: max(x["rss"].get(k, 0.0) for x in rs) for k in rs[0]["rss"]}
+    return out
 
 
 def _keep(res: dict, outputs: dict, name: str, r: dict | str) -> None:
@@ -215,7 +254,7 @@ def format_table(r: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 requests x 32 tokens, one repeat (smoke run)")
-    ap.add_argument("--repeats", type=int, default=None, help="offline passes per engine (default 3; quick 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds: each engine runs one offline pass per round, engines alternating (default 3; quick 1)")
     ap.add_argument("--rate", type=float, default=2.0, help="Poisson arrivals per second (default 2.0)")
     ap.add_argument("--engines", default="llmds,vllm,hf,llamacpp", help="comma-separated subset to run")
     add_out_arg(ap, RESULTS)
