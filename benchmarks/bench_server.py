@@ -265,9 +265,11 @@ def _pcts(name: str, xs: list[float]) -> dict:
 
 
 def engine_alone_process(clients: int, duration: float) -> dict:
-    """:func:`engine_alone` in a fresh process with the server's environment (``llmds serve`` waits
-    passively in OpenMP; see ``llmds.cli``), so nothing this process did can disturb it."""
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    """:func:`engine_alone` in a fresh process with the server's OpenMP wait settings
+    (``llmds.cli.omp_wait_env``), so nothing this process did can disturb it."""
+    from llmds.cli import omp_wait_env
+
+    env = omp_wait_env()
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_server", "--engine-alone", str(clients),
                           "--duration", str(duration)], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parents[1], check=True)

@@ -103,3 +103,12 @@ def test_index_then_search(tmp_path, capsys):
     assert cli.main(["search", str(out), "which header says when to retry", "--top-k", "1"]) == 0
     shown = capsys.readouterr().out
     assert "admission.txt" in shown and "paging.md" not in shown
+
+
+def test_omp_wait_env_bounded_spin_unless_the_user_chose():
+    from llmds.cli import OMP_WAIT_ENV, omp_wait_env
+
+    assert omp_wait_env({"PATH": "/bin"}) == {"PATH": "/bin", **OMP_WAIT_ENV}
+    assert omp_wait_env({"OMP_WAIT_POLICY": "PASSIVE"}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert omp_wait_env({"GOMP_SPINCOUNT": "5"}) == {"GOMP_SPINCOUNT": "5"}
+    assert OMP_WAIT_ENV["OMP_WAIT_POLICY"] == "ACTIVE" and int(OMP_WAIT_ENV["GOMP_SPINCOUNT"]) > 0

@@ -90,7 +90,7 @@ def softmax_inplace(row):
     _softmax_row(row, row.shape[0])
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, out):
     """out[b, i] = softmax(scale * q[b, i] . K_b^T) V_b for every request b and query head i.
 
