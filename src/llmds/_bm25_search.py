@@ -3,7 +3,7 @@
 One kernel, :func:`search_batch`, answers a batch of queries over every
 segment at once; ``search`` is a batch of one.  See its docstring for the
 pruning.  Scratch arrays are owned by the index and passed in, so a query
-allocates only a few small arrays.
+allocates only a few small arrays.  The top-k heaps are in :mod:`llmds._topk_kernels`.
 
 The seventeen arrays a search reads travel as one :class:`IndexState`
 (a numba StructRef): unboxing each array argument costs numba ~0.1-0.2 us per
@@ -20,6 +20,7 @@ from numba.experimental import structref
 
 from llmds._jit import njit
 from llmds._postings import materialize, tf_part
+from llmds._topk_kernels import best_partial, heap_drain, heap_offer, heap_top_k, kth_largest
 
 __all__ = ["IndexState", "score_slots", "search_batch"]
 
@@ -117,126 +118,6 @@ def _gallop(arr, lo, hi, target):
         else:
             cur = mid
     return lo
-
-
-@njit(cache=True)
-def _worse(va, sa, vb, sb, slot_doc):
-    """True if (score va, slot sa) ranks below (vb, sb): lower score, then larger doc id.
-    Doc ids are only read on an exact score tie (a random read avoided per candidate)."""
-    return va < vb or (va == vb and slot_doc[sa] > slot_doc[sb])
-
-
-@njit(cache=True)
-def _sift_top(hv, hs, i, n, slot_doc):
-    while True:
-        l = 2 * i + 1
-        if l >= n:
-            return
-        c = l
-        if l + 1 < n and _worse(hv[l + 1], hs[l + 1], hv[l], hs[l], slot_doc):
-            c = l + 1
-        if _worse(hv[c], hs[c], hv[i], hs[i], slot_doc):
-            hv[c], hv[i] = hv[i], hv[c]
-            hs[c], hs[i] = hs[i], hs[c]
-            i = c
-        else:
-            return
-
-
-@njit(cache=True)
-def _offer(hv, hs, m, k, v, s, slot_doc):
-    """Offer (score v, slot s) to the size-k heap of the best so far (root = worst
-    kept); returns the new heap size."""
-    if m < k:
-        j = m
-        hv[j] = v
-        hs[j] = s
-        while j > 0:
-            par = (j - 1) >> 1
-            if _worse(hv[j], hs[j], hv[par], hs[par], slot_doc):
-                hv[j], hv[par] = hv[par], hv[j]
-                hs[j], hs[par] = hs[par], hs[j]
-                j = par
-            else:
-                break
-        return m + 1
-    if v >= hv[0] and _worse(hv[0], hs[0], v, s, slot_doc):
-        hv[0] = v
-        hs[0] = s
-        _sift_top(hv, hs, 0, m, slot_doc)
-    return m
-
-
-@njit(cache=True)
-def _drain(hv, hs, m, slot_doc, out_d, out_v):
-    """Empty the heap into out_d (doc ids) / out_v (scores) best first; returns m."""
-    for j in range(m - 1, -1, -1):
-        out_d[j] = slot_doc[hs[0]]
-        out_v[j] = hv[0]
-        hv[0] = hv[j]
-        hs[0] = hs[j]
-        _sift_top(hv, hs, 0, j, slot_doc)
-    return m
-
-
-@njit(cache=True)
-def _top_k(acc, ids, n, alive, slot_doc, hv, hs, k, out_d, out_v):
-    """Best k of acc[ids[:n]] with acc > 0 and a live slot, best first, ties by doc id."""
-    m = 0
-    for i in range(n):
-        s = ids[i]
-        v = acc[s]
-        if v > 0 and (m < k or v >= hv[0]) and alive[s]:  # cheap rejection before the call
-            m = _offer(hv, hs, m, k, v, s, slot_doc)
-    return _drain(hv, hs, m, slot_doc, out_d, out_v)
-
-
-@njit(cache=True)
-def _best_partial(acc, ids, n, alive, m, hv, hs):
-    """Live slots of the m largest acc[ids[:n]] (any order) into hs; returns how many."""
-    c = 0
-    for i in range(n):
-        s = ids[i]
-        v = acc[s]
-        if not alive[s]:
-            continue
-        if c < m:
-            j = c
-            hv[j] = v
-            hs[j] = s
-            c += 1
-            while j > 0 and hv[(j - 1) >> 1] > hv[j]:
-                par = (j - 1) >> 1
-                hv[j], hv[par] = hv[par], hv[j]
-                hs[j], hs[par] = hs[par], hs[j]
-                j = par
-        elif v > hv[0]:
-            hv[0] = v
-            hs[0] = s
-            j = 0
-            while True:
-                l = 2 * j + 1
-                if l >= c:
-                    break
-                ch = l
-                if l + 1 < c and hv[l + 1] < hv[l]:
-                    ch = l + 1
-                if hv[ch] < hv[j]:
-                    hv[ch], hv[j] = hv[j], hv[ch]
-                    hs[ch], hs[j] = hs[j], hs[ch]
-                    j = ch
-                else:
-                    break
-    return c
-
-
-@njit(cache=True)
-def _kth_of(vals, n, k, tmp):
-    """k-th largest of vals[:n] (n >= k), by sorting a copy (n is 2k at most)."""
-    for i in range(n):
-        tmp[i] = vals[i]
-    t = np.sort(tmp[:n])
-    return t[n - k]
 
 
 @njit(cache=True)
@@ -467,9 +348,9 @@ def search_arrays(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, 
                 # Can k partial scores already beat everything the rest could add?
                 # One pass keeps the 2k best live partials: their k-th is theta, and
                 # they seed the exact scoring below.
-                n_seed = _best_partial(acc, touched, n_touch, alive, 2 * k, seed_v, seed_s)
+                n_seed = best_partial(acc, touched, n_touch, alive, 2 * k, seed_v, seed_s)
                 if n_seed >= k:
-                    theta = _kth_of(seed_v, n_seed, k, heap)
+                    theta = kth_largest(seed_v, n_seed, k, heap)
                     if theta > suffix[i] + slack:
                         pruned_at = i
                         break
@@ -490,7 +371,7 @@ def search_arrays(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, 
                     n_touch += a0 == 0
                     acc[s] = a0 + c * tf_part(tfs[p], dl[s], ka, kc)
         if pruned_at < 0:
-            out_n[qi] = _top_k(acc, touched, n_touch, alive, slot_doc, hv, hs, k, out_d[qi],
+            out_n[qi] = heap_top_k(acc, touched, n_touch, alive, slot_doc, hv, hs, k, out_d[qi],
                                out_v[qi])
             for j in range(n_touch):
                 acc[touched[j]] = 0.0
@@ -510,7 +391,7 @@ def search_arrays(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, 
                 if q < lhi[i] and slots[q] == s:
                     x = f[q] if lmat[i] else tf_part(tfs[q], dl[s], ka, kc)
                     v += lcoef[i] * x
-            m_top = _offer(hv, hs, m_top, k, v, s, slot_doc)
+            m_top = heap_offer(hv, hs, m_top, k, v, s, slot_doc)
             acc[s] = -1.0  # done; excluded below (need > -1 because theta > suffix)
         if m_top == k and hv[0] > theta:
             theta = hv[0]
@@ -568,10 +449,10 @@ def search_arrays(q_ptr, q_terms, df, term_key, n_docs, ka, kc, seg, term_pool, 
                     x = f[q] if lmat[i] else tf_part(tfs[q], dl[s], ka, kc)
                     v += lcoef[i] * x
             if ok and (m_top < k or v >= hv[0]):
-                m_top = _offer(hv, hs, m_top, k, v, s, slot_doc)
+                m_top = heap_offer(hv, hs, m_top, k, v, s, slot_doc)
                 if m_top == k and hv[0] > theta:
                     theta = hv[0]
         for c in range(n_seed):
             acc[seed_s[c]] = 0.0
-        out_n[qi] = _drain(hv, hs, m_top, slot_doc, out_d[qi], out_v[qi])
+        out_n[qi] = heap_drain(hv, hs, m_top, slot_doc, out_d[qi], out_v[qi])
     return out_d, out_v, out_n
