@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 # How torch's OpenMP threads wait between parallel regions, for commands that run the model.
 # Spinning without bound (GNU OpenMP's ACTIVE) collapses a server's throughput on 2 cores: the
 # spinning threads take the cores from the event-loop thread (4-31 tok/s at 32 requests in
-# flight); sleeping at once (PASSIVE) wakes threads ~30 times per layer.  A bounded spin of
+# flight); sleeping at once (PASSIVE) pays a wake-up at every parallel region.  A bounded spin of
 # 20,000 iterations (tens of microseconds) measured best (`bench_server`, 32 streaming clients,
 # 20 s runs): server 370-412 tok/s against 323-369 passive and 273-311 with longer spins, and
 # the engine alone 404-479 against 347-397 passive.  Set only when the user set neither variable.

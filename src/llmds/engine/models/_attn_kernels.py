@@ -5,10 +5,10 @@ head_dim]``, float32 or bfloat16 bits (uint16: a bfloat16 is the high half of a 
 Request ``b`` reads tokens ``0 .. context_lens[b] - 1`` block by block through its row of
 ``block_tables``.  Grouped-query attention: query head ``i`` reads KV head ``i // group``.
 
-One work item per request (``prange``): a pass over its keys computing every
-head's scores, a softmax per head, a pass over its values.  Each pass reads a token's row of all
-KV heads at once, so memory is read in address order (a work item per (request, head) would
-read every row with a stride and runs ~1.5x slower).
+One work item per request (``prange``): a pass over its keys computing every head's scores,
+a softmax per head, a pass over its values.  Each pass reads a token's row of all KV heads at
+once, so memory is read in address order (a work item per (request, head) would read every
+row with a stride and runs ~1.5x slower).
 
 Everything in the inner loops vectorizes (numba has no SVML here, so ``np.exp`` would be a
 scalar libm call per score): bfloat16 is widened in registers by a shift and a bit cast
