@@ -25,7 +25,7 @@ QUICK_DIR = RESULTS_DIR / "quick"
 
 # importable top-level modules of the `bench` extra (pyproject.toml)
 BENCH_EXTRA_MODULES = frozenset(
-    {"cachetools", "hnswlib", "faiss", "bm25s", "rank_bm25", "tantivy", "probables"}
+    {"cachetools", "hnswlib", "faiss", "bm25s", "rank_bm25", "tantivy", "probables", "aiohttp"}
 )
 INSTALL_HINT = "run `make install-bench` (or `pip install -e '.[bench]'`)"
 

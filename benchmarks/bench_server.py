@@ -9,15 +9,15 @@ Afterwards: RSS (the server's process tree) and, for llmds, free KV blocks back 
 
 Servers, one at a time (the machine has 2 cores):
 
-* ``llmds``: ``llmds serve --no-rag --dtype bfloat16`` (default engine options);
+* ``llmds``: ``llmds serve --no-rag --dtype bfloat16`` (default engine options; its threads pinned);
 * ``vllm``: ``vllm serve`` (bf16) from the build named by ``$LLMDS_VLLM_DIR``
   (``../shared/peers/vllm-cpu/`` makes it), skipped with a note when unset or absent;
 * ``llama.cpp``: ``llama_cpp.server`` on the same GGUF (2 threads, ``interrupt_requests=False``,
   ``use_extra_bufts=False``: its AMX path segfaults here), skipped when llama-cpp-python is not
   installed (``pip install 'llama-cpp-python[server]'``, a ~12 min compile; never a test dependency).
 
-Also the engine alone, in a fresh process, on the same closed loop at the top level, each run
-right after a server run (same machine weather): the HTTP layer's cost is the median of
+Also the engine alone (pinned like the server), in a fresh process, on the same closed loop at
+the top level, each run right after a server run (same machine weather): the HTTP layer's cost is the median of
 ``1 - server tok/s / engine tok/s`` over those pairs.  Startup: seconds from launch to a healthy server.
 
 Run: ``python -m benchmarks.bench_server [--quick] [--duration S] [--repeats R]``; medians of
@@ -36,10 +36,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
+from benchmarks._common import add_out_arg, out_path, ratio_rule, require_bench_extra, run_main, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_server.json"
 MODEL = "SmolLM2-135M-Instruct"
@@ -195,15 +196,17 @@ async def load(url: str, clients: int, duration: float, drain: float = 300.0) ->
 
     Requests in flight at the deadline are read to their end (uncounted, up to ``drain`` s), not
     dropped: a server that does not abort on disconnect (llama.cpp with ``interrupt_requests=False``)
-    would otherwise start the next run with the abandoned requests still generating.
+    would otherwise start the next run with the abandoned requests still generating.  The clients
+    use aiohttp, as vLLM's serving benchmark does: its C parser takes about a third of the CPU
+    httpx took (0.5 s against 1.4 s per 20 s run at 32 clients), CPU the server shares on 2 cores.
     """
-    import httpx
+    import aiohttp
 
     start = time.perf_counter()
     deadline = start + duration
     ttft, itl, tokens, rejected, done = [], [], [0], [0], [0]
 
-    async def client(c: httpx.AsyncClient, i: int) -> None:
+    async def client(session: aiohttp.ClientSession, i: int) -> None:
         k = 0
         while time.perf_counter() < deadline:
             q = QUESTIONS[(i + k * clients) % len(QUESTIONS)]
@@ -212,14 +215,14 @@ async def load(url: str, clients: int, duration: float, drain: float = 300.0) ->
                     "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True, "stream": True}
             t0 = last = time.perf_counter()
             first = True
-            async with c.stream("POST", "/v1/chat/completions", json=body) as r:
-                if r.status_code == 429:
+            async with session.post(url + "/v1/chat/completions", json=body) as r:
+                if r.status == 429:
                     rejected[0] += 1
                     await asyncio.sleep(float(r.headers.get("retry-after", 1)))
                     continue
                 r.raise_for_status()
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: {"):
+                async for line in r.content:  # one SSE line at a time
+                    if not line.startswith(b"data: {"):
                         continue
                     ch = json.loads(line[6:]).get("choices") or []
                     if not ch or not (ch[0].get("delta") or {}).get("content"):
@@ -232,9 +235,9 @@ async def load(url: str, clients: int, duration: float, drain: float = 300.0) ->
                     tokens[0] += 1
             done[0] += time.perf_counter() <= deadline
 
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), limits=limits) as c:
-        tasks = [asyncio.create_task(client(c, i)) for i in range(clients)]
+    connector = aiohttp.TCPConnector(limit=clients + 4)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600.0)) as session:
+        tasks = [asyncio.create_task(client(session, i)) for i in range(clients)]
         await asyncio.wait(tasks, timeout=duration + drain)
         for t in tasks:
             t.cancel()
@@ -278,6 +281,7 @@ def engine_alone_process(clients: int, duration: float) -> dict:
 
 def engine_alone(clients: int, duration: float) -> dict:
     """The same closed loop on an in-process LLMEngine (same options as the server's)."""
+    from llmds.engine.affinity import pin_engine_threads
     from llmds.engine.config import SamplingParams
     from llmds.engine.engine import LLMEngine
 
@@ -285,6 +289,7 @@ def engine_alone(clients: int, duration: float) -> dict:
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True)
     eng.generate([[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}]],
                  SamplingParams(max_tokens=8, temperature=0))  # warm-up
+    pin_engine_threads(threading.get_native_id())  # as `llmds serve` pins its stepping thread
     k, tokens = 0, 0
     start = time.perf_counter()
     deadline = start + duration
@@ -307,8 +312,6 @@ def engine_alone(clients: int, duration: float) -> dict:
 
 # ------------------------------------------------------------------------ driver
 def run_peer(server: Server, levels: list[int], duration: float, repeats: int) -> dict:
-    import httpx
-
     res: dict = {"levels": {}}
     try:
         server.start()
@@ -401,6 +404,7 @@ def main(argv=None) -> dict:
     if args.engine_alone is not None:  # the child of engine_alone_process
         print(json.dumps(engine_alone(args.engine_alone, args.duration)))
         return {}
+    require_bench_extra("aiohttp")
     if args.quick:
         args.duration, args.repeats, args.clients, args.servers = 8.0, 1, [1, 4], ["llmds"]
     makers = {"llmds": llmds_server, "vllm": vllm_server, "llama.cpp": llamacpp_server}

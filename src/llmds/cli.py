@@ -88,7 +88,7 @@ def _serve(a: argparse.Namespace) -> int:
                          f"(OpenAI API at {url}/v1; metrics at {url}/metrics)\n")
         sys.stdout.flush()
 
-    return serve(ecfg, cfg, a.host, a.port, a.log_level, on_ready=ready)
+    return serve(ecfg, cfg, a.host, a.port, a.log_level, on_ready=ready, pin_threads=not a.no_pin_threads)
 
 
 def _ensure_server_extra() -> None:
@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="documents to index for RAG (folders of .md/.txt/.rst; default: the project's README)")
     s.add_argument("--index", default=None, metavar="PATH", help="a saved index (`llmds index`) instead of --docs")
     s.add_argument("--no-rag", action="store_true", help="no retrieval, no embeddings (starts faster)")
+    s.add_argument("--no-pin-threads", action="store_true",
+                   help="leave the engine's threads unpinned (default: its stepping thread on one CPU, "
+                        "its OpenMP workers on the others; Linux)")
     g = s.add_argument_group("admission control")
     g.add_argument("--max-qps", type=float, default=50.0, help="requests per second (10 s window; default 50)")
     g.add_argument("--max-token-rate", type=float, default=200_000.0,

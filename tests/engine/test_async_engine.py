@@ -117,3 +117,93 @@ def test_a_stream_nobody_reads_is_released_when_its_request_finishes(eng):
         return toks
 
     assert run(_with_engine(eng, body)) == want
+
+
+class _InstantEngine:
+    """A stand-in engine whose steps take no time: one request, ``n`` outputs, then finished."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.steps, self.live = n, 0, False
+        self.read: list[int] = []  # appended by the reader on the event loop
+        self.read_at_step: list[int] = []
+
+    def add_request(self, prompt, params, rid, priority=0, deadline=None):
+        self.live = True
+        return "r"
+
+    def has_unfinished_requests(self) -> bool:
+        return self.live
+
+    def step(self):
+        from types import SimpleNamespace
+
+        self.read_at_step.append(len(self.read))
+        k, self.steps = self.steps, self.steps + 1
+        self.live = self.steps < self.n
+        return [SimpleNamespace(request_id="r", finished=not self.live, token=k)]
+
+    def abort(self, rid) -> bool:
+        self.live = False
+        return True
+
+    def abort_all(self, reason="abort"):
+        self.live = False
+        return []
+
+
+def test_a_step_starts_only_after_the_loop_has_taken_the_last_steps_outputs():
+    """HTTP work never overlaps a forward pass: before each step, every earlier output has
+    reached its reader (without the hand-off, instant steps would race far ahead of the loop)."""
+    stub = _InstantEngine(50)
+
+    async def body(a):
+        a.flush_timeout = 60.0  # a slow machine must not turn this into a race
+        rid = await a.add_request("x")
+        async for out in a.stream(rid):
+            stub.read.append(out.token)
+        return stub.read
+
+    assert run(_with_engine(stub, body)) == list(range(50))
+    assert stub.read_at_step == list(range(50))
+
+
+def test_build_loads_the_engine_on_the_thread_that_steps_it():
+    import threading
+
+    seen = {}
+
+    class Recording(_InstantEngine):
+        def step(self):
+            seen.setdefault("step", threading.get_native_id())
+            return super().step()
+
+    def factory():
+        seen["built"] = threading.get_native_id()
+        return Recording(3)
+
+    a = AsyncLLMEngine.build(factory)
+    assert seen["built"] != threading.get_native_id() and a.thread_id == seen["built"]
+    assert not a.is_running  # waits for start()
+
+    async def body():
+        a.start()
+        try:
+            rid = await a.add_request("x")
+            return [out.token async for out in a.stream(rid)]
+        finally:
+            a.shutdown()
+
+    assert run(body()) == [0, 1, 2]
+    assert seen["step"] == seen["built"]
+
+
+def test_build_raises_what_the_factory_raised_and_shutdown_before_start_ends_the_thread():
+    def broken():
+        raise ValidationError("no such model")
+
+    with pytest.raises(ValidationError, match="no such model"):
+        AsyncLLMEngine.build(broken)
+    a = AsyncLLMEngine.build(lambda: _InstantEngine(1))
+    thread = a._thread
+    a.shutdown(timeout=30)
+    assert not thread.is_alive()

@@ -6,6 +6,19 @@ concurrently).  Other threads talk to it only through a command queue drained be
 ``abort``.  Each step's outputs are handed to the event loop in one ``call_soon_threadsafe`` and
 fanned out to the requests' ``asyncio.Queue``.  HTTP handlers therefore never run model code.
 
+The next step starts once the loop has run the readers woken by those outputs (at most
+``flush_timeout`` seconds later): the HTTP work of a step (JSON chunks, socket writes) then runs
+between forward passes instead of during them, where it would hold the GIL that the forward takes
+back after every torch op.  On 2 cores this raised a 32-client server from ~400 to ~500 tok/s
+(``benchmarks/bench_server.py``); the wait costs well under a millisecond per step.
+
+:meth:`AsyncLLMEngine.build` loads the model on the thread that will run its steps.  Loading
+runs torch's parallel regions too, and the GNU OpenMP runtime gives every thread that starts
+parallel regions its own team: a model loaded on one thread and stepped on another leaves 3
+threads managed on a 2-core machine, and over-subscribed that way OpenMP cuts its spin-wait to
+1,000 iterations, so the team's worker sleeps between the small operations of a decode step.
+Single-request decode then ran ~30% slower (``python -m benchmarks.bench_server``, 1 client).
+
 A stream that is closed early (the client went away, the task was cancelled) aborts its request:
 its KV blocks are freed before the next step.  If a step raises, every request in flight is
 finished with ``finish_reason="error"`` (the error is logged) and the loop goes on serving new
@@ -19,7 +32,7 @@ import logging
 import queue
 import threading
 from collections import OrderedDict
-from typing import Any, AsyncIterator, Hashable
+from typing import Any, AsyncIterator, Callable, Hashable
 
 from llmds.engine.config import SamplingParams
 from llmds.engine.engine import LLMEngine, RequestOutput
@@ -35,7 +48,7 @@ log = logging.getLogger(__name__)
 class AsyncLLMEngine:
     """Serve an :class:`LLMEngine` to asyncio callers from one background thread."""
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine | None) -> None:
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -45,15 +58,53 @@ class AsyncLLMEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._flushed = threading.Event()  # set on the loop once a step's outputs reached their readers
+        self.flush_timeout = 0.05  # seconds the engine waits for that before its next step, at most
         self.errors = 0
+        self._go = threading.Event()  # start() was called (the loop is known) or shutdown() was
+        self._started = False
+
+    @classmethod
+    def build(cls, factory: Callable[[], LLMEngine]) -> AsyncLLMEngine:
+        """Call ``factory`` (which loads an engine) on a new thread, the one that will run the
+        engine's steps after :meth:`start` (see the module docstring); returns once it is built,
+        or raises what ``factory`` raised."""
+        self = cls(None)
+        built = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                self.engine = factory()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                failure.append(exc)
+                return
+            finally:
+                built.set()
+            self._go.wait()
+            if not self._stopping:
+                self._run()
+
+        self._thread = threading.Thread(target=main, name="llmds-engine", daemon=True)
+        self._thread.start()
+        built.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        return self
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        if self._thread is not None:
+        if self._started:
             return
+        self._started = True
         self._loop = loop or asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="llmds-engine", daemon=True)
-        self._thread.start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="llmds-engine", daemon=True)
+            self._thread.start()
+        else:  # built on its thread, which waits for the loop
+            self._go.set()
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop the loop: abort every request (freeing its blocks) and join the thread."""
@@ -61,12 +112,19 @@ class AsyncLLMEngine:
             return
         self._stopping = True
         self._wake.set()
+        self._go.set()
+        self._flushed.set()  # the loop may be the caller, blocked in join()
         self._thread.join(timeout)
         self._thread = None
 
     @property
+    def thread_id(self) -> int | None:
+        """The OS id of the thread that runs the engine's steps (None before it exists)."""
+        return None if self._thread is None else self._thread.native_id
+
+    @property
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._started and self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ calls
     async def generate(self, prompt: Any, sampling_params: SamplingParams | None = None, request_id: Hashable | None = None,
@@ -141,7 +199,9 @@ class AsyncLLMEngine:
                 self.errors += 1
                 outputs = self.engine.abort_all("error")
             if outputs:
+                self._flushed.clear()
                 loop.call_soon_threadsafe(self._dispatch, outputs)
+                self._flushed.wait(self.flush_timeout)
         self._drain()
         outputs = self.engine.abort_all("abort")
         loop.call_soon_threadsafe(self._dispatch, outputs, True)
@@ -189,6 +249,8 @@ class AsyncLLMEngine:
         if closing:
             for q in streams.values():
                 q.put_nowait(None)
+        else:  # runs after the readers just woken (FIFO ready queue): they have written their chunks
+            self._loop.call_soon(self._flushed.set)
 
 
 def _settle(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:

@@ -62,15 +62,24 @@ def build_server(state, host: str = "127.0.0.1", port: int = 8000, log_level: st
 
 
 def serve(engine_config, server_config, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          on_ready: Callable[[str], None] | None = None) -> int:
-    """Load the model and serve until stopped; returns the exit status (0 after SIGTERM)."""
+          on_ready: Callable[[str], None] | None = None, pin_threads: bool = True) -> int:
+    """Load the model and serve until stopped; returns the exit status (0 after SIGTERM).
+
+    The model is loaded on the thread that will run its steps (``AsyncLLMEngine.build``);
+    ``pin_threads``: pin that thread and the OpenMP workers to CPUs (:mod:`llmds.engine.affinity`)."""
+    from llmds.engine.affinity import pin_engine_threads
+    from llmds.engine.async_engine import AsyncLLMEngine
     from llmds.engine.engine import LLMEngine
     from llmds.server.state import ServerState
 
-    engine = LLMEngine(config=engine_config)
+    aengine = AsyncLLMEngine.build(lambda: LLMEngine(config=engine_config))
+    engine = aengine.engine
     log.info("model loaded in %.1f s: %d KV blocks of %d tokens", engine.load_seconds, engine.num_blocks,
              engine_config.block_size)
-    server = build_server(ServerState(engine, server_config), host, port, log_level, on_ready)
+    if pin_threads:
+        pinned = pin_engine_threads(aengine.thread_id)
+        log.info("pinned %d threads: %s", len(pinned), {t: sorted(c) for t, c in pinned.items()})
+    server = build_server(ServerState(aengine, server_config), host, port, log_level, on_ready)
     server.run()
     return 0 if server.started else 1
 

@@ -61,12 +61,14 @@ class ServerState:
     """Engine, engine thread, gate, retrieval and metrics of one server (see the module docstring)."""
 
     def __init__(self, engine, config: ServerConfig | None = None, clock=time.monotonic) -> None:
+        """``engine``: an :class:`~llmds.engine.engine.LLMEngine`, or an
+        :class:`~llmds.engine.async_engine.AsyncLLMEngine` made by ``AsyncLLMEngine.build``."""
         from llmds.engine.async_engine import AsyncLLMEngine
         from llmds.server.metrics import ServerMetrics
 
         self.config = cfg = config or ServerConfig()
-        self.engine = engine
-        self.aengine = AsyncLLMEngine(engine)
+        self.aengine = engine if isinstance(engine, AsyncLLMEngine) else AsyncLLMEngine(engine)
+        self.engine = engine = self.aengine.engine
         self.model_name = cfg.model_name or _model_name(engine)
         self.gate = AdmissionGate(cfg.max_qps, cfg.max_token_rate, cfg.rate_window, cfg.max_waiting_requests,
                                   cfg.max_waiting_tokens, clock=clock)
