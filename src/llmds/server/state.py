@@ -105,7 +105,9 @@ class ServerState:
 
         t0 = time.perf_counter()
         try:
-            emb = MiniLMEmbedder(batch_size=32).load()
+            # one torch thread: a second OpenMP team beside the engine's would over-subscribe the
+            # cores, and OpenMP would then cut its spin-wait (see llmds.engine.async_engine)
+            emb = MiniLMEmbedder(batch_size=32, num_threads=1).load()
             self.embedder = emb
             if self.config.index:
                 rag = RagIndex.load(self.config.index, emb)
