@@ -5,8 +5,8 @@ event loop and, on a small machine, the load generator too.  Left to the schedul
 thread often lands on the core where a worker is inside a parallel region, and the whole region
 waits for that worker.  Pinned, the stepping thread keeps the first allowed CPU and the workers the
 others; the event-loop thread (which runs between steps, see :mod:`llmds.engine.async_engine`) and
-threads started later stay free.  On 2 cores this raised 4 streaming clients from ~141 to ~174
-tok/s and 32 from ~490 to ~560 (``python -m benchmarks.bench_server``), level with the engine alone.
+threads started later stay free.  On 2 cores this raised 4 streaming clients from ~140 to ~180
+tok/s and 32 from ~490 to ~570 (``python -m benchmarks.bench_server``), level with the engine alone.
 
 Workers are the threads of this process that Python did not start (``threading.enumerate()``
 does not list them): OpenMP's, numba's, the tokenizer's.  Linux only (``os.sched_setaffinity``

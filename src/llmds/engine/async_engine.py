@@ -9,7 +9,7 @@ fanned out to the requests' ``asyncio.Queue``.  HTTP handlers therefore never ru
 The next step starts once the loop has run the readers woken by those outputs (at most
 ``flush_timeout`` seconds later): the HTTP work of a step (JSON chunks, socket writes) then runs
 between forward passes instead of during them, where it would hold the GIL that the forward takes
-back after every torch op.  On 2 cores this raised a 32-client server from ~400 to ~500 tok/s
+back after every torch op.  On 2 cores this raised a 32-client server from ~400 to ~490 tok/s
 (``benchmarks/bench_server.py``); the wait costs well under a millisecond per step.
 
 :meth:`AsyncLLMEngine.build` loads the model on the thread that will run its steps.  Loading
@@ -17,7 +17,7 @@ runs torch's parallel regions too, and the GNU OpenMP runtime gives every thread
 parallel regions its own team: a model loaded on one thread and stepped on another leaves 3
 threads managed on a 2-core machine, and over-subscribed that way OpenMP cuts its spin-wait to
 1,000 iterations, so the team's worker sleeps between the small operations of a decode step.
-Single-request decode then ran ~30% slower (``python -m benchmarks.bench_server``, 1 client).
+Sequential single requests then decoded 15-22% slower (31.5-34.6 against 40.3 tok/s).
 
 A stream that is closed early (the client went away, the task was cancelled) aborts its request:
 its KV blocks are freed before the next step.  If a step raises, every request in flight is
