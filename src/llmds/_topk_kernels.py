@@ -23,6 +23,12 @@ def _worse(va, sa, vb, sb, slot_doc):
 
 
 @njit(cache=True)
+def _swap(hv, hs, a, b):
+    hv[a], hv[b] = hv[b], hv[a]
+    hs[a], hs[b] = hs[b], hs[a]
+
+
+@njit(cache=True)
 def _sift_top(hv, hs, i, n, slot_doc):
     while True:
         l = 2 * i + 1
@@ -32,8 +38,7 @@ def _sift_top(hv, hs, i, n, slot_doc):
         if l + 1 < n and _worse(hv[l + 1], hs[l + 1], hv[l], hs[l], slot_doc):
             c = l + 1
         if _worse(hv[c], hs[c], hv[i], hs[i], slot_doc):
-            hv[c], hv[i] = hv[i], hv[c]
-            hs[c], hs[i] = hs[i], hs[c]
+            _swap(hv, hs, c, i)
             i = c
         else:
             return
@@ -50,8 +55,7 @@ def heap_offer(hv, hs, m, k, v, s, slot_doc):
         while j > 0:
             par = (j - 1) >> 1
             if _worse(hv[j], hs[j], hv[par], hs[par], slot_doc):
-                hv[j], hv[par] = hv[par], hv[j]
-                hs[j], hs[par] = hs[par], hs[j]
+                _swap(hv, hs, j, par)
                 j = par
             else:
                 break
