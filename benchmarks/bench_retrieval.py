@@ -33,11 +33,11 @@ from benchmarks._common import (
 )
 
 PARTS = {  # part -> (module, runner)
-    "lexical": ("benchmarks.retrieval_lexical", "run_lexical"),
-    "dense": ("benchmarks.retrieval_dense", "run_dense"),
-    "hybrid": ("benchmarks.retrieval_hybrid", "run_hybrid"),
-    "fusion": ("benchmarks.retrieval_fusion", "run_fusion"),
-    "updates": ("benchmarks.retrieval_updates", "run_updates"),
+    "lexical": ("benchmarks.retrieval.lexical", "run_lexical"),
+    "dense": ("benchmarks.retrieval.dense", "run_dense"),
+    "hybrid": ("benchmarks.retrieval.hybrid", "run_hybrid"),
+    "fusion": ("benchmarks.retrieval.fusion", "run_fusion"),
+    "updates": ("benchmarks.retrieval.updates", "run_updates"),
 }
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_retrieval.json"
 

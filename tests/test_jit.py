@@ -68,15 +68,15 @@ def warnings_of(caplog) -> list[str]:
 def test_long_compile_announced_once_while_running(notice, caplog):
     n, clock = notice
     caplog.set_level(logging.WARNING, logger="llmds.jit")
-    n.notify(compile_event("llmds._hnsw_kernels", True))
+    n.notify(compile_event("llmds.retrieval._hnsw_kernels", True))
     (timer,) = FakeTimer.made
     assert timer.started and timer.delay == 2.0
     timer.fn()  # the timer fires while the compile still runs
     assert n.announced
     (msg,) = warnings_of(caplog)
-    assert "llmds._hnsw_kernels" in msg and "first use" in msg and "cache" in msg
+    assert "llmds.retrieval._hnsw_kernels" in msg and "first use" in msg and "cache" in msg
     clock.t += 5.0
-    n.notify(compile_event("llmds._hnsw_kernels", False))
+    n.notify(compile_event("llmds.retrieval._hnsw_kernels", False))
     assert timer.cancelled
     compile_for(n, clock, 10.0)  # later compiles: no timer, no second warning
     assert len(FakeTimer.made) == 1 and len(warnings_of(caplog)) == 1
@@ -114,7 +114,8 @@ def test_the_process_notice_is_registered_with_numba():
     from numba.core import event
 
     assert NOTICE in event._registered["numba:compile"]
-    for mod in ("_cms_kernels", "_hnsw_kernels", "_bm25_search", "_postings", "_wordtable"):
+    for mod in ("_cms_kernels", "retrieval/_hnsw_kernels", "retrieval/_bm25_kernels",
+                "retrieval/_postings", "retrieval/_topk_kernels", "retrieval/_wordtable"):
         text = (Path(SRC) / "llmds" / f"{mod}.py").read_text()
         assert "from llmds._jit import njit" in text, mod
         assert "from numba import njit" not in text, mod

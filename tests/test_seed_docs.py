@@ -230,7 +230,7 @@ def test_pipeline_fusion_weight_default_deviation():
     p = inspect.signature(RetrievalPipeline.search).parameters["fusion_weight"]
     # DEVIATION (deliberate): documented default 0.5; ours is ``None`` = the pipeline's
     # configured weight: theoretical-min-max fusion with dense share 0.9, chosen by
-    # measurement on two collections (benchmarks/retrieval_fusion.py).
+    # measurement on two collections (benchmarks/retrieval/fusion.py).
     # Passing ``fusion_weight=0.5`` explicitly still works (see the pipeline test below).
     assert p.default is None
     st_ = RetrievalPipeline(embedding_dim=8).stats()

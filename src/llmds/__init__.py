@@ -23,10 +23,10 @@ _EXPORTS = {
     "Scheduler": "llmds.scheduler",
     "AdmissionController": "llmds.admissions",
     "CountMinSketch": "llmds.cmsketch",
-    "Tokenizer": "llmds.tokenizer",
-    "InvertedIndex": "llmds.inverted_index",
-    "HNSW": "llmds.hnsw",
-    "RetrievalPipeline": "llmds.retrieval_pipeline",
+    "Tokenizer": "llmds.retrieval.tokenizer",
+    "InvertedIndex": "llmds.retrieval.inverted_index",
+    "HNSW": "llmds.retrieval.hnsw",
+    "RetrievalPipeline": "llmds.retrieval.pipeline",
     "Timer": "llmds.utils",
     "MemoryProfiler": "llmds.utils",
     "MetricsCollector": "llmds.utils",
@@ -57,13 +57,13 @@ if TYPE_CHECKING:  # pragma: no cover
         StateError,
         ValidationError,
     )
-    from llmds.hnsw import HNSW
+    from llmds.retrieval.hnsw import HNSW
     from llmds.indexed_heap import IndexedHeap
-    from llmds.inverted_index import InvertedIndex
+    from llmds.retrieval.inverted_index import InvertedIndex
     from llmds.kv_cache import KVCache
     from llmds.paged_allocator import PagedAllocator, PageStats
-    from llmds.retrieval_pipeline import RetrievalPipeline
+    from llmds.retrieval.pipeline import RetrievalPipeline
     from llmds.scheduler import Scheduler
     from llmds.token_lru import TokenLRU
-    from llmds.tokenizer import Tokenizer
+    from llmds.retrieval.tokenizer import Tokenizer
     from llmds.utils import MemoryProfiler, MetricsCollector, Timer

@@ -15,7 +15,7 @@ def lazy_exports(
     package: str, exports: dict[str, str], namespace: dict[str, Any]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package`` exporting ``{name: module}``."""
-    names = sorted(exports) + ["__version__"]
+    names = sorted(exports) + (["__version__"] if "__version__" in namespace else [])
 
     def __getattr__(name: str) -> Any:
         module = exports.get(name)

@@ -160,7 +160,7 @@ def _index(a: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from llmds.embeddings import MiniLMEmbedder
+    from llmds.retrieval.embeddings import MiniLMEmbedder
     from llmds.server.rag import RagIndex, collect_chunks
 
     t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def _search(a: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from llmds.embeddings import MiniLMEmbedder
+    from llmds.retrieval.embeddings import MiniLMEmbedder
     from llmds.server.rag import RagIndex
 
     if not os.path.exists(a.index):

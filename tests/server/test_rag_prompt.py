@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmds._pipeline_config import Hit
+from llmds.retrieval.pipeline_config import Hit
 from llmds.errors import ValidationError
 from llmds.server.rag import collect_chunks, rag_messages
 

@@ -1,6 +1,6 @@
 """Everything the server and CLI use of retrieval, in one place: the document index and RAG prompts.
 
-``RagIndex`` holds the chunks of documents (:mod:`llmds.chunking`: about 180 retrieval tokens,
+``RagIndex`` holds the chunks of documents (:mod:`llmds.retrieval.chunking`: about 180 retrieval tokens,
 cut at paragraph and sentence boundaries, with their source and character offsets) in one
 :class:`~llmds.RetrievalPipeline` (BM25 + HNSW over all-MiniLM-L6-v2 embeddings, fused), chunk
 id = document id.  ``save`` / ``load`` are the pipeline's own (one atomic, checksummed file; a
@@ -42,9 +42,9 @@ def default_docs() -> list[Path]:
 
 
 def collect_chunks(paths: Iterable[str | os.PathLike], max_tokens: int = 180, overlap: int = 30) -> list:
-    """The :class:`~llmds.chunking.Chunk` s of every document under ``paths`` (files, or folders
+    """The :class:`~llmds.retrieval.chunking.Chunk` s of every document under ``paths`` (files, or folders
     searched for .md/.txt/.rst), in path order; sources are file names (folder-relative paths)."""
-    from llmds.chunking import chunk_text, chunk_texts, read_folder
+    from llmds.retrieval.chunking import chunk_text, chunk_texts, read_folder
 
     chunks: list = []
     paths = list(paths)
@@ -72,7 +72,7 @@ class RagIndex:
         """Embed ``chunks`` (batches of 64, ``progress(done, total)`` after each) and index them."""
         import numpy as np
 
-        from llmds.retrieval_pipeline import RetrievalPipeline
+        from llmds.retrieval.pipeline import RetrievalPipeline
 
         texts = [c.text for c in chunks]
         parts = []
@@ -98,14 +98,14 @@ class RagIndex:
     def load(cls, path: str | os.PathLike, embedder: Any) -> RagIndex:
         """Read an index written by :meth:`save` (``ValidationError`` for a missing file,
         ``CorruptFileError`` for a damaged or foreign one)."""
-        from llmds.retrieval_pipeline import RetrievalPipeline
+        from llmds.retrieval.pipeline import RetrievalPipeline
 
         if not os.path.isfile(path):
             raise ValidationError(f"no such index file: {path}")
         return cls(RetrievalPipeline.load(path, embedder=embedder))
 
     def search(self, query: str, top_k: int = 4) -> tuple[list, float]:
-        """The ``top_k`` best chunks as :class:`~llmds.retrieval_pipeline.Hit` s (``doc_id``,
+        """The ``top_k`` best chunks as :class:`~llmds.retrieval.pipeline.Hit` s (``doc_id``,
         fused ``score``, ``text``, ``metadata`` with source/start/end), best first, and the seconds
         it took."""
         t0 = time.perf_counter()

@@ -100,7 +100,7 @@ class ServerState:
         log.info("engine stopped: %d of %d KV blocks free", bm.num_free_blocks, self.engine.num_blocks)
 
     def _load_rag(self) -> None:
-        from llmds.embeddings import MiniLMEmbedder
+        from llmds.retrieval.embeddings import MiniLMEmbedder
         from llmds.server.rag import RagIndex, default_docs
 
         t0 = time.perf_counter()
