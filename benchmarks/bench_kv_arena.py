@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmds.engine.kv_arena import TensorKVCache
+from llmds.kv_arena.arena import TensorKVCache
 from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
 
 L, H, D, BS = 30, 3, 64, 16  # SmolLM2-135M KV shape, block size 16

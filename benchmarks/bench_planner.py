@@ -36,8 +36,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from llmds.engine.block_manager import BlockManager
-from llmds.engine.planner import Planner, PlannerConfig
+from llmds.engine.kv.block_manager import BlockManager
+from llmds.engine.sched.planner import Planner, PlannerConfig
 from llmds.engine.request import RequestState
 from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
 

@@ -281,7 +281,7 @@ def engine_alone_process(clients: int, duration: float) -> dict:
 
 def engine_alone(clients: int, duration: float) -> dict:
     """The same closed loop on an in-process LLMEngine (same options as the server's)."""
-    from llmds.engine.affinity import pin_engine_threads
+    from llmds.server.affinity import pin_engine_threads
     from llmds.engine.config import SamplingParams
     from llmds.engine.engine import LLMEngine
 

@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 # 20,000 iterations (tens of microseconds) measured best (`bench_server`, 32 streaming clients,
 # 20 s runs): server 370-412 tok/s against 323-369 passive and 273-311 with longer spins, and
 # the engine alone 404-479 against 347-397 passive.  Measured again after the server's step
-# hand-off, one OpenMP team and pinning (llmds.engine.async_engine, llmds.engine.affinity), 15 s
+# hand-off, one OpenMP team and pinning (llmds.engine.async_engine, llmds.server.affinity), 15 s
 # runs at 4 / 32 clients: 20,000 spins 166-168 / 523-526 tok/s, 300,000 156 / 473, unbounded
 # 158 / 496, passive 110 / 407.  Set only when the user set neither variable.
 OMP_WAIT_ENV = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "20000"}

@@ -57,7 +57,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_llmds_never_imports_cb_lab():
-    mods = _modules_after("import llmds.engine.planner, llmds.engine.block_manager, llmds.engine.kv_arena")
+    mods = _modules_after("import llmds.engine.sched.planner, llmds.engine.kv.block_manager, llmds.kv_arena.arena")
     assert not any(m == "cb_lab" or m.startswith("cb_lab.") for m in mods)
 
 

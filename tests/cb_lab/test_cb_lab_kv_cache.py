@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from cb_lab.core.kv_cache import DenseKVCache, PagedKVCache
 from cb_lab.exceptions import KVMemoryError, ValidationError
 from llmds import errors
-from llmds.engine.kv_arena import TensorKVCache
+from llmds.kv_arena.arena import TensorKVCache
 
 @settings(max_examples=25, deadline=None)
 @given(

@@ -26,8 +26,8 @@ from cb_lab.model.tiny_llm import TinyLLM
 from cb_lab.plugins.base import AttentionPlugin, CachePlugin, PluginManager, SchedulerPlugin
 from cb_lab.plugins.builtin import CacheCompressionPlugin
 from llmds import errors
-from llmds.engine.block_manager import BlockManager
-from llmds.engine.kv_arena import TensorKVCache
+from llmds.engine.kv.block_manager import BlockManager
+from llmds.kv_arena.arena import TensorKVCache
 from llmds.engine.request import RequestState, RequestStatus
 
 LENGTHS, MAX_NEW = [7, 3, 10, 1, 5], [4, 6, 2, 5, 1]

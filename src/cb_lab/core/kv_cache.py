@@ -5,9 +5,9 @@ Both store the keys and values of one request as ``[num_tokens, dim]`` rows.
 * :class:`DenseKVCache` keeps one preallocated buffer per K and V and doubles
   it when full (amortised O(1) per appended row; never a copy per token).
 * :class:`PagedKVCache` keeps its rows in blocks that a
-  :class:`~llmds.engine.block_manager.BlockManager` allocated; row ``i`` lives
+  :class:`~llmds.engine.kv.block_manager.BlockManager` allocated; row ``i`` lives
   in block ``table[i // block_size]`` at offset ``i % block_size`` of a
-  :class:`~llmds.engine.kv_storage.KVStorage`.  Whose table, depends on who
+  :class:`~llmds.engine.kv.storage.KVStorage`.  Whose table, depends on who
   drives it:
 
   - **a Scheduler with a block manager** (``Scheduler(kv=BlockManager(...))``):
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from llmds._checks import check_int
-from llmds.engine.kv_arena import TensorKVCache
-from llmds.engine.kv_storage import KVStorage, check_device
+from llmds.kv_arena.arena import TensorKVCache
+from llmds.engine.kv.storage import KVStorage, check_device
 from cb_lab.exceptions import KVCacheError, KVMemoryError, ValidationError
 
 __all__ = ["BaseKVCache", "DenseKVCache", "PagedKVCache"]

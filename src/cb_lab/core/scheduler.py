@@ -1,7 +1,7 @@
 """cb_lab's continuous-batching scheduler: the shared planner + TinyLLM.
 
 Which request computes how many tokens each step is decided by the one step
-planner (:class:`llmds.engine.planner.Planner`, also behind ``LLMEngine``):
+planner (:class:`llmds.engine.sched.planner.Planner`, also behind ``LLMEngine``):
 decodes first, then prefill chunks of at most ``prefill_chunk_size`` under a
 budget of ``max_tokens_per_step`` tokens.  This class only executes the plan:
 
@@ -16,7 +16,7 @@ Plugins are called at the points listed in :mod:`cb_lab.plugins.base`.
 KV blocks.  With ``kv=BlockManager(...)`` the planner allocates real blocks
 for every request, and each request's :class:`~cb_lab.core.kv_cache.PagedKVCache`
 is bound, when the request is added, to store its rows into those blocks (in
-one :class:`~llmds.engine.kv_storage.KVStorage` the scheduler sizes to the
+one :class:`~llmds.engine.kv.storage.KVStorage` the scheduler sizes to the
 block manager): the planner sees the blocks that hold the data, and
 preempting or finishing a request frees them.  Without ``kv`` the planner only
 enforces the token budget and paged caches keep their own (or a ``pool=``)
@@ -57,11 +57,11 @@ from cb_lab.core.kv_cache import PagedKVCache
 from cb_lab.model.tiny_llm import TinyLLM
 from cb_lab.plugins.base import AttentionRecord, PluginManager
 from llmds._checks import check_bool, check_choice, check_int
-from llmds.engine.block_manager import BlockManager
-from llmds.engine.kv_storage import KVStorage
-from llmds.engine.planner import KVManager, Planner, PlannerConfig
+from llmds.engine.kv.block_manager import BlockManager
+from llmds.engine.kv.storage import KVStorage
+from llmds.engine.sched.planner import KVManager, Planner, PlannerConfig
 from llmds.engine.request import RequestStatus
-from llmds.engine.request_queue import POLICIES
+from llmds.engine.sched.request_queue import POLICIES
 from llmds.errors import CapacityError
 
 __all__ = ["Scheduler"]

@@ -25,7 +25,7 @@ from torch import nn
 
 from cb_lab.exceptions import ValidationError
 from llmds._checks import check_int
-from llmds.engine.kv_storage import check_dtype
+from llmds.engine.kv.storage import check_dtype
 
 __all__ = ["TinyLLM", "RaggedOutput", "attention"]
 

@@ -1,12 +1,20 @@
-"""The serving engine's core: only what the engine itself runs.
+"""The serving engine: only what ``LLMEngine`` runs.
 
-The KV path is planner → block manager → block ids → storage:
+One ``LLMEngine.step()`` is schedule → run → update (nano-vllm, vLLM v1)::
 
-* ``request`` / ``config``: ``RequestState`` (plain counters) and ``SamplingParams``;
-* ``planner`` (+ ``request_queue``, ``decode_batch``, ``step_plan``): the one step policy;
-* ``block_manager`` (+ ``block_runs``, ``kv_manager``): the one owner of block tables;
-* ``kv_storage``: the per-layer K/V block tensors addressed by block ids;
-* ``kv_arena`` (+ ``kv_policies``, ``_kv_report``): the CortexStream request-keyed API over them.
+    engine.py        LLMEngine: add_request, step, generate, stream
+    async_engine.py  AsyncLLMEngine: the engine on its own thread, for the server
+    config.py        EngineConfig, SamplingParams
+    request.py       RequestState (scheduling state), RequestOutput (a step's result)
+    sched/           the step planner: which requests get how many tokens this step
+    kv/              the block manager (THE owner of block tables) and the KV block tensors
+    runner.py        a step plan -> the model's flat batch (token ids, positions, KV slots)
+    models/          the Llama forward pass and its attention kernels
+    sampling.py      greedy / temperature / top-k / top-p sampling, logprobs
+    text.py          tokenizer, chat template, incremental detokenizer with stop strings
+    loader.py        GGUF / safetensors weights, dequantized and cached
+    metrics.py       the engine's counters and histograms (vLLM's metric names)
 
-Importing this package imports nothing; torch loads with ``kv_storage`` / ``kv_arena``.
+Importing this package imports nothing; torch loads with ``engine``, ``kv.storage``,
+``runner``, ``models`` and ``sampling``.
 """

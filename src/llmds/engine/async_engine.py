@@ -35,7 +35,8 @@ from collections import OrderedDict
 from typing import Any, AsyncIterator, Callable, Hashable
 
 from llmds.engine.config import SamplingParams
-from llmds.engine.engine import LLMEngine, RequestOutput
+from llmds.engine.engine import LLMEngine
+from llmds.engine.request import RequestOutput
 from llmds.errors import StateError
 
 __all__ = ["AsyncLLMEngine"]

@@ -196,13 +196,13 @@ class EngineConfig:
 
     @property
     def torch_dtype(self):
-        import torch
+        import torch  # here: the CLI parses an EngineConfig without importing torch
 
         return torch.float32 if self.dtype == "float32" else torch.bfloat16
 
     @property
     def kv_torch_dtype(self):
-        import torch
+        import torch  # as torch_dtype
 
         d = self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype
         return torch.float32 if d == "float32" else torch.bfloat16

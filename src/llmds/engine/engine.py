@@ -2,8 +2,8 @@
 
 One ``step()`` is schedule -> run -> update, as in nano-vllm and vLLM:
 
-1. the :class:`~llmds.engine.planner.Planner` picks the decodes and prefill chunks of this step
-   under the token budget (its :class:`~llmds.engine.block_manager.BlockManager` owns the block
+1. the :class:`~llmds.engine.sched.planner.Planner` picks the decodes and prefill chunks of this step
+   under the token budget (its :class:`~llmds.engine.kv.block_manager.BlockManager` owns the block
    tables: allocation, prefix caching, preemption when blocks run out);
 2. :func:`~llmds.engine.runner.build_batch` flattens them into one batch and the model runs one
    forward over it, writing K/V into the block tensors at the slots of those tables;
@@ -20,48 +20,29 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator, Sequence
+
+import numba
+import torch
 
 from llmds._checks import check_int
 from llmds.engine.config import EngineConfig, SamplingParams
+from llmds.engine.kv.block_manager import BlockManager
+from llmds.engine.kv.hot_prefix import HotPrefixes
+from llmds.engine.kv.storage import KVStorage
+from llmds.engine.loader import load_model
+from llmds.engine.metrics import EngineMetrics
+from llmds.engine.models.llama import LlamaModel
+from llmds.engine.request import RequestOutput, RequestState
+from llmds.engine.runner import build_batch
+from llmds.engine.sampling import Sampler, SampleRow
+from llmds.engine.sched.planner import Planner, PlannerConfig
+from llmds.engine.text import Detokenizer, TextTokenizer
 from llmds.errors import ValidationError
 
-__all__ = ["RequestOutput", "LLMEngine"]
+__all__ = ["LLMEngine"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class RequestOutput:
-    """What one step produced for one request.
-
-    ``new_token_ids`` / ``text`` are this step's delta (text held back by stop-string matching
-    or an incomplete character comes later).  When ``finished``, ``output_text`` and
-    ``output_token_ids`` hold the whole output and ``finish_reason`` is ``"stop"``, ``"length"``
-    or ``"abort"``.  Times are on the engine's clock (seconds).
-    """
-
-    request_id: Hashable
-    new_token_ids: list[int]
-    text: str
-    finished: bool
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    logprobs: list | None = None
-    output_text: str | None = None
-    output_token_ids: list[int] | None = None
-    stop_reason: str | int | None = None
-    output_logprobs: list | None = None
-    arrival_time: float = 0.0
-    first_token_time: float | None = None
-    finished_time: float | None = None
-
-    @property
-    def ttft(self) -> float | None:
-        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
 
 
 class _Live:
@@ -90,18 +71,6 @@ class LLMEngine:
 
     def __init__(self, model: str | None = None, *, config: EngineConfig | None = None,
                  clock: Callable[[], float] = time.perf_counter, **options: Any) -> None:
-        import torch
-
-        from llmds.engine.block_manager import BlockManager
-        from llmds.engine.hot_prefix import HotPrefixes
-        from llmds.engine.kv_storage import KVStorage
-        from llmds.engine.loader import load_model
-        from llmds.engine.metrics import EngineMetrics
-        from llmds.engine.models.llama import LlamaModel
-        from llmds.engine.planner import Planner, PlannerConfig
-        from llmds.engine.sampling import Sampler
-        from llmds.engine.text import TextTokenizer
-
         t0 = time.perf_counter()
         if config is None:
             config = EngineConfig.from_kwargs(model=model, **options)
@@ -111,8 +80,6 @@ class LLMEngine:
         self.clock = clock
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-            import numba
-
             numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
         loaded = load_model(cfg.model)
         mc = self.model_config = loaded.config
@@ -152,10 +119,6 @@ class LLMEngine:
         longer than the context, ``CapacityError`` for one the KV cache could never hold; nothing
         is queued then.
         """
-        from llmds.engine.request import RequestState
-        from llmds.engine.sampling import SampleRow
-        from llmds.engine.text import Detokenizer
-
         params = SamplingParams() if sampling_params is None else sampling_params
         if not isinstance(params, SamplingParams):
             raise ValidationError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
@@ -247,8 +210,6 @@ class LLMEngine:
                 live.scheduled = now
                 m.request_queue_time_seconds.observe(now - live.arrival)
         m.num_preemptions += len(plan.preempted)
-        from llmds.engine.runner import build_batch
-
         try:
             batch = build_batch(plan, self.config.block_size)
             tf = time.perf_counter()
@@ -353,7 +314,7 @@ class LLMEngine:
         results: dict[Hashable, RequestOutput] = {}
         bar = None
         if use_tqdm:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # optional: installed with transformers, not required
 
             bar = tqdm(total=len(ids), desc="generate", unit="req")
         try:

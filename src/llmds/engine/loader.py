@@ -173,7 +173,7 @@ def load_model(model: str | os.PathLike | None = None, *, cache: bool = True) ->
 
 # ----------------------------------------------------------------- GGUF
 def _read_gguf(path: Path):
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # here: a cache hit never imports gguf (module docstring)
     from gguf.quants import dequantize
 
     reader = GGUFReader(str(path))
@@ -243,7 +243,7 @@ def _gguf_tokenizer(path: Path, template, eos_id):
     """The GGUF's tokenizer as tokenizer.json text (converted by transformers, the reference)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # here: slow to import, needed on a cache miss only
 
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     special = {k: v for k, v in (("bos_token", tok.bos_token), ("eos_token", tok.eos_token)) if v}
@@ -256,7 +256,7 @@ def _gguf_tokenizer(path: Path, template, eos_id):
 
 # ----------------------------------------------------------- HF folder
 def _read_hf_folder(path: Path):
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load_file  # here: only safetensors folders need it
 
     cfg = json.loads((path / "config.json").read_text())
     if cfg.get("model_type", "llama") not in ("llama", "mistral", "qwen2") or cfg.get("attention_bias"):
@@ -362,7 +362,7 @@ _LAYER_FIELDS = ("attn_norm", "qkv", "o", "ffn_norm", "gate_up", "down")
 
 
 def _write_cache(entry: Path, config, w: ModelWeights, tok_json: str, template, special) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # here, as in _read_hf_folder
 
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
@@ -387,7 +387,7 @@ def _write_cache(entry: Path, config, w: ModelWeights, tok_json: str, template, 
 
 
 def _read_cache(entry: Path, source: str, t0: float) -> LoadedModel:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # here, as in _read_hf_folder
 
     meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
     if meta.get("version") != _CACHE_VERSION:

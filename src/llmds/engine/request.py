@@ -1,4 +1,5 @@
-"""Scheduling state of one request, shared by cb_lab and the engine.
+"""The request types: ``RequestState`` (scheduling state, shared by cb_lab and the engine)
+and ``RequestOutput`` (what one engine step produced for one request).
 
 A request is a prompt of ``num_prompt_tokens`` tokens followed by up to
 ``max_new_tokens`` generated ones.  Token accounting follows vLLM v1:
@@ -28,13 +29,14 @@ tensors this way); the planner only touches the fields below.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 from llmds._checks import check_float, check_int, check_token_ids
 from llmds.engine.config import SamplingParams
 from llmds.errors import ValidationError
 
-__all__ = ["RequestStatus", "RequestState", "SamplingParams"]
+__all__ = ["RequestOutput", "RequestStatus", "RequestState", "SamplingParams"]
 
 
 class RequestStatus(enum.IntEnum):
@@ -232,3 +234,35 @@ class RequestState:
             f"prompt={self.num_prompt_tokens}, computed={self.num_computed_tokens}, "
             f"output={self.num_output_tokens}/{self.max_new_tokens}, priority={self.priority})"
         )
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """What one step produced for one request.
+
+    ``new_token_ids`` / ``text`` are this step's delta (text held back by stop-string matching
+    or an incomplete character comes later).  When ``finished``, ``output_text`` and
+    ``output_token_ids`` hold the whole output and ``finish_reason`` is ``"stop"``, ``"length"``
+    or ``"abort"``.  Times are on the engine's clock (seconds).
+    """
+
+    request_id: Hashable
+    new_token_ids: list[int]
+    text: str
+    finished: bool
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    logprobs: list | None = None
+    output_text: str | None = None
+    output_token_ids: list[int] | None = None
+    stop_reason: str | int | None = None
+    output_logprobs: list | None = None
+    arrival_time: float = 0.0
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time

@@ -37,7 +37,7 @@ class TextTokenizer:
 
     def __init__(self, tokenizer_json: str, chat_template: str | None = None,
                  special_tokens: dict[str, str] | None = None) -> None:
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # here: importing this module needs no tokenizers
 
         self._tok = Tokenizer.from_file(tokenizer_json)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
@@ -95,7 +95,7 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def _compile(source: str):
-    from jinja2 import TemplateError, ext
+    from jinja2 import TemplateError, ext  # here: only chat prompts need jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):

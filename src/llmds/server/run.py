@@ -66,8 +66,8 @@ def serve(engine_config, server_config, host: str = "127.0.0.1", port: int = 800
     """Load the model and serve until stopped; returns the exit status (0 after SIGTERM).
 
     The model is loaded on the thread that will run its steps (``AsyncLLMEngine.build``);
-    ``pin_threads``: pin that thread and the OpenMP workers to CPUs (:mod:`llmds.engine.affinity`)."""
-    from llmds.engine.affinity import pin_engine_threads
+    ``pin_threads``: pin that thread and the OpenMP workers to CPUs (:mod:`llmds.server.affinity`)."""
+    from llmds.server.affinity import pin_engine_threads
     from llmds.engine.async_engine import AsyncLLMEngine
     from llmds.engine.engine import LLMEngine
     from llmds.server.state import ServerState

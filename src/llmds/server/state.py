@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable
 
 from llmds._checks import check_int
-from llmds.engine.engine import RequestOutput
+from llmds.engine.request import RequestOutput
 from llmds.errors import CapacityError, LLMDSError
 from llmds.server.admission import AdmissionGate, Rejection, Ticket
 from llmds.server.errors import APIError, from_llmds_error, retry_after_header

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmds.engine.kv_storage import KVStorage
+from llmds.engine.kv.storage import KVStorage
 from llmds.engine.loader import ModelConfig, ModelWeights
 from llmds.engine.models._attn_kernels import paged_decode_attention
 from llmds.errors import ValidationError

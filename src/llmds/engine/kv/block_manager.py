@@ -7,7 +7,7 @@
 cb_lab's ``PagedKVCache``) stores into those block ids and keeps no tables of
 its own: the KV path is planner → block manager → block ids → storage.
 
-Placement (:mod:`llmds.engine.block_runs`): a new table is one run of
+Placement (:mod:`llmds.engine.kv.block_runs`): a new table is one run of
 consecutive ids when the pool allows, with a *room* held for the request's
 growth, so its K/V views are zero-copy; ``stats()`` counts the tables that are
 runs.  Rooms count as free blocks and are given back before anything is refused.
@@ -43,7 +43,7 @@ rejects a request beyond that, and ``pin_prefix(..., keep_fitting=reqs)``
 refuses a pin that would leave one of ``reqs`` unable to finish
 (``Planner.pin_prefix`` passes the planner's live requests).
 
-It satisfies :class:`~llmds.engine.kv_manager.KVManager`, the protocol the
+It satisfies :class:`~llmds.engine.kv.kv_manager.KVManager`, the protocol the
 planner talks to (re-exported here with ``NullKV``, the unlimited stand-in).
 """
 
@@ -54,8 +54,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from llmds._checks import check_bool, check_int
-from llmds.engine.block_runs import BlockRuns
-from llmds.engine.kv_manager import KVManager, NullKV, check_fits, peak_blocks
+from llmds.engine.kv.block_runs import BlockRuns
+from llmds.engine.kv.kv_manager import KVManager, NullKV, check_fits, peak_blocks
 from llmds.engine.request import RequestState
 from llmds.errors import CapacityError, StateError, ValidationError
 from llmds.paged_allocator import PagedAllocator, true_runs

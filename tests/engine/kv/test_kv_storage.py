@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from llmds.engine.kv_storage import KVStorage  # noqa: E402
+from llmds.engine.kv.storage import KVStorage  # noqa: E402
 from llmds.errors import ValidationError  # noqa: E402
 
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
-from test_block_manager import PREFIXES, BlockAccounting, FakeKV, R, drive, tok_fn
+from tests.engine.kv.test_block_manager import PREFIXES, BlockAccounting, FakeKV, R, drive, tok_fn
 
-from llmds.engine.block_manager import BlockManager, NullKV
-from llmds.engine.planner import KVManager, Planner, PlannerConfig, StepPlan
+from llmds.engine.kv.block_manager import BlockManager, NullKV
+from llmds.engine.sched.planner import KVManager, Planner, PlannerConfig, StepPlan
 from llmds.engine.request import RequestState, RequestStatus, SamplingParams
 from llmds.errors import CapacityError, NotFoundError, StateError, ValidationError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmds.engine.hot_prefix import HotPrefixes
+from llmds.engine.kv.hot_prefix import HotPrefixes
 
 BS = 4
 

@@ -1,10 +1,10 @@
 """TensorKVCache: the CortexStream KV arena's request-keyed API, over a BlockManager and a KVStorage.
 
 The guide: ``shared/seed-api/cortexstream-kv-cache-guide.md``.  This class is a
-thin layer: the tensors are a :class:`~llmds.engine.kv_storage.KVStorage`
+thin layer: the tensors are a :class:`~llmds.engine.kv.storage.KVStorage`
 (``k_cache`` / ``v_cache`` ``[layers, blocks, block_size, kv_heads, head_dim]``)
 and every request's block table is owned by a
-:class:`~llmds.engine.block_manager.BlockManager` (its own, or the engine's
+:class:`~llmds.engine.kv.block_manager.BlockManager` (its own, or the engine's
 passed as ``block_manager=``), which places each table as one run of blocks
 with a growth room when it can.  The layer adds the guide's token caps,
 reservations and OOM waiting; token ``t`` of a request lives in block
@@ -31,7 +31,7 @@ the block manager places it so), else gathered copies; check before writing
 through a view, or use :meth:`write`.
 
 Threading: allocation bookkeeping (allocate/append/free) runs under one lock so
-the WAIT policy (``kv_policies``) can block in one thread while another thread
+the WAIT policy (``llmds.kv_arena.policies``) can block in one thread while another thread
 frees.  Tensor reads and writes are not synchronised.
 """
 
@@ -46,9 +46,9 @@ from typing import TextIO
 import torch
 
 from llmds._checks import check_bool, check_int
-from llmds.engine._kv_report import block_map_text, stats_text
-from llmds.engine.block_manager import BlockManager
-from llmds.engine.kv_storage import KVStorage
+from llmds.kv_arena._report import block_map_text, stats_text
+from llmds.engine.kv.block_manager import BlockManager
+from llmds.engine.kv.storage import KVStorage
 from llmds.engine.request import RequestState
 from llmds.errors import NotFoundError, StateError, ValidationError
 from llmds.paged_allocator import PagedAllocator

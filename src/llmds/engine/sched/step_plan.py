@@ -1,6 +1,6 @@
 """The planner's small data objects: its step budget (``PlannerConfig``) and one step's work (``StepPlan``).
 
-Both are re-exported by :mod:`llmds.engine.planner`, the module that reads them.
+Both are re-exported by :mod:`llmds.engine.sched.planner`, the module that reads them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from llmds._checks import check_choice, check_int
 from llmds.engine.request import RequestState
-from llmds.engine.request_queue import POLICIES
+from llmds.engine.sched.request_queue import POLICIES
 from llmds.errors import ValidationError
 
 __all__ = ["PlannerConfig", "StepPlan"]

@@ -13,7 +13,7 @@ slot views, ``[num_layers, num_blocks * block_size, H, D]``)::
 
 The storage keeps no block tables: the caller passes the table (a list of
 block ids, or an int64 tensor of them) that its
-:class:`~llmds.engine.block_manager.BlockManager` owns.
+:class:`~llmds.engine.kv.block_manager.BlockManager` owns.
 
 * ``write(layer, slots, k, v)`` scatters ``[n, H, D]`` rows to slots (a slice
   is one copy; a slot tensor one ``index_copy_``); ``slot_mapping(table, start,

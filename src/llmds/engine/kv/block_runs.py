@@ -1,6 +1,6 @@
 """Where a request's blocks go on the pool: one ascending run per request when possible.
 
-The placement policy of :class:`~llmds.engine.block_manager.BlockManager` (the
+The placement policy of :class:`~llmds.engine.kv.block_manager.BlockManager` (the
 owner of block tables; nothing else calls this module).  A request whose block
 table is one run of consecutive ids has zero-copy K/V views in the arena
 (``KVStorage.view``), so the manager keeps runs where it can:

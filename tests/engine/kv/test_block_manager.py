@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from llmds.engine.block_manager import BlockManager
-from llmds.engine.planner import Planner, PlannerConfig
+from llmds.engine.kv.block_manager import BlockManager
+from llmds.engine.sched.planner import Planner, PlannerConfig
 from llmds.engine.request import RequestState, RequestStatus
 from llmds.errors import CapacityError, StateError, ValidationError
 

@@ -1,7 +1,7 @@
 """What the planner needs from a KV manager, and the unlimited stand-in.
 
-:class:`KVManager` is the protocol :class:`~llmds.engine.planner.Planner`
-talks to; :class:`~llmds.engine.block_manager.BlockManager` implements it with
+:class:`KVManager` is the protocol :class:`~llmds.engine.sched.planner.Planner`
+talks to; :class:`~llmds.engine.kv.block_manager.BlockManager` implements it with
 real block tables, ``NullKV`` without any (the planner then enforces token
 budgets only).  ``check_fits`` and ``peak_blocks`` are the capacity arithmetic
 of a block pool ("could this request ever run?").

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from llmds.engine.affinity import pin_engine_threads
+from llmds.server.affinity import pin_engine_threads
 
 # in a child process, so this test process keeps its own affinity
 CHILD = r"""
 import json, os, threading
 import torch
-from llmds.engine.affinity import pin_engine_threads
+from llmds.server.affinity import pin_engine_threads
 
 torch.set_num_threads(2)
 ready, done = threading.Event(), threading.Event()

@@ -26,12 +26,12 @@ torch = pytest.importorskip("torch")
 from hypothesis import settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import invariant, precondition, rule  # noqa: E402
-from test_block_manager import PlannerRules, check_placement_stats, room_blocks, tok_fn  # noqa: E402
+from tests.engine.kv.test_block_manager import PlannerRules, check_placement_stats, room_blocks, tok_fn  # noqa: E402
 
-from llmds.engine.block_manager import BlockManager  # noqa: E402
-from llmds.engine.kv_arena import TensorKVCache  # noqa: E402
-from llmds.engine.kv_storage import KVStorage  # noqa: E402
-from llmds.engine.planner import Planner, PlannerConfig  # noqa: E402
+from llmds.engine.kv.block_manager import BlockManager  # noqa: E402
+from llmds.kv_arena.arena import TensorKVCache  # noqa: E402
+from llmds.engine.kv.storage import KVStorage  # noqa: E402
+from llmds.engine.sched.planner import Planner, PlannerConfig  # noqa: E402
 from llmds.engine.request import RequestStatus  # noqa: E402
 
 BS, NUM_BLOCKS, LAYERS = 2, 18, 2

@@ -2,7 +2,7 @@
 
 ``dumpCacheStats`` and ``dumpBlockMap``.
 
-Kept apart from ``kv_arena`` so the formats are easy to find and test; no torch here.
+Kept apart from the arena so the formats are easy to find and test; no torch here.
 """
 
 from __future__ import annotations

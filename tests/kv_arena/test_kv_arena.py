@@ -16,11 +16,11 @@ from hypothesis import settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
 
-from test_block_manager import check_placement_stats, room_blocks  # noqa: E402
+from tests.engine.kv.test_block_manager import check_placement_stats, room_blocks  # noqa: E402
 
-from llmds.engine._kv_report import stats_text  # noqa: E402
-from llmds.engine.kv_arena import TensorKVCache  # noqa: E402
-from llmds.engine.kv_policies import AllocationPolicy, allocate_with_policy  # noqa: E402
+from llmds.kv_arena._report import stats_text  # noqa: E402
+from llmds.kv_arena.arena import TensorKVCache  # noqa: E402
+from llmds.kv_arena.policies import AllocationPolicy, allocate_with_policy  # noqa: E402
 from llmds.errors import NotFoundError, StateError, ValidationError  # noqa: E402
 from llmds.paged_allocator import PagedAllocator  # noqa: E402
 
@@ -92,8 +92,8 @@ def test_constructor_rejects_bad_arguments(kwargs):
 
 def test_engine_package_does_not_import_torch():
     code = (
-        "import sys, llmds, llmds.engine, llmds.engine.kv_policies, llmds.engine.planner,"
-        " llmds.engine.block_manager\n"
+        "import sys, llmds, llmds.engine, llmds.kv_arena.policies, llmds.engine.sched.planner,"
+        " llmds.engine.kv.block_manager\n"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run(

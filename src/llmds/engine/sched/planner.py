@@ -25,7 +25,7 @@ Step policy (vLLM v1 style):
    admitted in queue order while budget, ``max_num_seqs`` and blocks allow;
    the first one that does not fit blocks the queue (no overtaking).
 
-Orders (:mod:`llmds.engine.request_queue`): queue order by ``policy``
+Orders (:mod:`llmds.engine.sched.request_queue`): queue order by ``policy``
 (``"fcfs"``, ``"priority"``, ``"edf"``); among running requests the same key
 with the admission counter in place of arrival, so the preemption victim is
 the lowest-priority, most recently admitted request.
@@ -57,11 +57,11 @@ from __future__ import annotations
 
 from typing import Hashable, Iterable
 
-from llmds.engine.decode_batch import DecodeBatch
-from llmds.engine.kv_manager import KVManager, NullKV
+from llmds.engine.sched.decode_batch import DecodeBatch
+from llmds.engine.kv.kv_manager import KVManager, NullKV
 from llmds.engine.request import RequestState, RequestStatus
-from llmds.engine.request_queue import RequestQueue, urgency_key
-from llmds.engine.step_plan import PlannerConfig, StepPlan
+from llmds.engine.sched.request_queue import RequestQueue, urgency_key
+from llmds.engine.sched.step_plan import PlannerConfig, StepPlan
 from llmds.errors import CapacityError, NotFoundError, StateError, ValidationError
 
 __all__ = ["KVManager", "PlannerConfig", "StepPlan", "Planner"]
@@ -88,7 +88,7 @@ class Planner:
     Requests past their prefill live in a :class:`DecodeBatch`, which
     advances their counters in one loop per step and indexes the requests
     that need per-request work (a block boundary, max_new_tokens); waiting
-    requests live in a :class:`~llmds.engine.request_queue.RequestQueue`.
+    requests live in a :class:`~llmds.engine.sched.request_queue.RequestQueue`.
     """
 
     __slots__ = ("config", "kv", "_waiting", "_requests", "_batch", "_prefilling",
