@@ -8,8 +8,7 @@ is a no-op that samples a fixed token).  Reported: median µs per decode step
 and per running request per step, over ``--repeats`` runs, for
 
 * ``llmds``: ``Planner`` + ``BlockManager`` (shared ``PagedAllocator`` +
-  ``PrefixCache``; tables placed as runs of consecutive blocks with growth
-  rooms, so the arena's views can be zero-copy);
+  ``PrefixCache``; blocks in the free list's order, the engine's placement);
 * ``naive``: written here in nano-vllm's style: block objects with ref counts
   and a hash dict, a deque of free ids, deques of waiting/running sequences,
   a per-sequence loop in ``schedule`` and ``postprocess``.
@@ -80,8 +79,9 @@ def run_llmds(work):
     bm = BlockManager(pool_blocks(work), BLOCK)
     cfg = PlannerConfig(max_num_batched_tokens=sum(len(t) for t, _ in work) + n, max_num_seqs=n)
     p = Planner(cfg, bm)
-    for i, (toks, m) in enumerate(work):
-        p.add(RequestState(i, toks, max_new_tokens=m))
+    seqs = [RequestState(i, toks, max_new_tokens=m) for i, (toks, m) in enumerate(work)]
+    for s in seqs:
+        p.add(s)
     toks = [FIXED_TOKEN] * n
     t0 = time.perf_counter()
     plan = p.schedule()
@@ -101,8 +101,7 @@ def run_llmds(work):
             steps.append(clock() - t0)
             assert not plan.prefill and len(plan.decode) == n
             if len(steps) == work[0][1] // 2:
-                st = bm.stats()
-                runs = st["contiguous_tables"] / st["block_tables"]
+                runs = sum(map(bm.is_contiguous, seqs)) / n
     finally:
         gc.enable()
     return steps, bm.hit_rate, prefill_s, runs

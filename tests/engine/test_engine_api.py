@@ -20,9 +20,9 @@ def small():
 
 
 def held_refs(eng):
-    """References held on blocks (growth rooms aside), and the refs the live requests' tables account for."""
+    """References held on blocks, and the refs the live requests' tables account for."""
     alloc = eng.block_manager.allocator
-    refs = sum(alloc.refcount(p) for p in range(eng.num_blocks)) - eng.block_manager.stats()["room_blocks"]
+    refs = sum(alloc.refcount(p) for p in range(eng.num_blocks))
     tables = sum(len(s.block_table) for s in eng.planner.running)
     return refs, tables
 

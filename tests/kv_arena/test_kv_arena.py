@@ -645,7 +645,7 @@ class ArenaMachine(RuleBasedStateMachine):
         c, pool, bs = self.c, self.pool, 2
         tables = {rid: c.block_table(rid) for rid in self.ref}
         assert set(tables) == {rid for rid in range(6) if rid in c} and len(c) == len(self.ref)
-        rooms = room_blocks(c._seqs.values())  # held for growth: allocated, in no table
+        rooms = room_blocks(c.block_manager, [e.seq for e in c._seqs.values()])  # held for growth: in no table
         owned = [b for t in tables.values() for b in t] + self.outside + rooms
         assert len(owned) == len(set(owned)) == pool.num_allocated
         assert pool.num_free + pool.num_allocated == c.num_blocks == 12
@@ -661,7 +661,7 @@ class ArenaMachine(RuleBasedStateMachine):
                 reserved += -(-r["cap"] // bs) - len(t)
         assert c.stats().reserved_blocks == reserved
         assert c.stats().contiguous_sequences == sum(c.view_is_contiguous(rid) for rid in tables)
-        check_placement_stats(c.block_manager, list(c._seqs.values()))
+        check_placement_stats(c.block_manager, [e.seq for e in c._seqs.values()])
         assert 0.0 <= c.fragmentation() < 1.0
 
     def teardown(self):

@@ -239,6 +239,7 @@ class PagedKVCache(BaseKVCache):
         self._sid = ("PagedKVCache", next(_ids))  # this cache's request id in an arena
         self._seq = None  # bound: the request whose block table holds the rows
         self._storage: KVStorage | None = None  # bound: the scheduler's storage
+        self._contiguous = None  # bound: the block manager's is_contiguous(seq)
         self._n = 0
         self.num_appended = 0
         self.dim = self.dtype = None
@@ -271,12 +272,13 @@ class PagedKVCache(BaseKVCache):
         if self._n == 0:
             return True
         if self._seq is not None:
-            return self._seq._contig
+            return self._contiguous(self._seq)
         return self._pool.view_is_contiguous(self._sid)
 
     # ------------------------------------------------------------ binding
-    def _bind(self, storage: KVStorage, seq) -> None:
-        """Store into ``seq``'s block table in ``storage`` from now on (the cache must be empty).
+    def _bind(self, storage: KVStorage, seq, is_contiguous) -> None:
+        """Store into ``seq``'s block table in ``storage`` from now on (the cache must be empty);
+        ``is_contiguous(seq)``: the block manager's, for zero-copy views.
 
         Called by a Scheduler with a block manager when it adds ``seq``."""
         if self._n or self._shared:
@@ -288,7 +290,7 @@ class PagedKVCache(BaseKVCache):
             )
         self.release()
         self._pool = None
-        self._seq, self._storage = seq, storage
+        self._seq, self._storage, self._contiguous = seq, storage, is_contiguous
         self.block_size = storage.block_size
         self.device, self.dim, self.dtype = storage.device, storage.head_dim, storage.dtype
 
@@ -301,7 +303,7 @@ class PagedKVCache(BaseKVCache):
             return
         m = self._n
         k, v = self._bound_rows(self._table_when_bound) if m else (None, None)
-        self._seq = self._storage = self._pool = None
+        self._seq = self._storage = self._pool = self._contiguous = None
         self._n = 0
         if m:
             self._grow_private(m)
@@ -351,7 +353,8 @@ class PagedKVCache(BaseKVCache):
                     f"tokens; {start + n} rows do not fit (rows are appended by its scheduler's steps)"
                 )
             self._table_when_bound = seq.block_table  # the same list until the request is re-admitted
-            slots, _ = st.slots(seq.block_table, range(start, start + n), start + n, seq._contig)
+            slots, _ = st.slots(seq.block_table, range(start, start + n), start + n,
+                                self._contiguous(seq))
             st.scatter(0, slots, self._shape(k_new), self._shape(v_new))
         else:
             self._pool.write(self._sid, self._layer, range(start, start + n),
@@ -387,8 +390,9 @@ class PagedKVCache(BaseKVCache):
             return self._empty()
         if self._seq is not None:
             seq, st, n = self._seq, self._storage, self._n
-            return (st.k_view(0, seq.block_table, n, seq._contig).reshape(n, self.dim),
-                    st.v_view(0, seq.block_table, n, seq._contig).reshape(n, self.dim))
+            contiguous = self._contiguous(seq)
+            return (st.k_view(0, seq.block_table, n, contiguous).reshape(n, self.dim),
+                    st.v_view(0, seq.block_table, n, contiguous).reshape(n, self.dim))
         p, d = self._pool, self.dim
         return (
             p.k_view(self._sid, self._layer).reshape(self._n, d),

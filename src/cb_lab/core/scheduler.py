@@ -211,7 +211,7 @@ class Scheduler:
         if queued:
             req._owner = self
             if storage is not None:
-                req.kv_cache._bind(storage, req)
+                req.kv_cache._bind(storage, req, self.planner.kv.is_contiguous)
             self.plugins.request_added(self, req)
         else:  # max_new_tokens == 0: finished at once, removed by the next step
             self._finished_since_step.append(req)

@@ -95,7 +95,9 @@ class RequestState:
     ``num_cached_tokens`` (prefix-cache hit at the last admission),
     ``num_output_tokens``, ``num_tokens``, ``output_token_ids`` (only when the
     caller passes token ids to ``Planner.update``), ``block_table`` (block ids
-    from a ``BlockManager``) and ``num_preemptions``.
+    from a ``BlockManager``) and ``num_preemptions``; bookkeeping the planner and the block
+    manager keep on the request (so a step stays O(batch)): ``queue_order``,
+    ``admit_order``, ``num_hashed_blocks``, ``last_block_key``.
     """
 
     __slots__ = (
@@ -115,13 +117,11 @@ class RequestState:
         "status",
         "block_table",
         "num_preemptions",
-        # planner / block-manager private state
-        "_queue_score",  # waiting-queue order (int, smaller first), fixed at add
-        "_admit_seq",  # admission counter of the current stay in running
-        "_num_hashed_blocks",  # leading full blocks whose chain key is known (prefix caching)
-        "_last_key",  # chain key of block _num_hashed_blocks - 1 (or ROOT_KEY)
-        "_room_end",  # blocks [block_table[-1] + 1, _room_end) are held for this request's growth
-        "_contig",  # block_table is one ascending run of consecutive ids
+        # bookkeeping of the planner and the block manager (callers leave it alone)
+        "queue_order",  # waiting-queue order (int, smaller first), fixed at add
+        "admit_order",  # admission counter of the current stay in running
+        "num_hashed_blocks",  # leading full blocks whose chain key is known (prefix caching)
+        "last_block_key",  # chain key of block num_hashed_blocks - 1 (or ROOT_KEY)
     )
 
     def __init__(
@@ -175,12 +175,10 @@ class RequestState:
         self.status = RequestStatus.WAITING
         self.block_table: list[int] = []
         self.num_preemptions = 0
-        self._queue_score = 0
-        self._admit_seq = -1
-        self._num_hashed_blocks = 0
-        self._last_key = 0
-        self._room_end = 0
-        self._contig = True
+        self.queue_order = 0
+        self.admit_order = -1
+        self.num_hashed_blocks = 0
+        self.last_block_key = 0
 
     # ------------------------------------------------------------- counters
     @property

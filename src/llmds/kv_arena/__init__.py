@@ -1,6 +1,7 @@
 """The CortexStream KV arena: a request-keyed API over the engine's block manager and KV storage.
 
     arena.py     TensorKVCache: allocate_for / append_tokens / free_for, views, block map
+    runs.py      RunPlacement: each table one run of blocks with a growth room (zero-copy views)
     policies.py  what to do when the arena is full (wait, reject, shrink the cap)
     _report.py   the guide's dumpCacheStats / dumpBlockMap text
 
@@ -14,6 +15,7 @@ from llmds._lazy import lazy_exports
 _EXPORTS = {
     "TensorKVCache": "llmds.kv_arena.arena",
     "KVArenaStats": "llmds.kv_arena.arena",
+    "RunPlacement": "llmds.kv_arena.runs",
     "AllocationGrant": "llmds.kv_arena.policies",
     "AllocationPolicy": "llmds.kv_arena.policies",
     "allocate_with_policy": "llmds.kv_arena.policies",

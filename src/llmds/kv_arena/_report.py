@@ -1,6 +1,5 @@
-"""Text dumps of the KV arena in the CortexStream guide's formats.
-
-``dumpCacheStats`` and ``dumpBlockMap``.
+"""What the KV arena reports: :class:`KVArenaStats`, and text dumps in the CortexStream
+guide's formats (``dumpCacheStats`` and ``dumpBlockMap``).
 
 Kept apart from the arena so the formats are easy to find and test; no torch here.
 """
@@ -8,12 +7,28 @@ Kept apart from the arena so the formats are easy to find and test; no torch her
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["block_runs", "block_map_text", "stats_text"]
+__all__ = ["KVArenaStats", "block_runs", "block_map_text", "stats_text"]
 
 _MB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class KVArenaStats:
+    """A snapshot of the arena (pool-level counts include other users of the block manager)."""
+
+    num_sequences: int
+    used_tokens: int  # sum over this arena's requests
+    allocated_blocks: int  # pool-wide, growth rooms included
+    free_blocks: int  # pool-wide, growth rooms included (they are reclaimable)
+    reserved_blocks: int  # promised to requests' growth, not yet in their tables
+    total_allocated_bytes: int
+    total_free_bytes: int
+    fragmentation: float
+    contiguous_sequences: int  # requests whose views are zero-copy
 
 
 def block_runs(blocks: Sequence[int]) -> list[tuple[int, int]]:

@@ -4,9 +4,11 @@ The guide: ``shared/seed-api/cortexstream-kv-cache-guide.md``.  This class is a
 thin layer: the tensors are a :class:`~llmds.engine.kv.storage.KVStorage`
 (``k_cache`` / ``v_cache`` ``[layers, blocks, block_size, kv_heads, head_dim]``)
 and every request's block table is owned by a
-:class:`~llmds.engine.kv.block_manager.BlockManager` (its own, or the engine's
-passed as ``block_manager=``), which places each table as one run of blocks
-with a growth room when it can.  The layer adds the guide's token caps,
+:class:`~llmds.engine.kv.block_manager.BlockManager`: its own, which places each
+table as one run of blocks with a growth room when it can
+(:class:`~llmds.kv_arena.runs.RunPlacement`), or one passed as ``block_manager=``
+(e.g. the engine's, whose tables follow the free list, so views are gathers
+unless a table happens to be a run).  The layer adds the guide's token caps,
 reservations and OOM waiting; token ``t`` of a request lives in block
 ``table[t // block_size]`` at offset ``t % block_size``.
 
@@ -40,45 +42,31 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import TextIO
 
 import torch
 
 from llmds._checks import check_bool, check_int
-from llmds.kv_arena._report import block_map_text, stats_text
 from llmds.engine.kv.block_manager import BlockManager
 from llmds.engine.kv.storage import KVStorage
 from llmds.engine.request import RequestState
 from llmds.errors import NotFoundError, StateError, ValidationError
+from llmds.kv_arena._report import KVArenaStats, block_map_text, stats_text
+from llmds.kv_arena.runs import RunPlacement
 from llmds.paged_allocator import PagedAllocator
 
 __all__ = ["KVArenaStats", "KVStorage", "TensorKVCache"]
 
 
-@dataclass(frozen=True, slots=True)
-class KVArenaStats:
-    """A snapshot of the arena (pool-level counts include other users of the block manager)."""
+class _Entry:
+    """One request of the arena: ``seq``, a lengths-only ``RequestState`` of ``cap`` tokens
+    (``num_prompt_tokens``) whose ``num_computed_tokens`` are the used tokens and whose table
+    is the block manager's, plus the arena's own fields."""
 
-    num_sequences: int
-    used_tokens: int  # sum over this arena's requests
-    allocated_blocks: int  # pool-wide, growth rooms included
-    free_blocks: int  # pool-wide, growth rooms included (they are reclaimable)
-    reserved_blocks: int  # promised to requests' growth, not yet in their tables
-    total_allocated_bytes: int
-    total_free_bytes: int
-    fragmentation: float
-    contiguous_sequences: int  # requests whose views are zero-copy
-
-
-class _ArenaSeq(RequestState):
-    """A request of the arena: a lengths-only ``RequestState`` of ``cap`` tokens whose
-    ``num_computed_tokens`` are the used tokens; its table is the block manager's."""
-
-    __slots__ = ("reserved", "table_tensor")
+    __slots__ = ("seq", "reserved", "table_tensor")
 
     def __init__(self, request_id: Hashable, cap: int, reserved: bool) -> None:
-        super().__init__(request_id, num_prompt_tokens=cap, max_new_tokens=0)
+        self.seq = RequestState(request_id, num_prompt_tokens=cap, max_new_tokens=0)
         self.reserved = reserved  # cap blocks - table length is counted in the arena's reservations
         self.table_tensor: torch.Tensor | None = None  # the table as a tensor, for gathers; reset on growth
 
@@ -100,7 +88,8 @@ class TensorKVCache:
         A pool to share; its ``page_size``/``max_pages`` must equal ``block_size``/``num_blocks``.
     block_manager : BlockManager, optional
         A block manager to share (e.g. the engine's); same size rule.  Default:
-        a new one on ``allocator`` (or a new pool), without prefix caching.
+        a new one on ``allocator`` (or a new pool), without prefix caching, with
+        run placement (:class:`~llmds.kv_arena.runs.RunPlacement`).
     storage : KVStorage, optional
         The tensors to share (e.g. the engine's); its shape, dtype and device must
         be the ones the other arguments give.  See :meth:`over`.
@@ -124,7 +113,8 @@ class TensorKVCache:
         if block_manager is None:
             if allocator is not None and not isinstance(allocator, PagedAllocator):
                 raise ValidationError(f"allocator must be a PagedAllocator, got {type(allocator).__name__}")
-            block_manager = BlockManager(num_blocks, bs, enable_prefix_caching=False, allocator=allocator)
+            block_manager = BlockManager(num_blocks, bs, enable_prefix_caching=False, allocator=allocator,
+                                         placement=RunPlacement)
         elif not isinstance(block_manager, BlockManager) or allocator is not None:
             raise ValidationError("block_manager must be a BlockManager (and then no allocator is given)")
         elif (block_manager.num_blocks, block_manager.block_size) != (num_blocks, bs):
@@ -142,7 +132,7 @@ class TensorKVCache:
         self._k_layers = [st.k_layer(i) for i in range(st.num_layers)]  # per-layer slot views
         self._v_layers = [st.v_layer(i) for i in range(st.num_layers)]
         self.bytes_per_block = KVStorage.bytes_per_block(num_layers, num_kv_heads, head_dim, bs, st.dtype)
-        self._seqs: dict[Hashable, _ArenaSeq] = {}  # insertion order
+        self._seqs: dict[Hashable, _Entry] = {}  # insertion order
         self._reserved = 0  # sum over reserved requests of cap blocks - table length
         self._cond = threading.Condition(threading.RLock())
         self._free_generation = 0  # bumped by every free that released something
@@ -219,11 +209,11 @@ class TensorKVCache:
                 raise StateError(f"request {request_id!r} already has KV blocks; free_for() it first")
             if cap_blocks > self.num_blocks or (cap_blocks if reserve else prompt_blocks) > self.available_blocks():
                 return False
-            seq = _ArenaSeq(request_id, cap, reserve)
-            if not self.block_manager.allocate(seq, prompt):  # pragma: no cover - checked above
+            entry = _Entry(request_id, cap, reserve)
+            if not self.block_manager.allocate(entry.seq, prompt):  # pragma: no cover - checked above
                 return False
-            seq.num_computed_tokens = prompt
-            self._seqs[request_id] = seq
+            entry.seq.num_computed_tokens = prompt
+            self._seqs[request_id] = entry
             if reserve:
                 self._reserved += cap_blocks - prompt_blocks
             return True
@@ -236,29 +226,31 @@ class TensorKVCache:
         """Make room for ``n`` more tokens, all or nothing; ``n == 0`` is a no-op (True)."""
         n = check_int("n", n, 0)
         with self._cond:
-            seq = self._get(request_id)
+            entry = self._get(request_id)
+            seq = entry.seq
             used = seq.num_computed_tokens + n
             if used > seq.num_prompt_tokens:  # the cap
                 return False
             k = -(-used // self.block_size) - len(seq.block_table)
             if k > 0:
                 # a reserved request draws on its own promise; others may not touch promised blocks
-                free = self.block_manager.num_free_blocks if seq.reserved else self.available_blocks()
+                free = self.block_manager.num_free_blocks if entry.reserved else self.available_blocks()
                 if k > free or not self.block_manager.append_slots(seq, n):
                     return False
-                if seq.reserved:
+                if entry.reserved:
                     self._reserved -= k
-                seq.table_tensor = None
+                entry.table_tensor = None
             seq.num_computed_tokens = used
             return True
 
     def free_for(self, request_id: Hashable) -> bool:
         """Return a request's blocks to the pool; a no-op (returning False) for an unknown id."""
         with self._cond:
-            seq = self._seqs.pop(request_id, None) if _hashable(request_id) else None
-            if seq is None:
+            entry = self._seqs.pop(request_id, None) if _hashable(request_id) else None
+            if entry is None:
                 return False
-            if seq.reserved:
+            seq = entry.seq
+            if entry.reserved:
                 self._reserved -= -(-seq.num_prompt_tokens // self.block_size) - len(seq.block_table)
             self.block_manager.free(seq)
             self._free_generation += 1
@@ -289,15 +281,15 @@ class TensorKVCache:
         return len(self._seqs)
 
     def used_tokens(self, request_id: Hashable) -> int:
-        return self._get(request_id).num_computed_tokens
+        return self._get(request_id).seq.num_computed_tokens
 
     def max_tokens(self, request_id: Hashable) -> int:
         """The request's token cap."""
-        return self._get(request_id).num_prompt_tokens
+        return self._get(request_id).seq.num_prompt_tokens
 
     def block_table(self, request_id: Hashable) -> list[int]:
         """Block ids of the request, token order (a copy of the block manager's table)."""
-        return list(self._get(request_id).block_table)
+        return list(self._get(request_id).seq.block_table)
 
     def block_table_tensor(self, request_id: Hashable) -> torch.Tensor:
         """Block ids as an int64 tensor on the arena's device (cached; do not modify in place)."""
@@ -305,7 +297,7 @@ class TensorKVCache:
 
     def view_is_contiguous(self, request_id: Hashable) -> bool:
         """True when :meth:`k_view`/:meth:`v_view` return zero-copy views of the arena."""
-        return self._get(request_id)._contig
+        return self.block_manager.is_contiguous(self._get(request_id).seq)
 
     def k_view(self, request_id: Hashable, layer: int) -> torch.Tensor:
         """K of the request's used tokens, ``[used_tokens, num_kv_heads, head_dim]``.
@@ -313,19 +305,21 @@ class TensorKVCache:
         Zero-copy (shares the arena's storage) when :meth:`view_is_contiguous`,
         otherwise a copy gathered through the block table.
         """
-        seq = self._get(request_id)
-        if seq._contig:  # the hot path: one slice of the layer's slot view
+        entry = self._get(request_id)
+        seq = entry.seq
+        if self.block_manager.is_contiguous(seq):  # the hot path: one slice of the layer's slot view
             s = seq.block_table[0] * self.block_size
             return self._k_layers[self.storage.check_layer(layer)][s : s + seq.num_computed_tokens]
-        return self.storage.k_view(layer, self._table_tensor(seq), seq.num_computed_tokens, False)
+        return self.storage.k_view(layer, self._table_tensor(entry), seq.num_computed_tokens, False)
 
     def v_view(self, request_id: Hashable, layer: int) -> torch.Tensor:
         """V counterpart of :meth:`k_view`."""
-        seq = self._get(request_id)
-        if seq._contig:
+        entry = self._get(request_id)
+        seq = entry.seq
+        if self.block_manager.is_contiguous(seq):
             s = seq.block_table[0] * self.block_size
             return self._v_layers[self.storage.check_layer(layer)][s : s + seq.num_computed_tokens]
-        return self.storage.v_view(layer, self._table_tensor(seq), seq.num_computed_tokens, False)
+        return self.storage.v_view(layer, self._table_tensor(entry), seq.num_computed_tokens, False)
 
     def kv_views(self, request_id: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of every layer, each ``[num_layers, used_tokens, num_kv_heads, head_dim]``.
@@ -333,12 +327,13 @@ class TensorKVCache:
         One tensor op per K/V instead of one per layer: zero-copy when
         :meth:`view_is_contiguous`, otherwise copies gathered through the block table.
         """
-        seq = self._get(request_id)
-        if seq._contig:
+        entry = self._get(request_id)
+        seq = entry.seq
+        if self.block_manager.is_contiguous(seq):
             s = seq.block_table[0] * self.block_size
             e = s + seq.num_computed_tokens
             return self._k_slots[:, s:e], self._v_slots[:, s:e]
-        return self.storage.kv_views(self._table_tensor(seq), seq.num_computed_tokens, False)
+        return self.storage.kv_views(self._table_tensor(entry), seq.num_computed_tokens, False)
 
     def write(self, request_id: Hashable, layer: int, positions, k: torch.Tensor, v: torch.Tensor) -> None:
         """Scatter ``k``/``v`` ``[n, num_kv_heads, head_dim]`` to token ``positions`` of a request.
@@ -349,10 +344,11 @@ class TensorKVCache:
         ``index_copy_`` per tensor with slots ``table[pos // bs] * bs + pos % bs``
         computed vectorized.  No per-token Python.
         """
-        seq = self._get(request_id)
+        seq = self._get(request_id).seq
         st = self.storage
         layer = st.check_layer(layer)
-        slots, n = st.slots(seq.block_table, positions, seq.num_computed_tokens, seq._contig)
+        slots, n = st.slots(seq.block_table, positions, seq.num_computed_tokens,
+                            self.block_manager.is_contiguous(seq))
         st.check_rows(k, v, n)
         st.scatter(layer, slots, k, v)
 
@@ -382,19 +378,21 @@ class TensorKVCache:
         free = self.block_manager.num_free_blocks
         return KVArenaStats(
             num_sequences=len(self._seqs),
-            used_tokens=sum(s.num_computed_tokens for s in self._seqs.values()),
+            used_tokens=sum(e.seq.num_computed_tokens for e in self._seqs.values()),
             allocated_blocks=self.num_blocks - free,
             free_blocks=free,
             reserved_blocks=self._reserved,
             total_allocated_bytes=self.total_allocated_bytes,
             total_free_bytes=self.total_free_bytes,
             fragmentation=self.fragmentation(),
-            contiguous_sequences=sum(s._contig for s in self._seqs.values()),
+            contiguous_sequences=sum(map(self.block_manager.is_contiguous,
+                                         (e.seq for e in self._seqs.values()))),
         )
 
     def dump_stats(self, file: TextIO | None = None) -> str:
         """Write the guide's ``dumpCacheStats`` text to ``file`` (stdout if None); returns it."""
-        seqs = [(rid, s.num_computed_tokens, s.num_prompt_tokens, s.block_table) for rid, s in self._seqs.items()]
+        seqs = [(rid, e.seq.num_computed_tokens, e.seq.num_prompt_tokens, e.seq.block_table)
+                for rid, e in self._seqs.items()]
         text = stats_text(self, seqs)
         (file if file is not None else sys.stdout).write(text)
         return text
@@ -411,7 +409,7 @@ class TensorKVCache:
         return text
 
     # ------------------------------------------------------------ internals
-    def _get(self, request_id) -> _ArenaSeq:
+    def _get(self, request_id) -> _Entry:
         try:
             return self._seqs[request_id]
         except (KeyError, TypeError):
@@ -426,10 +424,10 @@ class TensorKVCache:
             raise ValidationError(f"max_tokens ({cap}) must be >= prompt_len ({prompt})")
         return prompt, cap
 
-    def _table_tensor(self, seq: _ArenaSeq) -> torch.Tensor:
-        if seq.table_tensor is None:
-            seq.table_tensor = torch.tensor(seq.block_table, dtype=torch.int64, device=self.device)
-        return seq.table_tensor
+    def _table_tensor(self, entry: _Entry) -> torch.Tensor:
+        if entry.table_tensor is None:
+            entry.table_tensor = torch.tensor(entry.seq.block_table, dtype=torch.int64, device=self.device)
+        return entry.table_tensor
 
 
 def _hashable(request_id) -> bool:

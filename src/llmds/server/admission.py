@@ -48,7 +48,7 @@ class Ticket:
     def started(self) -> None:
         if self.waiting:
             self.waiting = False
-            self._gate._leave_waiting(self)
+            self._gate.leave_waiting(self)
 
     def close(self) -> None:
         if self.open:
@@ -101,6 +101,7 @@ class AdmissionGate:
         self.rejections[reason] += 1
         return Rejection(reason, message, retry_after if math.isfinite(retry_after) else math.inf)
 
-    def _leave_waiting(self, ticket: Ticket) -> None:
+    def leave_waiting(self, ticket: Ticket) -> None:
+        """``ticket``'s request got its first token: it no longer counts as waiting."""
         self.waiting_requests -= 1
         self.waiting_tokens -= ticket.prompt_tokens

@@ -30,7 +30,7 @@ _EMBED_NAMES = (EMBED_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
 
 def create_app(state: ServerState):
     """The ASGI app (FastAPI inside :class:`~llmds.server.http.Guard`); ``app.state.llmds`` is ``state``."""
-    from llmds.server.metrics import make_registry
+    from llmds.server.prometheus import make_registry
     from llmds.server.rag import hit_json, last_user_text, rag_messages
     from llmds.server.responses import ChatFormat, CompletionFormat, complete, events
 

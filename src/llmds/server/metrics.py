@@ -1,23 +1,17 @@
-"""``/metrics``: the engine's own counters, gauges and histograms in Prometheus text, with
-vLLM's metric names under the ``llmds:`` prefix, plus what only the server sees.
+"""What only the server measures: retrieval latency and requests in flight.
 
-One metrics path: nothing the engine measures is measured again here.  A custom collector reads
-:class:`~llmds.engine.metrics.EngineMetrics` at scrape time (histograms through their locked
-``snapshot()``) and the server's :class:`ServerMetrics` (admission rejections, retrieval latency
-in the same :class:`~llmds.engine.metrics.Histogram` type, requests in flight).  The registry
-also carries prometheus-client's process collector (``process_resident_memory_bytes``, ...).
+One metrics path: nothing the engine measures is measured again here; the engine's own counters
+live in :class:`~llmds.engine.metrics.EngineMetrics`, and :mod:`llmds.server.prometheus` exports
+both at ``/metrics``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+import threading
 
 from llmds.engine.metrics import Histogram
 
-if TYPE_CHECKING:
-    from llmds.server.state import ServerState
-
-__all__ = ["ServerMetrics", "make_registry", "RETRIEVAL_BUCKETS"]
+__all__ = ["ServerMetrics", "RETRIEVAL_BUCKETS"]
 
 RETRIEVAL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -26,102 +20,6 @@ class ServerMetrics:
     """What the server itself measures (the engine's metrics live in ``engine.metrics``)."""
 
     def __init__(self) -> None:
-        import threading
-
         self.retrieval_latency_seconds = Histogram("retrieval_latency_seconds", RETRIEVAL_BUCKETS,
                                                    threading.Lock())
-        self.in_flight = 0  # admitted requests not yet closed (guarded by ServerState._idle)
-
-
-# (name, documentation, attribute of EngineMetrics)
-_COUNTERS = (
-    ("prompt_tokens", "Prompt tokens computed (prefill, recomputation included)", "prompt_tokens"),
-    ("generation_tokens", "Tokens generated", "generation_tokens"),
-    ("num_preemptions", "Requests preempted (KV blocks ran out; recomputed later)", "num_preemptions"),
-    ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache", "prefix_cache_queries"),
-    ("prefix_cache_hits", "Prompt tokens found in the prefix cache", "prefix_cache_hits"),
-    ("engine_step_seconds", "Seconds spent in engine steps", "step_seconds"),
-    ("engine_forward_seconds", "Seconds spent in the model's forward passes", "forward_seconds"),
-)
-_GAUGES = (
-    ("num_requests_running", "Requests in the running batch", "num_requests_running"),
-    ("num_requests_waiting", "Requests waiting in the engine's queue", "num_requests_waiting"),
-    ("kv_cache_usage_perc", "Fraction of KV blocks in use (0..1)", "kv_cache_usage_perc"),
-    ("num_pinned_blocks", "KV blocks pinned for hot prefixes", "num_pinned_blocks"),
-)
-_HISTOGRAMS = {
-    "time_to_first_token_seconds": "Time to first token (arrival to first token)",
-    "inter_token_latency_seconds": "Time between consecutive tokens of a request",
-    "e2e_request_latency_seconds": "Arrival to finish",
-    "request_queue_time_seconds": "Arrival to first scheduled",
-}
-
-
-class _Collector:
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-
-    def collect(self) -> Iterator:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        st = self.state
-        m = st.engine.metrics
-        for name, doc, attr in _COUNTERS:
-            yield CounterMetricFamily(f"llmds:{name}", doc, value=getattr(m, attr))
-        for name, doc, attr in _GAUGES:
-            yield GaugeMetricFamily(f"llmds:{name}", doc, value=getattr(m, attr))
-        for h in m.histograms():
-            yield _histogram(f"llmds:{h.name}", _HISTOGRAMS[h.name], h)
-        done = CounterMetricFamily("llmds:request_success", "Finished requests by finish reason",
-                                   labels=["finished_reason"])
-        for reason, n in sorted(dict(m.requests_finished).items()):
-            done.add_metric([reason], n)
-        yield done
-        bm = st.engine.block_manager
-        yield GaugeMetricFamily("llmds:kv_cache_free_blocks", "Free KV blocks (cached ones included)",
-                                value=bm.num_free_blocks)
-        yield GaugeMetricFamily("llmds:kv_cache_num_blocks", "KV blocks in the pool", value=st.engine.num_blocks)
-        gate = st.gate
-        rej = CounterMetricFamily("llmds:admission_rejections", "Requests refused at the front door",
-                                  labels=["reason"])
-        for reason, n in gate.rejections.items():
-            rej.add_metric([reason], n)
-        yield rej
-        yield GaugeMetricFamily("llmds:admission_waiting_requests", "Admitted requests without a first token",
-                                value=gate.waiting_requests)
-        yield GaugeMetricFamily("llmds:admission_waiting_tokens", "Prompt tokens of those requests",
-                                value=gate.waiting_tokens)
-        yield GaugeMetricFamily("llmds:requests_in_flight", "Admitted requests not yet finished",
-                                value=st.metrics.in_flight)
-        yield _histogram("llmds:retrieval_latency_seconds", "Hybrid search latency (embedding included)",
-                         st.metrics.retrieval_latency_seconds)
-        rag = st.rag
-        yield GaugeMetricFamily("llmds:retrieval_chunks", "Chunks in the retrieval index",
-                                value=len(rag) if rag is not None else 0)
-        yield GaugeMetricFamily(
-            "llmds:retrieval_hot_documents",
-            f"Chunks retrieved at least {st.config.hot_threshold} times (Count-Min estimate)",
-            value=len(rag.hot_chunks(st.config.hot_threshold)) if rag is not None else 0)
-
-
-def _histogram(name: str, doc: str, h: Histogram):
-    from prometheus_client.core import HistogramMetricFamily
-
-    snap = h.snapshot()
-    buckets = [(_le(b), c) for b, c in zip(snap.buckets, snap.cumulative)]
-    buckets.append(("+Inf", snap.cumulative[-1]))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=snap.sum)
-
-
-def _le(bound: float) -> str:
-    return repr(float(bound))
-
-
-def make_registry(state: ServerState):
-    """A registry with the llmds collector and the process collector (RSS, CPU, open files)."""
-    from prometheus_client import CollectorRegistry, ProcessCollector
-
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Collector(state))
-    ProcessCollector(registry=reg)
-    return reg
+        self.in_flight = 0  # admitted requests not yet closed (ServerState.enter / leave)

@@ -21,6 +21,7 @@ from llmds.engine.request import RequestOutput
 from llmds.errors import CapacityError, LLMDSError
 from llmds.server.admission import AdmissionGate, Rejection, Ticket
 from llmds.server.errors import APIError, from_llmds_error, retry_after_header
+from llmds.server.metrics import ServerMetrics
 
 __all__ = ["ServerConfig", "ServerState", "Generation"]
 
@@ -63,8 +64,7 @@ class ServerState:
     def __init__(self, engine, config: ServerConfig | None = None, clock=time.monotonic) -> None:
         """``engine``: an :class:`~llmds.engine.engine.LLMEngine`, or an
         :class:`~llmds.engine.async_engine.AsyncLLMEngine` made by ``AsyncLLMEngine.build``."""
-        from llmds.engine.async_engine import AsyncLLMEngine
-        from llmds.server.metrics import ServerMetrics
+        from llmds.engine.async_engine import AsyncLLMEngine  # here: importing state needs no torch
 
         self.config = cfg = config or ServerConfig()
         self.aengine = engine if isinstance(engine, AsyncLLMEngine) else AsyncLLMEngine(engine)
@@ -135,12 +135,12 @@ class ServerState:
         ticket = self.gate.admit(len(prompt_ids), max_new)
         if isinstance(ticket, Rejection):
             raise rejection_error(ticket)
-        self._enter()
+        self.enter()
         try:
             rid = await self.aengine.add_request(prompt_ids, params, priority=priority)
         except BaseException as exc:
             ticket.close()
-            self._leave()
+            self.leave()
             if isinstance(exc, LLMDSError):
                 raise from_llmds_error(exc, param if isinstance(exc, CapacityError) else None) from None
             raise
@@ -152,11 +152,12 @@ class ServerState:
         """``max_tokens`` when a chat request names none: the rest of what fits (at least 1)."""
         return max(1, self.context_limit - prompt_tokens)
 
-    def _enter(self) -> None:
+    def enter(self) -> None:
+        """Count one admitted request in flight (``leave`` when it closes)."""
         with self._idle:
             self.metrics.in_flight += 1
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         with self._idle:
             self.metrics.in_flight -= 1
             if self.metrics.in_flight == 0:
@@ -208,7 +209,7 @@ class Generation:
             await self._agen.aclose()
         finally:
             self.ticket.close()
-            self.state._leave()
+            self.state.leave()
 
 
 def rejection_error(rej: Rejection) -> APIError:

@@ -7,10 +7,11 @@
 cb_lab's ``PagedKVCache``) stores into those block ids and keeps no tables of
 its own: the KV path is planner → block manager → block ids → storage.
 
-Placement (:mod:`llmds.engine.kv.block_runs`): a new table is one run of
-consecutive ids when the pool allows, with a *room* held for the request's
-growth, so its K/V views are zero-copy; ``stats()`` counts the tables that are
-runs.  Rooms count as free blocks and are given back before anything is refused.
+Which blocks a table gets is its placement (:mod:`llmds.engine.kv.placement`):
+the free list's order by default; the CortexStream arena passes
+``placement=RunPlacement`` (one run per table, with a growth room, for zero-copy
+views).  Blocks a placement holds back count as free and are given back before
+anything is refused.
 
 Prefixes are shared through the shared :class:`~llmds.prefix_cache.PrefixCache`
 (the same index the seed ``KVCache`` uses): block ``i`` of a request is keyed
@@ -49,13 +50,13 @@ planner talks to (re-exported here with ``NullKV``, the unlimited stand-in).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from llmds._checks import check_bool, check_int
-from llmds.engine.kv.block_runs import BlockRuns
 from llmds.engine.kv.kv_manager import KVManager, NullKV, check_fits, peak_blocks
+from llmds.engine.kv.placement import FreeListPlacement, Placement
 from llmds.engine.request import RequestState
 from llmds.errors import CapacityError, StateError, ValidationError
 from llmds.paged_allocator import PagedAllocator, true_runs
@@ -79,13 +80,17 @@ class BlockManager:
         An existing pool to allocate from; then ``num_blocks`` and ``block_size``
         must match its ``max_pages`` and ``page_size`` (the allocator's names
         for them: this is the one place they are mapped).
+    placement : callable, optional
+        ``placement(allocator)`` makes the :class:`~llmds.engine.kv.placement.Placement`
+        that picks each table's blocks (default: the free list's order).
     """
 
     __slots__ = ("block_size", "num_blocks", "allocator", "prefix_cache", "num_queries", "num_hits",
-                 "num_query_tokens", "num_hit_tokens", "_match_seq", "_match", "_runs")
+                 "num_query_tokens", "num_hit_tokens", "_match_seq", "_match", "placement")
 
     def __init__(self, num_blocks: int, block_size: int = 16, *, enable_prefix_caching: bool = True,
-                 allocator: PagedAllocator | None = None) -> None:
+                 allocator: PagedAllocator | None = None,
+                 placement: Callable[[PagedAllocator], Placement] = FreeListPlacement) -> None:
         num_blocks = check_int("num_blocks", num_blocks, 1)
         block_size = check_int("block_size", block_size, 1)
         check_bool("enable_prefix_caching", enable_prefix_caching)
@@ -101,7 +106,7 @@ class BlockManager:
         self.allocator = allocator
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self._runs = BlockRuns(allocator)
+        self.placement = placement(allocator)  # which blocks each table gets
         self.prefix_cache = PrefixCache(allocator, retain_freed=True) if enable_prefix_caching else None
         self.num_queries = 0  # admissions of requests with token ids
         self.num_hits = 0  # ... of which reused at least one block
@@ -114,19 +119,19 @@ class BlockManager:
     @property
     def num_free_blocks(self) -> int:
         """Free blocks: cached ones and rooms included (both are reclaimable)."""
-        return self._runs.num_free
+        return self.placement.num_free
 
     def usage(self) -> float:
         """Fraction of blocks held by requests' tables or pins (0..1)."""
-        return 1.0 - self._runs.num_free / self.num_blocks
+        return 1.0 - self.placement.num_free / self.num_blocks
 
     def free_mask(self) -> np.ndarray:
         """Boolean ``[num_blocks]``: True for free blocks, growth rooms included.  O(num_blocks)."""
-        return self._runs.free_mask()
+        return self.placement.free_mask()
 
     def fragmentation(self) -> float:
         """``1 - largest free run / free blocks`` (0 when nothing is free), rooms counted as free."""
-        mask = self._runs.free_mask()
+        mask = self.placement.free_mask()
         n = int(mask.sum())
         if not n:
             return 0.0
@@ -135,7 +140,7 @@ class BlockManager:
 
     def is_contiguous(self, seq: RequestState) -> bool:
         """True when ``seq``'s table is one ascending run of block ids (zero-copy views)."""
-        return seq._contig
+        return self.placement.is_contiguous(seq)
 
     def get_block_table(self, seq: RequestState) -> list[int]:
         return seq.block_table
@@ -153,14 +158,13 @@ class BlockManager:
     def stats(self) -> dict[str, float]:
         """Pool, prefix-cache and placement counters.
 
-        ``block_tables``: requests holding blocks of this manager;
-        ``contiguous_tables``: how many of them are one run (zero-copy views);
-        ``room_blocks``: free blocks held as growth rooms (counted in ``num_free_blocks``).
+        ``block_tables``: requests holding blocks of this manager; a
+        ``RunPlacement`` adds ``contiguous_tables`` (how many are one run) and
+        ``room_blocks`` (free blocks held as growth rooms, counted in ``num_free_blocks``).
         """
-        runs = self._runs
         return {
             "num_blocks": self.num_blocks,
-            "num_free_blocks": runs.num_free,
+            "num_free_blocks": self.placement.num_free,
             "usage": self.usage(),
             "prefix_queries": self.num_queries,
             "prefix_hits": self.num_hits,
@@ -169,9 +173,7 @@ class BlockManager:
             "prefix_hit_rate": self.hit_rate,
             "evictions": self.evictions,
             "cached_blocks": len(self.prefix_cache) if self.prefix_cache is not None else 0,
-            "block_tables": runs.num_tables,
-            "contiguous_tables": runs.num_contiguous,
-            "room_blocks": runs.num_room_blocks,
+            **self.placement.stats(),
         }
 
     def check_fits(self, seq: RequestState) -> None:
@@ -267,7 +269,7 @@ class BlockManager:
     # --------------------------------------------------------------- allocation
     def can_allocate(self, seq: RequestState, num_new_tokens: int) -> bool:
         """Would ``allocate`` (new request) or ``append_slots`` (running) succeed?"""
-        return self._blocks_needed(seq, num_new_tokens) <= self._runs.num_free
+        return self._blocks_needed(seq, num_new_tokens) <= self.placement.num_free
 
     def _blocks_needed(self, seq: RequestState, n: int) -> int:
         bs = self.block_size
@@ -300,19 +302,19 @@ class BlockManager:
                 f"{seq.request_id!r}"
             )
         self._match_seq = None
-        runs = self._runs
-        if need > runs.num_free:
+        place = self.placement
+        if need > place.num_free:
             return False
         fresh = -(-(hit + n) // self.block_size) - len(pages)
         if pages:
-            runs.ensure_free(need)
+            place.ensure_free(need)
             self.prefix_cache.acquire(pages)
-            runs.adopt(seq, pages + self.allocator.alloc(fresh) if fresh > 0 else list(pages))
+            place.adopt(seq, pages + self.allocator.alloc(fresh) if fresh > 0 else list(pages))
         elif fresh > 0:
-            runs.place(seq, fresh, peak_blocks(seq, self.block_size))
+            place.place(seq, fresh, peak_blocks(seq, self.block_size))
         seq.num_cached_tokens = seq.num_computed_tokens = hit
-        seq._num_hashed_blocks = len(pages)
-        seq._last_key = key
+        seq.num_hashed_blocks = len(pages)
+        seq.last_block_key = key
         if self.prefix_cache is not None and seq.prompt_token_ids is not None:
             self.num_queries += 1
             self.num_query_tokens += seq.num_tokens
@@ -336,12 +338,12 @@ class BlockManager:
         bt = seq.block_table
         need = -(-c // self.block_size) - len(bt)
         if need > 0:
-            if need > self._runs.num_free:
+            if need > self.placement.num_free:
                 return False
             if bt:
-                self._runs.grow(seq, need)
+                self.placement.grow(seq, need)
             else:  # a lengths-only table emptied by a zero-token allocate
-                self._runs.place(seq, need, peak_blocks(seq, self.block_size))
+                self.placement.place(seq, need, peak_blocks(seq, self.block_size))
             self._match_seq = None
         if self.prefix_cache is not None and seq.prompt_token_ids is not None:
             self._register(seq, c)
@@ -351,13 +353,13 @@ class BlockManager:
         """One more block for each decoding request in ``seqs`` (each at a block boundary).
 
         All or nothing: False, changing nothing, when fewer blocks are free.
-        Each request takes its room's next block, else the next block if free,
-        else one allocator call serves the rest; the block each request just
-        filled is registered in the prefix index (decode blocks are cached too).
+        The placement picks the blocks (one allocator call for the free list);
+        the block each request just filled is registered in the prefix index
+        (decode blocks are cached too).
         """
-        if len(seqs) > self._runs.num_free:
+        if len(seqs) > self.placement.num_free:
             return False
-        self._runs.grow_each(seqs)
+        self.placement.grow_each(seqs)
         self._match_seq = None
         pc = self.prefix_cache
         if pc is None:
@@ -368,9 +370,9 @@ class BlockManager:
             if s.prompt_token_ids is None:
                 continue
             j = len(bt) - 2  # the block that just filled
-            if s._num_hashed_blocks == j:  # common case: all earlier blocks are hashed
-                s._last_key = register(bt[j], s._last_key, s.token_slice(j * bs, j * bs + bs))[0]
-                s._num_hashed_blocks = j + 1
+            if s.num_hashed_blocks == j:  # common case: all earlier blocks are hashed
+                s.last_block_key = register(bt[j], s.last_block_key, s.token_slice(j * bs, j * bs + bs))[0]
+                s.num_hashed_blocks = j + 1
             else:
                 self._register(s, s.num_computed_tokens)
         return True
@@ -382,11 +384,11 @@ class BlockManager:
         cached = self.prefix_cache is not None and seq.prompt_token_ids is not None
         if cached:
             self._register(seq, seq.num_computed_tokens)
-        table, room = self._runs.release(seq)
+        table, room = self.placement.release(seq)
         # one call; tail first, so a prefix's head is evicted last (room blocks are uncached)
         (self.prefix_cache if cached else self.allocator).free(table[::-1] + room)
-        seq._num_hashed_blocks = 0
-        seq._last_key = ROOT_KEY
+        seq.num_hashed_blocks = 0
+        seq.last_block_key = ROOT_KEY
         self._match_seq = None
 
     def rollback(self, seq: RequestState, *, release: bool = False) -> None:
@@ -397,16 +399,16 @@ class BlockManager:
         ``seq`` (prefix hits lie below), so any of them that is indexed was
         registered by ``seq`` during the cancelled step and is unindexed here,
         before it is freed (it goes back as an ordinary free block, or to the
-        request's room when it continues a contiguous table).
+        placement's room for the request).
         """
         bs, bt, pc = self.block_size, seq.block_table, self.prefix_cache
         c = seq.num_computed_tokens
         full = c // bs
-        if pc is not None and seq.prompt_token_ids is not None and seq._num_hashed_blocks > full:
-            for i in range(full, seq._num_hashed_blocks):
+        if pc is not None and seq.prompt_token_ids is not None and seq.num_hashed_blocks > full:
+            for i in range(full, seq.num_hashed_blocks):
                 pc.unregister(bt[i])  # a no-op for a block that deduplicated onto another
-            seq._num_hashed_blocks = full
-            seq._last_key = pc.chain_keys(seq.token_slice(0, full * bs), full)[-1] if full else ROOT_KEY
+            seq.num_hashed_blocks = full
+            seq.last_block_key = pc.chain_keys(seq.token_slice(0, full * bs), full)[-1] if full else ROOT_KEY
         self._match_seq = None
         if release:
             if pc is not None and seq.prompt_token_ids is not None and bt:  # counted at allocate
@@ -421,7 +423,7 @@ class BlockManager:
         if not keep:
             self.free(seq)
             return
-        extra = self._runs.truncate(seq, keep)
+        extra = self.placement.truncate(seq, keep)
         if extra:
             self.allocator.free(extra[::-1])
 
@@ -430,12 +432,12 @@ class BlockManager:
         """Index the full blocks of ``seq`` whose tokens ``[.., upto)`` are known."""
         bs = self.block_size
         end = min(upto, seq.num_tokens, len(seq.block_table) * bs) // bs
-        i = seq._num_hashed_blocks
+        i = seq.num_hashed_blocks
         if i >= end:
             return
-        key, bt, register, tok = seq._last_key, seq.block_table, self.prefix_cache.register, seq.token_slice
+        key, bt, register, tok = seq.last_block_key, seq.block_table, self.prefix_cache.register, seq.token_slice
         while i < end:
             key = register(bt[i], key, tok(i * bs, (i + 1) * bs))[0]
             i += 1
-        seq._num_hashed_blocks = i
-        seq._last_key = key
+        seq.num_hashed_blocks = i
+        seq.last_block_key = key

@@ -30,22 +30,14 @@ Orders (:mod:`llmds.engine.sched.request_queue`): queue order by ``policy``
 with the admission counter in place of arrival, so the preemption victim is
 the lowest-priority, most recently admitted request.
 
-Cancelling a plan (``cancel``) is the one rollback path of a failed step:
-KV blocks are returned only there, through the KV manager's ``rollback``, and
-cb_lab's scheduler cuts its caches back after it.  No token advances; the
-requests the plan admitted go back to the waiting queue at their position
-and free their blocks; the running ones give back the blocks allocated for
-the plan's new tokens (between steps a running request holds blocks for
-exactly its computed tokens, as always); prefix-index entries registered for
-blocks the plan would have computed are removed, so no later request is
-served their (never written) KV.  Preemptions made by ``schedule()`` stand:
-the victims are already waiting, to be recomputed.  The next ``schedule()``
-reuses the cancelled plan's ``step_id``.
-
-Pins (``pin_prefix``) never strand a live request: a pin that would is
-refused; if pins made directly on the KV manager strand the queue head with
-nothing running, ``schedule()`` raises ``CapacityError`` naming it instead of
-readmitting and preempting it forever.
+Cancelling a plan (``cancel``) is the one rollback path of a failed step (KV
+blocks are returned only there, through the KV manager's ``rollback``; cb_lab
+cuts its caches back after it).  No token advances; the plan's admissions go
+back to the queue at their position and free their blocks; running requests
+give back the blocks for the plan's new tokens; prefix-index entries of blocks
+the plan would have computed are removed, so no request is served their never
+written KV.  ``schedule()``'s preemptions stand; the next ``schedule()`` reuses
+the cancelled plan's ``step_id``.
 
 Costs: a decode step is one loop over the running requests' counters plus
 C-level list operations (see ``decode_batch``), and per-request work only for
@@ -83,12 +75,8 @@ class Planner:
     kv : KVManager, optional
         Defaults to an unlimited ``NullKV``.
 
-    Notes
-    -----
-    Requests past their prefill live in a :class:`DecodeBatch`, which
-    advances their counters in one loop per step and indexes the requests
-    that need per-request work (a block boundary, max_new_tokens); waiting
-    requests live in a :class:`~llmds.engine.sched.request_queue.RequestQueue`.
+    Requests past their prefill live in a :class:`DecodeBatch` (one loop per step advances
+    them); waiting ones in a :class:`~llmds.engine.sched.request_queue.RequestQueue`.
     """
 
     __slots__ = ("config", "kv", "_waiting", "_requests", "_batch", "_prefilling",
@@ -136,7 +124,7 @@ class Planner:
     def waiting(self) -> list[RequestState]:
         """Waiting requests in queue order (a sorted copy, O(n log n): for display)."""
         reqs = [self._requests[rid] for rid in self._requests if rid in self._waiting]
-        return sorted(reqs, key=lambda s: s._queue_score)
+        return sorted(reqs, key=lambda s: s.queue_order)
 
     def get(self, request_id: Hashable) -> RequestState:
         """The live (waiting or running) request; ``NotFoundError`` otherwise."""
@@ -245,7 +233,7 @@ class Planner:
                     break
                 waiting.pop()
                 s.status = _RUNNING
-                s._admit_seq = self._admits
+                s.admit_order = self._admits
                 self._admits += 1
                 self._prefilling.append(s)
                 prefill.append((s, n))
@@ -356,18 +344,18 @@ class Planner:
         for s in plan.decode:
             kv.rollback(s)
         for s, _ in plan.prefill:
-            if s._admit_seq >= base:
+            if s.admit_order >= base:
                 admitted.append(s)
                 kv.rollback(s, release=True)
             else:
                 kv.rollback(s)
         if admitted:
-            self._prefilling = [s for s in self._prefilling if s._admit_seq < base]
+            self._prefilling = [s for s in self._prefilling if s.admit_order < base]
             for s in admitted:
                 s.num_computed_tokens = 0
                 s.num_cached_tokens = 0
                 s.status = _PREEMPTED if s.num_preemptions else _WAITING
-                s._admit_seq = -1
+                s.admit_order = -1
                 self._waiting.requeue(s)
             self._admits = base
         self._step = plan.step_id
@@ -388,7 +376,8 @@ class Planner:
 
     def pin_prefix(self, token_ids: Iterable[int]) -> list[int]:
         """Pin the cached blocks of a prefix (``BlockManager.pin_prefix``) unless a live
-        request could then never finish (``CapacityError``, nothing pinned).
+        request could then never finish (``CapacityError``, nothing pinned): pins never strand
+        a live request (for pins made on the KV manager directly, see ``_check_still_fits``).
 
         Only between steps (``StateError`` while a plan is in flight: its blocks may
         be indexed before their KV is computed), so pinned blocks always hold KV.

@@ -37,15 +37,15 @@ def _float_order(x: float) -> int:
 
 
 def _rank_fcfs(s: RequestState):
-    return s._admit_seq
+    return s.admit_order
 
 
 def _rank_priority(s: RequestState):
-    return (s.priority, s._admit_seq)
+    return (s.priority, s.admit_order)
 
 
 def _rank_edf(s: RequestState):
-    return (float("inf") if s.deadline is None else s.deadline, s.priority, s._admit_seq)
+    return (float("inf") if s.deadline is None else s.deadline, s.priority, s.admit_order)
 
 
 _RANKS = {"fcfs": _rank_fcfs, "priority": _rank_priority, "edf": _rank_edf}
@@ -59,7 +59,7 @@ def urgency_key(policy: str) -> Callable[[RequestState], object]:
 class RequestQueue:
     """Waiting requests in queue order (an :class:`~llmds.indexed_heap.IndexedHeap` of ids).
 
-    ``add`` fixes a new request's key (``seq._queue_score``); ``requeue`` puts a
+    ``add`` fixes a new request's key (``seq.queue_order``); ``requeue`` puts a
     request back at that key.  O(log n) push, pop and remove.
     """
 
@@ -78,13 +78,13 @@ class RequestQueue:
 
     def add(self, seq: RequestState) -> None:
         """Queue a new request behind every request added before it (within its class)."""
-        seq._queue_score = self._score(seq, self._arrivals)
+        seq.queue_order = self._score(seq, self._arrivals)
         self._arrivals += 1
-        self._heap.push(seq.request_id, seq._queue_score)
+        self._heap.push(seq.request_id, seq.queue_order)
 
     def requeue(self, seq: RequestState) -> None:
         """Put a preempted (or un-admitted) request back at its original position."""
-        self._heap.push(seq.request_id, seq._queue_score)
+        self._heap.push(seq.request_id, seq.queue_order)
 
     def peek(self) -> Hashable:
         """The id of the next request to admit (the queue must not be empty)."""

@@ -30,6 +30,7 @@ from tests.engine.kv.test_block_manager import PlannerRules, check_placement_sta
 
 from llmds.engine.kv.block_manager import BlockManager  # noqa: E402
 from llmds.kv_arena.arena import TensorKVCache  # noqa: E402
+from llmds.kv_arena.runs import RunPlacement  # noqa: E402
 from llmds.engine.kv.storage import KVStorage  # noqa: E402
 from llmds.engine.sched.planner import Planner, PlannerConfig  # noqa: E402
 from llmds.engine.request import RequestStatus  # noqa: E402
@@ -51,7 +52,7 @@ def expected_kv(prefix_codes, layer):
 class KVPath(PlannerRules):
     def __init__(self):
         super().__init__()
-        self.bm = BlockManager(NUM_BLOCKS, BS)
+        self.bm = BlockManager(NUM_BLOCKS, BS, placement=RunPlacement)  # the arena's views want runs
         self.storage = KVStorage(LAYERS, 1, 2, NUM_BLOCKS, BS, torch.float64)
         self.storage.warmup()
         cfg = PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=3, policy="priority")
@@ -192,7 +193,7 @@ class KVPath(PlannerRules):
     @invariant()
     def blocks_in_use_are_exactly_the_tables(self):
         alloc = self.bm.allocator
-        seqs = list(self.live.values()) + list(self.arena._seqs.values())
+        seqs = list(self.live.values()) + [e.seq for e in self.arena._seqs.values()]
         expect = [0] * NUM_BLOCKS
         for s in seqs:
             for b in s.block_table:
@@ -200,7 +201,7 @@ class KVPath(PlannerRules):
         for pages in self.pins:
             for b in pages:
                 expect[b] += 1
-        for b in room_blocks(seqs):
+        for b in room_blocks(self.bm, seqs):
             expect[b] += 1
         assert [alloc.refcount(b) for b in range(NUM_BLOCKS)] == expect
         for s in self.live.values():  # a table holds exactly the computed tokens between steps

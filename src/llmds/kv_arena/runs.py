@@ -1,9 +1,11 @@
-"""Where a request's blocks go on the pool: one ascending run per request when possible.
+"""Run placement: each block table one run of consecutive blocks, with a growth room.
 
-The placement policy of :class:`~llmds.engine.kv.block_manager.BlockManager` (the
-owner of block tables; nothing else calls this module).  A request whose block
-table is one run of consecutive ids has zero-copy K/V views in the arena
-(``KVStorage.view``), so the manager keeps runs where it can:
+The CortexStream arena's placement for its :class:`~llmds.engine.kv.block_manager.BlockManager`
+(``BlockManager(..., placement=RunPlacement)``; the protocol is
+:class:`~llmds.engine.kv.placement.Placement`).  A request whose block table is one run of
+consecutive ids has zero-copy K/V views (``KVStorage.view``), so this placement keeps runs
+where it can.  The engine does not use it: it reads K/V through block tables, and runs gave it
+nothing measurable (:mod:`llmds.engine.kv.placement`).
 
 * **Placement.**  A new table without prefix hits takes ``n`` blocks from the
   head of the free list when the head holds a run of consecutive uncached ids
@@ -12,40 +14,40 @@ table is one run of consecutive ids has zero-copy K/V views in the arena
   that holds ``n`` (a vectorized scan, O(num_blocks)); else any ``n`` blocks.
   The rest of the chosen run, up to the peak, becomes the request's **room**.
 * **Rooms** are blocks taken from the allocator (refcount 1) and held for one
-  request's growth: ``[block_table[-1] + 1, seq._room_end)``.  Growth takes
-  them first (no allocator call), then the next block if it is free and
-  uncached, then any blocks.  Rooms are reclaimable: they count as free
-  (``num_free``), and when the allocator runs short of blocks without cached
-  content, rooms are released, the most recently placed first, before any
-  cached prefix block is evicted or anything is refused.
+  request's growth: ``[block_table[-1] + 1, room end)``.  Growth takes them
+  first (no allocator call), then the next block if it is free and uncached,
+  then any blocks.  Rooms are reclaimable: they count as free (``num_free``),
+  and when the allocator runs short of blocks without cached content, rooms
+  are released, the most recently placed first, before any cached prefix
+  block is evicted or anything is refused.
 * Tables that start with prefix hits are not runs in general; their new
   blocks come from the free list in its order and they get no room.
 
-Invariants (checked by the tests): every room block has refcount 1 and is in
-no table; ``num_room_blocks`` is the sum of the rooms; a request with a room
-has a contiguous table; ``num_tables`` / ``num_contiguous`` count the
-non-empty tables of this manager and those that are one ascending run.
+The per-request state lives here, keyed by ``id(seq)`` while the table is
+non-empty: ``{id: (seq, room end)}`` for requests holding a room (placement
+order) and the ids of tables that are not one run.  Invariants (checked by the
+tests): every room block has refcount 1 and is in no table; ``num_room_blocks``
+is the sum of the rooms; a request with a room has a contiguous table;
+``num_tables`` / ``num_contiguous`` count the non-empty tables and those that
+are one ascending run.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from llmds.engine.kv.placement import is_run
 from llmds.engine.request import RequestState
 from llmds.paged_allocator import PagedAllocator, true_runs
 
-__all__ = ["BlockRuns", "is_run"]
+__all__ = ["RunPlacement"]
 
 
-def is_run(blocks: list[int]) -> bool:
-    """True when ``blocks`` are consecutive ascending ids (an empty table is a run)."""
-    return all(b - a == 1 for a, b in zip(blocks, blocks[1:]))
-
-
-class BlockRuns:
+class RunPlacement:
     """Run placement, rooms and contiguity counts for one block manager's tables."""
 
-    __slots__ = ("allocator", "num_blocks", "num_room_blocks", "num_tables", "num_contiguous", "_rooms")
+    __slots__ = ("allocator", "num_blocks", "num_room_blocks", "num_tables", "num_contiguous",
+                 "_rooms", "_split")
 
     def __init__(self, allocator: PagedAllocator) -> None:
         self.allocator = allocator
@@ -53,7 +55,8 @@ class BlockRuns:
         self.num_room_blocks = 0
         self.num_tables = 0  # non-empty tables
         self.num_contiguous = 0  # ... that are one ascending run
-        self._rooms: dict[int, RequestState] = {}  # {id(seq): seq} holding a room, placement order
+        self._rooms: dict[int, tuple[RequestState, int]] = {}  # {id(seq): (seq, room end)}
+        self._split: set[int] = set()  # id(seq) of non-empty tables that are not one run
 
     @property
     def num_free(self) -> int:
@@ -65,30 +68,33 @@ class BlockRuns:
         a room is given up before any cached prefix block is evicted."""
         a, rooms = self.allocator, self._rooms
         while rooms and a.num_free - a.num_cached_free < n:
-            self._free_room(rooms.popitem()[1])
+            seq, end = rooms.popitem()[1]
+            a.free(self._take_room(seq, end))
 
-    def drop_room(self, seq: RequestState) -> None:
-        """Give ``seq``'s room back to the allocator (its blocks return ascending)."""
-        if seq._room_end:
-            del self._rooms[id(seq)]
-            self._free_room(seq)
-
-    def _free_room(self, seq: RequestState) -> None:
-        self.allocator.free(self._take_room(seq))
-
-    def _take_room(self, seq: RequestState) -> list[int]:
-        """Forget ``seq``'s room; returns its blocks (still referenced) for the caller to free."""
-        start, end = seq.block_table[-1] + 1, seq._room_end
+    def _take_room(self, seq: RequestState, end: int) -> list[int]:
+        """The blocks of ``seq``'s room (already out of ``_rooms``), still referenced."""
+        start = seq.block_table[-1] + 1
         self.num_room_blocks -= end - start
-        seq._room_end = 0
         return list(range(start, end))
+
+    def room_end(self, seq: RequestState) -> int:
+        """One past ``seq``'s room (0 when it holds none)."""
+        r = self._rooms.get(id(seq))
+        return 0 if r is None else r[1]
+
+    def is_contiguous(self, seq: RequestState) -> bool:
+        return id(seq) not in self._split
 
     def free_mask(self) -> np.ndarray:
         """Boolean ``[num_blocks]``: True for free blocks and room blocks."""
         mask = self.allocator.free_mask()
-        for seq in self._rooms.values():
-            mask[seq.block_table[-1] + 1 : seq._room_end] = True
+        for seq, end in self._rooms.values():
+            mask[seq.block_table[-1] + 1 : end] = True
         return mask
+
+    def stats(self) -> dict[str, int]:
+        return {"block_tables": self.num_tables, "contiguous_tables": self.num_contiguous,
+                "room_blocks": self.num_room_blocks}
 
     # ------------------------------------------------------------ new tables
     def place(self, seq: RequestState, n: int, peak: int) -> None:
@@ -106,8 +112,7 @@ class BlockRuns:
             blocks, room = self._scan(n, peak)
         self.adopt(seq, blocks)
         if room:
-            seq._room_end = blocks[-1] + 1 + room
-            self._rooms[id(seq)] = seq
+            self._rooms[id(seq)] = (seq, blocks[-1] + 1 + room)
             self.num_room_blocks += room
 
     def _scan(self, n: int, peak: int) -> tuple[list[int], int]:
@@ -131,10 +136,11 @@ class BlockRuns:
         """Make ``blocks`` (already referenced) the table of an empty ``seq``."""
         seq.block_table = blocks
         if blocks:
-            contig = is_run(blocks)
-            seq._contig = contig
             self.num_tables += 1
-            self.num_contiguous += contig
+            if is_run(blocks):
+                self.num_contiguous += 1
+            else:
+                self._split.add(id(seq))
 
     def release(self, seq: RequestState) -> tuple[list[int], list[int]]:
         """Stop counting ``seq``'s table and room; returns ``(table, room blocks)`` for the caller
@@ -142,12 +148,15 @@ class BlockRuns:
         bt = seq.block_table
         room: list[int] = []
         if bt:
-            if seq._room_end:
-                del self._rooms[id(seq)]
-                room = self._take_room(seq)
+            key = id(seq)
+            r = self._rooms.pop(key, None)
+            if r is not None:
+                room = self._take_room(seq, r[1])
             self.num_tables -= 1
-            self.num_contiguous -= seq._contig
-            seq._contig = True
+            if key in self._split:
+                self._split.discard(key)
+            else:
+                self.num_contiguous -= 1
             seq.block_table = []
         return bt, room
 
@@ -155,21 +164,21 @@ class BlockRuns:
     def grow(self, seq: RequestState, k: int) -> None:
         """Append ``k`` blocks to ``seq``'s non-empty table: room, next free block, then any.
         The caller checked ``k <= num_free``."""
-        bt = seq.block_table
-        end = seq._room_end
-        if end:
-            last = bt[-1]
-            r = min(k, end - last - 1)
-            bt.extend(range(last + 1, last + 1 + r))
-            self.num_room_blocks -= r
-            k -= r
-            if last + 1 + r == end:
-                seq._room_end = 0
-                del self._rooms[id(seq)]
+        bt, key = seq.block_table, id(seq)
+        r = self._rooms.get(key)
+        if r is not None:
+            end, last = r[1], bt[-1]
+            n = min(k, end - last - 1)
+            bt.extend(range(last + 1, last + 1 + n))
+            self.num_room_blocks -= n
+            k -= n
+            if last + 1 + n == end:
+                del self._rooms[key]
         if not k:
             return
         a = self.allocator
-        if seq._contig:
+        contig = key not in self._split
+        if contig:
             while k and a.try_take(bt[-1] + 1):
                 bt.append(bt[-1] + 1)
                 k -= 1
@@ -177,8 +186,8 @@ class BlockRuns:
                 return
         self.ensure_free(k)
         new = a.alloc(k)
-        if seq._contig and not (new[0] == bt[-1] + 1 and is_run(new)):
-            seq._contig = False
+        if contig and not (new[0] == bt[-1] + 1 and is_run(new)):
+            self._split.add(key)
             self.num_contiguous -= 1
         bt.extend(new)
 
@@ -186,28 +195,27 @@ class BlockRuns:
         """One more block for each of ``seqs`` (non-empty tables); the decode fast path.
         The caller checked ``len(seqs) <= num_free``."""
         rest = []
-        rooms, used = self._rooms, 0
+        rooms, split, take, used = self._rooms, self._split, self.allocator.try_take, 0
         for s in seqs:
-            end = s._room_end
-            if end:
-                bt = s.block_table
+            bt, key = s.block_table, id(s)
+            r = rooms.get(key)
+            if r is not None:
                 p = bt[-1] + 1
                 bt.append(p)
                 used += 1
-                if p + 1 == end:
-                    s._room_end = 0
-                    del rooms[id(s)]
-            elif s._contig and self.allocator.try_take(s.block_table[-1] + 1):
-                s.block_table.append(s.block_table[-1] + 1)
+                if p + 1 == r[1]:
+                    del rooms[key]
+            elif key not in split and take(bt[-1] + 1):
+                bt.append(bt[-1] + 1)
             else:
                 rest.append(s)
         self.num_room_blocks -= used
         if rest:
             self.ensure_free(len(rest))
             for s, p in zip(rest, self.allocator.alloc(len(rest))):  # one allocator call
-                bt = s.block_table
-                if s._contig and p != bt[-1] + 1:
-                    s._contig = False
+                bt, key = s.block_table, id(s)
+                if key not in split and p != bt[-1] + 1:
+                    split.add(key)
                     self.num_contiguous -= 1
                 bt.append(p)
 
@@ -220,13 +228,13 @@ class BlockRuns:
         if not extra:
             return []
         del bt[keep:]
-        if seq._contig:
-            if not seq._room_end:
-                seq._room_end = extra[-1] + 1
-                self._rooms[id(seq)] = seq
+        key = id(seq)
+        if key not in self._split:
+            if key not in self._rooms:
+                self._rooms[key] = (seq, extra[-1] + 1)
             self.num_room_blocks += len(extra)
             return []
         if is_run(bt):
-            seq._contig = True
+            self._split.discard(key)
             self.num_contiguous += 1
         return extra
