@@ -32,7 +32,7 @@ from statistics import median
 
 import numpy as np
 
-from llmds.kv_cache import KVCache
+from llmds.memory.kv_cache import KVCache
 from llmds.utils import MemoryProfiler, compute_percentiles
 from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmds.cmsketch import CountMinSketch
-from llmds.indexed_heap import IndexedHeap
-from llmds.token_lru import TokenLRU
+from llmds.sketches.cmsketch import CountMinSketch
+from llmds.scheduling.indexed_heap import IndexedHeap
+from llmds.memory.token_lru import TokenLRU
 from llmds.utils import Timer, calculate_statistics
 from benchmarks._common import (
     add_out_arg,

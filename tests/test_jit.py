@@ -114,7 +114,7 @@ def test_the_process_notice_is_registered_with_numba():
     from numba.core import event
 
     assert NOTICE in event._registered["numba:compile"]
-    for mod in ("_cms_kernels", "retrieval/_hnsw_kernels", "retrieval/_bm25_kernels",
+    for mod in ("sketches/_cms_kernels", "retrieval/_hnsw_kernels", "retrieval/_bm25_kernels",
                 "retrieval/_postings", "retrieval/_topk_kernels", "retrieval/_wordtable"):
         text = (Path(SRC) / "llmds" / f"{mod}.py").read_text()
         assert "from llmds._jit import njit" in text, mod
@@ -124,7 +124,7 @@ def test_the_process_notice_is_registered_with_numba():
 def test_real_compile_says_so_on_stderr_once_and_a_cache_load_says_nothing(tmp_path):
     code = (
         "import llmds._jit as j; j.NOTICE.after_s = 0.0\n"
-        "from llmds.cmsketch import CountMinSketch\n"
+        "from llmds.sketches.cmsketch import CountMinSketch\n"
         "c = CountMinSketch(); c.add_many([1, 2]); c.add_many(['a']); c.estimate_many([1])\n"
     )
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=SRC)
@@ -135,5 +135,5 @@ def test_real_compile_says_so_on_stderr_once_and_a_cache_load_says_nothing(tmp_p
         return [line for line in run.stderr.splitlines() if "compiling numba kernels" in line]
 
     cold = stderr_lines()  # empty cache directory: numba compiles
-    assert len(cold) == 1 and "llmds._cms_kernels" in cold[0]
+    assert len(cold) == 1 and "llmds.sketches._cms_kernels" in cold[0]
     assert stderr_lines() == []  # the kernels now load from the cache: no compile, no notice

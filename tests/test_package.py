@@ -66,7 +66,7 @@ def test_every_core_error_class_lives_in_llmds_errors():
     import importlib
     import pkgutil
 
-    from llmds.indexed_heap import IndexedHeap
+    from llmds.scheduling.indexed_heap import IndexedHeap
 
     assert "EmptyHeapError" in errors.__all__
     assert llmds.EmptyHeapError is errors.EmptyHeapError

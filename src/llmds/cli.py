@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--served-model-name", default=None, help="the model id clients send (default: the file name)")
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set LLMDS_API_KEY)")
     s.add_argument("--docs", nargs="+", default=None, metavar="PATH",
-                   help="documents to index for RAG (folders of .md/.txt/.rst; default: the project's README)")
+                   help="documents to index for RAG (folders of .md/.txt/.rst; "
+                        "default: the project's README and docs/)")
     s.add_argument("--index", default=None, metavar="PATH", help="a saved index (`llmds index`) instead of --docs")
     s.add_argument("--no-rag", action="store_true", help="no retrieval, no embeddings (starts faster)")
     s.add_argument("--no-pin-threads", action="store_true",

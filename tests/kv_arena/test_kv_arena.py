@@ -22,7 +22,7 @@ from llmds.kv_arena._report import stats_text  # noqa: E402
 from llmds.kv_arena.arena import TensorKVCache  # noqa: E402
 from llmds.kv_arena.policies import AllocationPolicy, allocate_with_policy  # noqa: E402
 from llmds.errors import NotFoundError, StateError, ValidationError  # noqa: E402
-from llmds.paged_allocator import PagedAllocator  # noqa: E402
+from llmds.memory.paged_allocator import PagedAllocator  # noqa: E402
 
 
 def arena(blocks=16, bs=4, layers=2, heads=2, head_dim=3, **kw) -> TensorKVCache:

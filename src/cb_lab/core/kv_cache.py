@@ -276,11 +276,26 @@ class PagedKVCache(BaseKVCache):
         return self._pool.view_is_contiguous(self._sid)
 
     # ------------------------------------------------------------ binding
-    def _bind(self, storage: KVStorage, seq, is_contiguous) -> None:
+    def check_bindable(self, block_size: int) -> None:
+        """``ValidationError`` unless this cache can store into the blocks of a scheduler's block
+        manager of ``block_size`` (no shared pool; the same block size, if one was given)."""
+        if self._shared:
+            raise ValidationError(
+                "this scheduler's block manager holds the requests' KV: give the request a "
+                "PagedKVCache() without pool= so it stores into the planner's blocks"
+            )
+        if self._block_size_given and self.block_size != block_size:
+            raise ValidationError(
+                f"the PagedKVCache has block_size={self.block_size} but the scheduler's block manager "
+                f"uses {block_size}: create it as PagedKVCache() or with that block size"
+            )
+
+    def bind(self, storage: KVStorage, seq, is_contiguous) -> None:
         """Store into ``seq``'s block table in ``storage`` from now on (the cache must be empty);
         ``is_contiguous(seq)``: the block manager's, for zero-copy views.
 
-        Called by a Scheduler with a block manager when it adds ``seq``."""
+        Called by a Scheduler with a block manager when it adds ``seq``
+        (after :meth:`check_bindable`)."""
         if self._n or self._shared:
             raise KVCacheError("only an empty cache without a pool can store into a request's blocks")
         if self._block_size_given and self.block_size != storage.block_size:
@@ -294,7 +309,7 @@ class PagedKVCache(BaseKVCache):
         self.block_size = storage.block_size
         self.device, self.dim, self.dtype = storage.device, storage.head_dim, storage.dtype
 
-    def _unbind(self) -> None:
+    def unbind(self) -> None:
         """Stop using the request's table: copy the rows to a private arena first.
 
         The scheduler calls it when the request leaves it without releasing its

@@ -56,7 +56,7 @@ class Request(RequestState):
         not set).
     """
 
-    __slots__ = ("prompt", "kv_cache", "generated_tokens", "_tokens", "_owner")
+    __slots__ = ("prompt", "kv_cache", "generated_tokens", "_tokens", "owner")
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class Request(RequestState):
         L, d = prompt.shape
         self._tokens = torch.empty(L + max_new_tokens, d, dtype=prompt.dtype, device=prompt.device)
         self._tokens[:L] = prompt  # rows [0, L) prompt, [L, L + M) generated
-        self._owner = None  # the Scheduler driving this request, if any
+        self.owner = None  # the Scheduler driving this request, if any (set by the Scheduler)
 
     # ------------------------------------------------------------ documented view
     @property
@@ -141,7 +141,7 @@ class Request(RequestState):
 
     # ------------------------------------------------------------ manual driving
     def _check_manual(self, what: str) -> None:
-        if self._owner is not None:
+        if self.owner is not None:
             raise RequestError(
                 f"request {self.req_id!r} is driven by a Scheduler; {what} is not "
                 "available until it finishes"
@@ -176,7 +176,7 @@ class Request(RequestState):
                 f"request {self.req_id!r}: prefill the whole prompt "
                 f"({self.prefill_pos}/{self.num_prompt_tokens} rows) before appending tokens"
             )
-        self._record_output(tok)
+        self.record_output(tok)
         self.num_computed_tokens = self.num_tokens  # the fed token's KV is now computed
         self.num_output_tokens += 1
         if self.num_output_tokens >= self.max_new_tokens:
@@ -186,8 +186,9 @@ class Request(RequestState):
         """Whether the request is finished (kept for the reference API)."""
         return self.finished
 
-    def _record_output(self, tok: torch.Tensor) -> None:
-        """Store output number ``num_output_tokens`` (counts are advanced by the caller)."""
+    def record_output(self, tok: torch.Tensor) -> None:
+        """Store output number ``num_output_tokens`` (the caller advances the counts: the
+        Scheduler, or :meth:`append_token`)."""
         if not isinstance(tok, torch.Tensor):
             raise ValidationError(f"token must be a torch.Tensor, got {type(tok).__name__}")
         if tok.dim() == 2 and tok.size(0) == 1:

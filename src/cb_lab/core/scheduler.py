@@ -191,7 +191,7 @@ class Scheduler:
         if req.req_id in self._live:
             raise DuplicateRequestError(f"request id {req.req_id!r} is already active")
         if (
-            req._owner is not None
+            req.owner is not None
             or req.num_computed_tokens
             or req.num_output_tokens
             or req.status.value != 0
@@ -209,9 +209,9 @@ class Scheduler:
             raise KVMemoryError(str(exc)) from None
         self._live[req.req_id] = req
         if queued:
-            req._owner = self
+            req.owner = self
             if storage is not None:
-                req.kv_cache._bind(storage, req, self.planner.kv.is_contiguous)
+                req.kv_cache.bind(storage, req, self.planner.kv.is_contiguous)
             self.plugins.request_added(self, req)
         else:  # max_new_tokens == 0: finished at once, removed by the next step
             self._finished_since_step.append(req)
@@ -223,16 +223,7 @@ class Scheduler:
         kv = self.planner.kv
         if not isinstance(cache, PagedKVCache) or not isinstance(kv, BlockManager):
             return None
-        if cache._shared:
-            raise ValidationError(
-                "this scheduler's block manager holds the requests' KV: give the request a "
-                "PagedKVCache() without pool= so it stores into the planner's blocks"
-            )
-        if cache._block_size_given and cache.block_size != kv.block_size:
-            raise ValidationError(
-                f"the PagedKVCache has block_size={cache.block_size} but the scheduler's block manager "
-                f"uses {kv.block_size}: create it as PagedKVCache() or with that block size"
-            )
+        cache.check_bindable(kv.block_size)
         if self._storage is None:
             m = self.model
             self._storage = KVStorage(1, 1, m.dim, kv.num_blocks, kv.block_size, m.dtype, m.wq.device)
@@ -262,12 +253,12 @@ class Scheduler:
 
     def _release(self, req: Request) -> None:
         del self._live[req.req_id]
-        req._owner = None
+        req.owner = None
         cache = req.kv_cache
         if self.release_finished_kv:
             cache.release()
         if isinstance(cache, PagedKVCache):
-            cache._unbind()  # its rows (if kept) move out of the planner's freed blocks
+            cache.unbind()  # its rows (if kept) move out of the planner's freed blocks
 
     # --------------------------------------------------------------------- step
     def step(self) -> dict[str, Any]:
@@ -403,4 +394,4 @@ class Scheduler:
             touched.append((req, len(req.kv_cache), req.kv_cache.num_appended))
             self.plugins.append(req.kv_cache, out.k[a:b], out.v[a:b])
             if start + n == req.num_tokens:  # all known tokens computed: the last output is sampled
-                req._record_output(out.out[b - 1])
+                req.record_output(out.out[b - 1])

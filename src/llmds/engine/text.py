@@ -33,30 +33,32 @@ class TextTokenizer:
     tokenizer_json : path of a ``tokenizers`` JSON file
     chat_template : Jinja2 source or None
     special_tokens : ``{"bos_token": ..., "eos_token": ...}`` passed to the template
+
+    ``backend`` is the ``tokenizers.Tokenizer`` itself (``Detokenizer`` decodes with it directly).
     """
 
     def __init__(self, tokenizer_json: str, chat_template: str | None = None,
                  special_tokens: dict[str, str] | None = None) -> None:
         from tokenizers import Tokenizer  # here: importing this module needs no tokenizers
 
-        self._tok = Tokenizer.from_file(tokenizer_json)
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.backend = Tokenizer.from_file(tokenizer_json)
+        self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
         self.chat_template = chat_template
         self.special_tokens = dict(special_tokens or {})
         self._template = None
         self.special_ids = frozenset(
-            t.get("id") for t in json.loads(self._tok.to_str()).get("added_tokens", []) if t.get("special"))
+            t.get("id") for t in json.loads(self.backend.to_str()).get("added_tokens", []) if t.get("special"))
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise ValidationError(f"prompt must be a str, got {type(text).__name__}")
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_to_str(self, token_id: int) -> str:
-        return self._tok.decode([token_id], skip_special_tokens=False)
+        return self.backend.decode([token_id], skip_special_tokens=False)
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (``[{"role": ..., "content": ...}, ...]``)."""
@@ -121,10 +123,10 @@ class Detokenizer:
     matched (the text ends before it), ``text`` the full output text so far.
     """
 
-    __slots__ = ("_tok", "_ids", "_prefix", "_read", "text", "_sent", "_stops", "_hold", "stopped", "_skip")
+    __slots__ = ("_dec", "_ids", "_prefix", "_read", "text", "_sent", "_stops", "_hold", "stopped", "_skip")
 
     def __init__(self, tokenizer: TextTokenizer, stop: Sequence[str] = (), skip_special_tokens: bool = True) -> None:
-        self._tok = tokenizer
+        self._dec = tokenizer.backend.decode
         self._ids: list[int] = []
         self._prefix = 0
         self._read = 0
@@ -141,7 +143,7 @@ class Detokenizer:
             return ""
         ids = self._ids
         ids.append(token_id)
-        dec = self._tok._tok.decode
+        dec = self._dec
         prefix_text = dec(ids[self._prefix:self._read], skip_special_tokens=self._skip)
         new_text = dec(ids[self._prefix:], skip_special_tokens=self._skip)
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
@@ -173,7 +175,7 @@ class Detokenizer:
         """The text held back (call when the request finishes), an incomplete last character included."""
         ids = self._ids
         if self.stopped is None and self._read < len(ids):
-            dec = self._tok._tok.decode
+            dec = self._dec
             prefix_text = dec(ids[self._prefix:self._read], skip_special_tokens=self._skip)
             self.text += dec(ids[self._prefix:], skip_special_tokens=self._skip)[len(prefix_text):]
             self._prefix = self._read = len(ids)

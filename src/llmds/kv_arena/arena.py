@@ -53,7 +53,7 @@ from llmds.engine.request import RequestState
 from llmds.errors import NotFoundError, StateError, ValidationError
 from llmds.kv_arena._report import KVArenaStats, block_map_text, stats_text
 from llmds.kv_arena.runs import RunPlacement
-from llmds.paged_allocator import PagedAllocator
+from llmds.memory.paged_allocator import PagedAllocator
 
 __all__ = ["KVArenaStats", "KVStorage", "TensorKVCache"]
 

@@ -38,7 +38,8 @@ import numpy as np
 
 from llmds.engine.kv.placement import is_run
 from llmds.engine.request import RequestState
-from llmds.paged_allocator import PagedAllocator, true_runs
+from llmds.memory._runs import true_runs
+from llmds.memory.paged_allocator import PagedAllocator
 
 __all__ = ["RunPlacement"]
 

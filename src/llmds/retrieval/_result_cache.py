@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from llmds.token_lru import TokenLRU
+from llmds.memory.token_lru import TokenLRU
 
 __all__ = ["ResultCache"]
 
@@ -13,7 +13,7 @@ Results = list[tuple[int, float]]
 
 
 class ResultCache:
-    """Result lists in a :class:`~llmds.token_lru.TokenLRU` of ``budget`` tokens (0 disables).
+    """Result lists in a :class:`~llmds.memory.token_lru.TokenLRU` of ``budget`` tokens (0 disables).
 
     An entry costs ``1 + len(results)``.  The pipeline's keys end with the index
     generation, so results of an index that has changed since are never served.

@@ -47,7 +47,7 @@ import numpy as np
 
 from llmds._checks import check_int, is_int
 from llmds.errors import CorruptFileError, NotFoundError, ValidationError
-from llmds.heavy_hitters import HeavyHitters
+from llmds.sketches.heavy_hitters import HeavyHitters
 from llmds.retrieval._docs import check_doc_id, split_doc_pairs
 from llmds.retrieval._pipeline_io import hybrid_from_arrays, read_pipeline, save_pipeline
 from llmds.retrieval._result_cache import ResultCache

@@ -6,7 +6,7 @@ names the rejection, which is counted in ``rejections[reason]``):
 * ``waiting_requests`` — admitted requests that have not produced their first token yet stay
   below ``max_waiting_requests``;
 * ``waiting_tokens`` — their prompt tokens plus this one's stay within ``max_waiting_tokens``;
-* ``requests_per_second`` / ``tokens_per_second`` — :class:`~llmds.admissions.AdmissionController`
+* ``requests_per_second`` / ``tokens_per_second`` — :class:`~llmds.scheduling.admissions.AdmissionController`
   (sliding window) with the request's prompt + ``max_tokens`` as its token estimate.
 
 Running requests are bounded by the engine's ``max_num_seqs``, so nothing queues without bound:
@@ -63,7 +63,7 @@ class AdmissionGate:
     def __init__(self, max_qps: float = 50.0, max_token_rate: float = 200_000.0, window: float = 10.0,
                  max_waiting_requests: int = 256, max_waiting_tokens: int = 262_144,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        from llmds.admissions import AdmissionController
+        from llmds.scheduling.admissions import AdmissionController
 
         self.max_waiting_requests = check_int("max_waiting_requests", max_waiting_requests, 1)
         self.max_waiting_tokens = check_int("max_waiting_tokens", max_waiting_tokens, 1)

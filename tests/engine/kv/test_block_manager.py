@@ -519,7 +519,7 @@ def test_append_decode_slots_all_or_nothing():
 
 
 def test_constructor_validates_and_maps_the_allocators_names():
-    from llmds.paged_allocator import PagedAllocator
+    from llmds.memory.paged_allocator import PagedAllocator
 
     pool = PagedAllocator(4, 10)  # page_size 4, max_pages 10
     bm = BlockManager(10, 4, allocator=pool)

@@ -2,7 +2,7 @@
 
 ``BlockManager`` decides which blocks each request holds, as one block table
 (a list of block ids) per request, ``seq.block_table``, on the shared
-:class:`~llmds.paged_allocator.PagedAllocator`.  Everything that stores K/V
+:class:`~llmds.memory.paged_allocator.PagedAllocator`.  Everything that stores K/V
 (the tensor arena ``KVStorage``, the CortexStream ``TensorKVCache`` layer,
 cb_lab's ``PagedKVCache``) stores into those block ids and keeps no tables of
 its own: the KV path is planner → block manager → block ids → storage.
@@ -13,7 +13,7 @@ the free list's order by default; the CortexStream arena passes
 views).  Blocks a placement holds back count as free and are given back before
 anything is refused.
 
-Prefixes are shared through the shared :class:`~llmds.prefix_cache.PrefixCache`
+Prefixes are shared through the shared :class:`~llmds.memory.prefix_cache.PrefixCache`
 (the same index the seed ``KVCache`` uses): block ``i`` of a request is keyed
 by the hash of block ``i-1``'s key and block ``i``'s token ids, so a key names
 the whole prefix.
@@ -59,8 +59,9 @@ from llmds.engine.kv.kv_manager import KVManager, NullKV, check_fits, peak_block
 from llmds.engine.kv.placement import FreeListPlacement, Placement
 from llmds.engine.request import RequestState
 from llmds.errors import CapacityError, StateError, ValidationError
-from llmds.paged_allocator import PagedAllocator, true_runs
-from llmds.prefix_cache import ROOT_KEY, PrefixCache
+from llmds.memory._runs import true_runs
+from llmds.memory.paged_allocator import PagedAllocator
+from llmds.memory.prefix_cache import ROOT_KEY, PrefixCache
 
 __all__ = ["KVManager", "BlockManager", "NullKV"]  # KVManager, NullKV: re-exported from kv_manager
 

@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from llmds.cmsketch import CountMinSketch
+from llmds.sketches.cmsketch import CountMinSketch
 from llmds.errors import CapacityError, StateError
-from llmds.prefix_cache import ROOT_KEY, PrefixCache
+from llmds.memory.prefix_cache import ROOT_KEY, PrefixCache
 
 __all__ = ["HotPrefixes"]
 

@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from llmds.engine.request import RequestState
-from llmds.paged_allocator import PagedAllocator
+from llmds.memory.paged_allocator import PagedAllocator
 
 __all__ = ["FreeListPlacement", "Placement", "is_run"]
 

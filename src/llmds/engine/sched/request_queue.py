@@ -23,7 +23,7 @@ from typing import Callable, Hashable
 
 from llmds._checks import check_choice
 from llmds.engine.request import RequestState
-from llmds.indexed_heap import IndexedHeap
+from llmds.scheduling.indexed_heap import IndexedHeap
 
 __all__ = ["POLICIES", "RequestQueue", "urgency_key"]
 
@@ -57,7 +57,7 @@ def urgency_key(policy: str) -> Callable[[RequestState], object]:
 
 
 class RequestQueue:
-    """Waiting requests in queue order (an :class:`~llmds.indexed_heap.IndexedHeap` of ids).
+    """Waiting requests in queue order (an :class:`~llmds.scheduling.indexed_heap.IndexedHeap` of ids).
 
     ``add`` fixes a new request's key (``seq.queue_order``); ``requeue`` puts a
     request back at that key.  O(log n) push, pop and remove.

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from llmds.errors import StateError, ValidationError
-from llmds.paged_allocator import PagedAllocator
+from llmds.memory.paged_allocator import PagedAllocator
 
 __all__ = ["ROOT_KEY", "PrefixCache"]
 

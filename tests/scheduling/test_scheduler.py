@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from llmds.errors import NotFoundError, StateError, ValidationError
-from llmds.scheduler import Scheduler
+from llmds.scheduling.scheduler import Scheduler
 
 
 class FakeClock:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from llmds.errors import CapacityError, ValidationError
-from llmds.token_lru import TokenLRU
+from llmds.memory.token_lru import TokenLRU
 
 keys = st.integers(0, 12)
 

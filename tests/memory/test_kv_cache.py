@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from llmds.errors import CapacityError, NotFoundError, ValidationError
-from llmds.kv_cache import KVCache
+from llmds.memory.kv_cache import KVCache
 
 
 def snapshot(c: KVCache):

@@ -15,7 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from llmds.cmsketch import CountMinSketch, _keys
+from llmds.sketches.cmsketch import CountMinSketch, _keys
 from llmds.errors import ValidationError
 
 # small universe so items repeat; "a" and b"a" are deliberately the same item
@@ -170,7 +170,7 @@ def test_keys_match_reference_definition():
 
 def test_hashes_stable_across_processes():
     code = (
-        "from llmds.cmsketch import CountMinSketch as C; c = C(width=64, depth=3, seed=9); "
+        "from llmds.sketches.cmsketch import CountMinSketch as C; c = C(width=64, depth=3, seed=9); "
         "c.add_many(['a', 'bb', 'a', 7, b'z']); print(c.table.tolist())"
     )
     env = dict(

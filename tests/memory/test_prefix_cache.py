@@ -10,8 +10,8 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from llmds.errors import StateError, ValidationError
-from llmds.paged_allocator import PagedAllocator
-from llmds.prefix_cache import ROOT_KEY, PrefixCache
+from llmds.memory.paged_allocator import PagedAllocator
+from llmds.memory.prefix_cache import ROOT_KEY, PrefixCache
 
 PS = 2
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from llmds.errors import NotFoundError, StateError, ValidationError
-from llmds.indexed_heap import _MIN_COMPACT, EmptyHeapError, IndexedHeap
+from llmds.scheduling.indexed_heap import _MIN_COMPACT, EmptyHeapError, IndexedHeap
 
 scores = st.one_of(st.integers(-3, 3), st.floats(-3, 3, allow_nan=False), st.just(math.inf))
 # mixed int/str ids: any comparison that reaches two different ids would raise TypeError

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmds.errors import ValidationError
-from llmds.heavy_hitters import HeavyHitters
+from llmds.sketches.heavy_hitters import HeavyHitters
 
 
 @settings(max_examples=30, deadline=None)

@@ -1,7 +1,7 @@
 """Heavy hitters: a Count-Min Sketch plus a bounded min-heap of the most-counted keys.
 
 The sketch counts every key in O(depth) counters whatever the number of
-distinct keys; the heap (an :class:`~llmds.indexed_heap.IndexedHeap` keyed by
+distinct keys; the heap (an :class:`~llmds.scheduling.indexed_heap.IndexedHeap` keyed by
 the key, scored by its estimate) remembers the ``capacity`` keys with the
 largest estimates seen so far, so "which keys are hot" needs no scan over all
 keys.  Used by ``RetrievalPipeline`` for hot documents and hot queries.
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from llmds._checks import check_float, check_int
-from llmds.cmsketch import CountMinSketch
-from llmds.indexed_heap import IndexedHeap
+from llmds.sketches.cmsketch import CountMinSketch
+from llmds.scheduling.indexed_heap import IndexedHeap
 
 __all__ = ["HeavyHitters"]
 

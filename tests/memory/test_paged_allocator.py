@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from llmds.errors import CapacityError, StateError, ValidationError
-from llmds.paged_allocator import PagedAllocator, PageStats
+from llmds.memory.paged_allocator import PagedAllocator, PageStats
 
 
 def snapshot(a: PagedAllocator):
@@ -348,7 +348,7 @@ TestAllocatorMachine.settings = settings(max_examples=150, stateful_step_count=3
 def test_free_and_cached_masks_match_the_pool():
     import numpy as np
 
-    from llmds.paged_allocator import PagedAllocator
+    from llmds.memory.paged_allocator import PagedAllocator
 
     a = PagedAllocator(4, 6)
     pages = a.alloc(4)

@@ -1,4 +1,4 @@
-"""numba kernels of ``llmds.cmsketch`` (hashing and counting loops).
+"""numba kernels of ``llmds.sketches.cmsketch`` (hashing and counting loops).
 
 Imported lazily by ``cmsketch`` on first use; compiled once and cached on disk.
 All hashing is explicit 64-bit arithmetic, so keys are identical across

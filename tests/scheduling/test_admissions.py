@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from llmds.admissions import AdmissionController
+from llmds.scheduling.admissions import AdmissionController
 from llmds.errors import ValidationError
 
 
