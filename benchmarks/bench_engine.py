@@ -9,7 +9,7 @@ process: this machine's speed drifts by ~10% over minutes, and alternating keeps
 of the ratio (``stepped_rounds``).
 Every engine gets the same token ids (made here with the model's chat template).
 
-Engines, each in a fresh process (``benchmarks/_engine_workers.py``), one at a time:
+Engines, each in a fresh process (``benchmarks/engine/workers.py``), one at a time:
 
 * ``llmds`` ``LLMEngine`` in bfloat16 and float32 (default options);
 * ``vllm``: vLLM's CPU engine (``LLM`` + its step loop) from the build named by ``$LLMDS_VLLM_DIR``
@@ -48,7 +48,7 @@ from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, writ
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_engine.json"
 ROOT = Path(__file__).resolve().parents[1]
-WORKERS = Path(__file__).resolve().parent / "_engine_workers.py"
+WORKERS = Path(__file__).resolve().parent / "engine" / "workers.py"
 SYSTEM = ("You are a helpful assistant for an online bookshop. Answer clearly and completely, in a "
           "friendly tone, and give examples when they help.")
 TOPICS = ("shipping", "returns", "gift cards", "first editions", "audiobooks", "book clubs", "e-books",
@@ -99,8 +99,8 @@ def run_worker(kind: str, spec: dict, timeout: float = 1800) -> dict | str:
             root = Path(spec["vllm_dir"])
             cmd = ["bash", "-c", f"source {root}/env.sh && exec {root}/venv/bin/python {WORKERS} vllm {sp} {op}"]
         else:
-            cmd = [sys.executable, "-m", "benchmarks._engine_workers", kind, str(sp), str(op)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            cmd = [sys.executable, "-m", "benchmarks.engine.workers", kind, str(sp), str(op)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}  # this checkout
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         if p.returncode != 0 or not op.exists():
             tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
@@ -152,7 +152,7 @@ def first_divergence(a: list[list[int]], b: list[list[int]]) -> dict:
 
 # ------------------------------------------------------------------------ main
 def run(quick: bool, repeats: int, engines: set[str], rate: float) -> dict:
-    from benchmarks._engine_extras import attention_variants, ceiling_tok_s, hot_prefix_hit_rates
+    from benchmarks.engine.extras import attention_variants, ceiling_tok_s, hot_prefix_hit_rates
 
     n, max_tokens = (8, 32) if quick else (32, 128)
     reps, warmup = make_workload(n, repeats)
@@ -246,7 +246,7 @@ def _cpu_name() -> str:
 
 
 def format_table(r: dict) -> str:
-    from benchmarks._engine_tables import format_tables
+    from benchmarks.engine.tables import format_tables
 
     return format_tables(r, ratio_rule)
 

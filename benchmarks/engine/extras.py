@@ -1,6 +1,6 @@
 """Parts of ``bench_engine`` that measure llmds alone: the linear-stack ceiling, decode attention
 variants, and hot-prefix pinning under a Zipf mix of system prompts.  Each runs inside the llmds
-worker process (``_engine_workers.run_llmds``) or the bench process; CPU time, medians of repeats.
+worker process (``benchmarks.engine.workers.run_llmds``) or the bench process; CPU time, medians of repeats.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The engines of ``bench_engine``, each run in its own process: ``python _engine_workers.py KIND SPEC OUT``.
+"""The engines of ``bench_engine``, each run in its own process: ``python benchmarks/engine/workers.py KIND SPEC OUT``.
 
 Standard library only at the top, so vLLM's own venv can run this file by path.  ``SPEC`` (JSON)
 holds the workload (token ids, made by ``bench_engine`` with the model's chat template, so every
@@ -152,7 +152,7 @@ def run_llmds(spec: dict) -> dict:
     out["single_decode_tok_s"] = statistics.median(
         single_decode(add, step, busy, spec["repeats"][0][0]) for _ in range(3))
     if spec.get("ceiling"):
-        from benchmarks._engine_extras import linear_rates
+        from benchmarks.engine.extras import linear_rates
 
         out["linear_tok_s"] = linear_rates(eng)
     return out
