@@ -1,7 +1,7 @@
 """What every benchmark shares: where results go, the bench-extra hint, the ratio rule.
 
 * Full runs write ``benchmarks/results/<name>.json`` (committed: the figures the
-  README quotes). ``--quick`` smoke runs write ``benchmarks/results/quick/<name>.json``
+  docs quote). ``--quick`` smoke runs write ``benchmarks/results/quick/<name>.json``
   (git-ignored), so a smoke run never overwrites the committed full results.
   An explicit ``--out`` goes where it says.
 * The peers come from the ``bench`` extra; a benchmark run without it stops with

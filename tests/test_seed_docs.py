@@ -580,7 +580,7 @@ def test_guide_running_benchmarks(capsys, monkeypatch):
     )
     print(f"P95 latency: {results['attach_p95_ms']:.2f} ms")
     assert "P95 latency:" in capsys.readouterr().out
-    assert results["attach_p95_ms"] >= results["attach_p50_ms"] >= 0
+    assert results["attach_p95_ms"] >= results["attach_p50_ms"]
 
 
 def test_guide_custom_benchmarks(capsys):
@@ -671,7 +671,7 @@ def test_reference_timer_snippet():
         pass
     elapsed_seconds = t.elapsed
     # Float representing elapsed time
-    assert isinstance(elapsed_seconds, float) and elapsed_seconds >= 0.0
+    assert isinstance(elapsed_seconds, float)
 
 
 def test_reference_memory_profiler_snippet():
@@ -768,42 +768,46 @@ def test_kv_cache_get_copy_semantics_deviation():
     assert inner is raw.get(1)[0]
 
 
-# --------------------------------------------------------------------------- README examples
-README = Path(__file__).resolve().parents[1] / "README.md"
+# --------------------------------------------------------------------------- README and docs/ examples
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def readme_python_blocks(heading: str) -> list[str]:
-    """The ```python blocks of the README section whose heading starts with ``heading``."""
+def doc_python_blocks(heading: str) -> list[str]:
+    """The ```python blocks of the README / docs/ section whose heading starts with ``heading``
+    (a heading's ``{#anchor}`` is not part of it)."""
     blocks: list[str] = []
-    in_section = in_code = False
-    code: list[str] = []
-    for line in README.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
+    for doc in DOCS:
+        in_section = in_code = False
+        code: list[str] = []
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            if line.startswith("```"):
+                if in_code:
+                    if in_section:
+                        blocks.append("\n".join(code))
+                    in_code = False
+                elif line.strip() == "```python":
+                    in_code, code = True, []
+                continue
             if in_code:
-                if in_section:
-                    blocks.append("\n".join(code))
-                in_code = False
-            elif line.strip() == "```python":
-                in_code, code = True, []
-            continue
-        if in_code:
-            code.append(line)
-        elif line.startswith("#"):
-            in_section = line.lstrip("#").strip().startswith(heading)
-    assert blocks, f"no python example under a README heading starting with {heading!r}"
+                code.append(line)
+            elif line.startswith("#"):
+                in_section = line.lstrip("#").strip().startswith(heading)
+    assert blocks, f"no python example under a README or docs/ heading starting with {heading!r}"
     return blocks
 
 
-def run_readme_example(source: str) -> None:
-    exec(compile(source, str(README), "exec"), {"__name__": "__readme__"})
+def run_doc_example(source: str) -> None:
+    exec(compile(source, "<docs>", "exec"), {"__name__": "__readme__"})
 
 
-def test_readme_quick_tour_runs():
-    for block in readme_python_blocks("Quick tour"):
-        run_readme_example(block)
+def test_readme_library_examples_run():
+    for block in doc_python_blocks("The library"):
+        run_doc_example(block)
 
 
-def test_readme_planner_example_runs(capsys):
-    (block,) = readme_python_blocks("Continuous batching: one step planner")
-    run_readme_example(block)
+def test_planner_example_runs(capsys):
+    (block,) = doc_python_blocks("Continuous batching: one step planner")
+    run_doc_example(block)
     assert capsys.readouterr().out.strip() == "48"  # the shared prefix's three blocks, as printed

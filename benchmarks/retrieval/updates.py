@@ -28,7 +28,7 @@ Three parts, each measured side by side in one run:
    alone and with a writer adding documents.
 
 The "before" of the issue (the previous code's rebuild) is also measured by
-running part 1 against a checkout of the previous version (see the README).
+running part 1 against a checkout of the previous version (see docs/benchmarks.md).
 
 Run ``python -m benchmarks.retrieval.updates [--quick]``; prints tables and
 writes ``benchmarks/results/retrieval_updates.json``.  Importing has no side effects.

@@ -190,18 +190,18 @@ def test_concurrent_searches_and_adds_from_threads():
 
 
 def test_readme_retrieval_examples_run(tmp_path, monkeypatch):
-    """The README's HNSW and RetrievalPipeline examples run as written (in a scratch folder)."""
+    """docs/retrieval.md's HNSW and RetrievalPipeline examples run as written (in a scratch folder)."""
     from llmds import embeddings
-    from tests.test_seed_docs import readme_python_blocks, run_readme_example
+    from tests.test_seed_docs import doc_python_blocks, run_doc_example
 
     monkeypatch.chdir(tmp_path)
-    (hnsw_block,) = readme_python_blocks("`HNSW`")
-    run_readme_example(hnsw_block)
-    pipeline_block, server_block = readme_python_blocks("`RetrievalPipeline`")
-    run_readme_example(pipeline_block)
+    (hnsw_block,) = doc_python_blocks("`HNSW`")
+    run_doc_example(hnsw_block)
+    pipeline_block, server_block = doc_python_blocks("`RetrievalPipeline`")
+    run_doc_example(pipeline_block)
     if not embeddings.is_available():
         pytest.skip("the embed extra is not installed")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "cache.md").write_text(
         "Configure the cache with page_size and max_pages.\n\nPrefix sharing is on by default.")
-    run_readme_example(server_block)
+    run_doc_example(server_block)

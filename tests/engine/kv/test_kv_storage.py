@@ -123,11 +123,11 @@ def test_writes_validate_and_change_nothing():
 
 
 def test_readme_kv_path_example_runs_as_documented():
-    from tests.test_seed_docs import README, readme_python_blocks
+    from tests.test_seed_docs import doc_python_blocks
 
-    (block,) = readme_python_blocks("The KV path")
+    (block,) = doc_python_blocks("The KV path")
     ns: dict = {"__name__": "__readme__"}
-    exec(compile(block, str(README), "exec"), ns)
+    exec(compile(block, "<docs>", "exec"), ns)
     kv, bm = ns["kv"], ns["bm"]
     assert kv.dtype is torch.bfloat16 and kv.nbytes <= 64 << 20 < kv.nbytes + kv.bytes_per_block(30, 3, 64, 16, torch.bfloat16)
     assert ns["slots"].tolist() == list(range(40)) and ns["K"].shape == (40, 3, 64)
