@@ -63,12 +63,15 @@ class _Entry:
     (``num_prompt_tokens``) whose ``num_computed_tokens`` are the used tokens and whose table
     is the block manager's, plus the arena's own fields."""
 
-    __slots__ = ("seq", "reserved", "table_tensor")
+    __slots__ = ("seq", "reserved", "table_tensor", "contig")
 
     def __init__(self, request_id: Hashable, cap: int, reserved: bool) -> None:
         self.seq = RequestState(request_id, num_prompt_tokens=cap, max_new_tokens=0)
         self.reserved = reserved  # cap blocks - table length is counted in the arena's reservations
         self.table_tensor: torch.Tensor | None = None  # the table as a tensor, for gathers; reset on growth
+        # the block manager's is_contiguous(seq), asked after every change of the table (only the
+        # arena changes it: allocate_for, append_tokens), so a view reads one attribute
+        self.contig = True
 
 
 class TensorKVCache:
@@ -213,6 +216,7 @@ class TensorKVCache:
             if not self.block_manager.allocate(entry.seq, prompt):  # pragma: no cover - checked above
                 return False
             entry.seq.num_computed_tokens = prompt
+            entry.contig = self.block_manager.is_contiguous(entry.seq)
             self._seqs[request_id] = entry
             if reserve:
                 self._reserved += cap_blocks - prompt_blocks
@@ -240,6 +244,7 @@ class TensorKVCache:
                 if entry.reserved:
                     self._reserved -= k
                 entry.table_tensor = None
+                entry.contig = self.block_manager.is_contiguous(seq)
             seq.num_computed_tokens = used
             return True
 
@@ -297,7 +302,7 @@ class TensorKVCache:
 
     def view_is_contiguous(self, request_id: Hashable) -> bool:
         """True when :meth:`k_view`/:meth:`v_view` return zero-copy views of the arena."""
-        return self.block_manager.is_contiguous(self._get(request_id).seq)
+        return self._get(request_id).contig
 
     def k_view(self, request_id: Hashable, layer: int) -> torch.Tensor:
         """K of the request's used tokens, ``[used_tokens, num_kv_heads, head_dim]``.
@@ -307,7 +312,7 @@ class TensorKVCache:
         """
         entry = self._get(request_id)
         seq = entry.seq
-        if self.block_manager.is_contiguous(seq):  # the hot path: one slice of the layer's slot view
+        if entry.contig:  # the hot path: one slice of the layer's slot view
             s = seq.block_table[0] * self.block_size
             return self._k_layers[self.storage.check_layer(layer)][s : s + seq.num_computed_tokens]
         return self.storage.k_view(layer, self._table_tensor(entry), seq.num_computed_tokens, False)
@@ -316,7 +321,7 @@ class TensorKVCache:
         """V counterpart of :meth:`k_view`."""
         entry = self._get(request_id)
         seq = entry.seq
-        if self.block_manager.is_contiguous(seq):
+        if entry.contig:
             s = seq.block_table[0] * self.block_size
             return self._v_layers[self.storage.check_layer(layer)][s : s + seq.num_computed_tokens]
         return self.storage.v_view(layer, self._table_tensor(entry), seq.num_computed_tokens, False)
@@ -329,7 +334,7 @@ class TensorKVCache:
         """
         entry = self._get(request_id)
         seq = entry.seq
-        if self.block_manager.is_contiguous(seq):
+        if entry.contig:
             s = seq.block_table[0] * self.block_size
             e = s + seq.num_computed_tokens
             return self._k_slots[:, s:e], self._v_slots[:, s:e]
@@ -344,11 +349,10 @@ class TensorKVCache:
         ``index_copy_`` per tensor with slots ``table[pos // bs] * bs + pos % bs``
         computed vectorized.  No per-token Python.
         """
-        seq = self._get(request_id).seq
-        st = self.storage
+        entry = self._get(request_id)
+        seq, st = entry.seq, self.storage
         layer = st.check_layer(layer)
-        slots, n = st.slots(seq.block_table, positions, seq.num_computed_tokens,
-                            self.block_manager.is_contiguous(seq))
+        slots, n = st.slots(seq.block_table, positions, seq.num_computed_tokens, entry.contig)
         st.check_rows(k, v, n)
         st.scatter(layer, slots, k, v)
 
@@ -385,8 +389,7 @@ class TensorKVCache:
             total_allocated_bytes=self.total_allocated_bytes,
             total_free_bytes=self.total_free_bytes,
             fragmentation=self.fragmentation(),
-            contiguous_sequences=sum(map(self.block_manager.is_contiguous,
-                                         (e.seq for e in self._seqs.values()))),
+            contiguous_sequences=sum(e.contig for e in self._seqs.values()),
         )
 
     def dump_stats(self, file: TextIO | None = None) -> str:
