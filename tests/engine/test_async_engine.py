@@ -140,7 +140,7 @@ class _InstantEngine:
         self.read_at_step.append(len(self.read))
         k, self.steps = self.steps, self.steps + 1
         self.live = self.steps < self.n
-        return [SimpleNamespace(request_id="r", finished=not self.live, token=k)]
+        return [SimpleNamespace(request_id="r", finished=not self.live, request_finished=not self.live, token=k)]
 
     def abort(self, rid) -> bool:
         self.live = False

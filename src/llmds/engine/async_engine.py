@@ -163,7 +163,7 @@ class AsyncLLMEngine:
                 if out is None:  # engine shut down
                     return
                 yield out
-                if out.finished:
+                if out.request_finished:
                     finished = True
                     return
         finally:
@@ -242,7 +242,7 @@ class AsyncLLMEngine:
             q = streams.get(out.request_id)
             if q is not None:
                 q.put_nowait(out)
-                if out.finished:  # a reader holds its queue; an unread stream stays findable, bounded
+                if out.request_finished:  # a reader holds its queue; an unread stream stays findable, bounded
                     del streams[out.request_id]
                     self._unread[out.request_id] = q
                     if len(self._unread) > _MAX_UNREAD:

@@ -49,6 +49,12 @@ class SamplingParams:
         Return the sampled token's log-probability and the ``logprobs`` most likely ones (0..20).
     skip_special_tokens : bool
         Leave special tokens out of the text.
+    n : int
+        Sequences sampled from the prompt (parallel sampling, >= 1): the prompt is computed once and
+        its KV blocks are shared by all ``n``; with a ``seed``, sequence ``i`` samples with ``seed + i``.
+    logit_bias : mapping of token id to float, or None
+        Added to those tokens' logits before sampling (OpenAI's range, -100..100; -100 bans a token).
+        Stored as a tuple of ``(token id, bias)`` pairs, ascending ids.
     """
 
     max_tokens: int = 16
@@ -65,6 +71,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    n: int = 1
+    logit_bias: tuple[tuple[int, float], ...] | None = None
 
     def __post_init__(self) -> None:
         _set(self, "max_tokens", check_int("max_tokens", self.max_tokens, 0))
@@ -92,6 +100,8 @@ class SamplingParams:
         _set(self, "frequency_penalty", check_float("frequency_penalty", self.frequency_penalty, -2.0, 2.0))
         if self.logprobs is not None:
             _set(self, "logprobs", check_int("logprobs", self.logprobs, 0, 20))
+        _set(self, "n", check_int("n", self.n, 1))
+        _set(self, "logit_bias", _logit_bias(self.logit_bias))
 
     @property
     def greedy(self) -> bool:
@@ -100,6 +110,22 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+def _logit_bias(bias: Any) -> tuple[tuple[int, float], ...] | None:
+    """``bias`` (a mapping or pairs of token id -> float) as ascending ``(id, bias)`` pairs; None if empty."""
+    if bias is None:
+        return None
+    items = bias.items() if hasattr(bias, "items") else bias
+    try:
+        pairs = [(t, b) for t, b in items]
+    except (TypeError, ValueError):
+        raise ValidationError(f"logit_bias must map token ids to floats, got {type(bias).__name__}") from None
+    ids = check_token_ids("logit_bias token ids", [t for t, _ in pairs])
+    if len(set(ids)) != len(ids):
+        raise ValidationError("logit_bias names a token id twice")
+    out = sorted((t, check_float(f"logit_bias[{t}]", b, -100.0, 100.0)) for t, (_, b) in zip(ids, pairs))
+    return tuple(out) or None
 
 
 @dataclass(frozen=True, slots=True)

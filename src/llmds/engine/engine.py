@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numba
@@ -45,13 +46,31 @@ __all__ = ["LLMEngine"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class _SeqId:
+    """The planner's id of sequence ``index`` >= 1 of a request with ``n > 1`` (never equal to a caller's id)."""
+
+    request_id: Hashable
+    index: int
+
+
+class _Group:
+    """The sequences of a request with ``n > 1``: their planner ids and how many have not finished."""
+
+    __slots__ = ("ids", "unfinished")
+
+    def __init__(self, request_id: Hashable, n: int) -> None:
+        self.ids = [request_id] + [_SeqId(request_id, i) for i in range(1, n)]
+        self.unfinished = n
+
+
 class _Live:
-    """Engine-side state of one request (one object per request, none per token)."""
+    """Engine-side state of one sequence (one object per sequence, none per token)."""
 
     __slots__ = ("seq", "params", "detok", "row", "arrival", "scheduled", "first", "last", "keys", "pinned_checked",
-                 "logprobs")
+                 "logprobs", "request_id", "index", "group")
 
-    def __init__(self, seq, params, detok, row, arrival, keys) -> None:
+    def __init__(self, seq, params, detok, row, arrival, keys, index: int = 0, group: _Group | None = None) -> None:
         self.seq, self.params, self.detok, self.row = seq, params, detok, row
         self.arrival = arrival
         self.scheduled: float | None = None
@@ -60,6 +79,8 @@ class _Live:
         self.keys = keys
         self.pinned_checked = False
         self.logprobs: list | None = None if params.logprobs is None else []
+        self.request_id = seq.request_id if index == 0 else seq.request_id.request_id  # the caller's id
+        self.index, self.group = index, group
 
 
 class LLMEngine:
@@ -104,7 +125,8 @@ class LLMEngine:
             self.hot = HotPrefixes(cfg.block_size, cfg.hot_prefix_threshold,
                                    int(num_blocks * cfg.max_pinned_fraction), self.planner.pin_prefix,
                                    self.planner.unpin)
-        self._live: dict[Hashable, _Live] = {}
+        self._live: dict[Hashable, _Live] = {}  # {planner id: sequence}
+        self._groups: dict[Hashable, _Group] = {}  # requests with n > 1 until their last sequence finishes
         self._finished_now: list[_Live] = []  # finished at add (max_tokens=0), reported by the next step
         self._ids = itertools.count()
         self.load_seconds = time.perf_counter() - t0
@@ -117,11 +139,17 @@ class LLMEngine:
         ``prompt`` is text, token ids, or chat messages (``[{"role", "content"}, ...]``, rendered
         with the model's chat template).  Raises ``ValidationError`` for a bad prompt or a prompt
         longer than the context, ``CapacityError`` for one the KV cache could never hold; nothing
-        is queued then.
+        is queued then.  With ``sampling_params.n > 1`` the request's ``n`` sequences report
+        under its id with their ``index`` (see :class:`RequestOutput`).
         """
         params = SamplingParams() if sampling_params is None else sampling_params
         if not isinstance(params, SamplingParams):
             raise ValidationError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        if params.n > self.config.max_num_seqs:
+            raise ValidationError(f"n={params.n} sequences cannot run at once: this engine runs at most "
+                                  f"max_num_seqs={self.config.max_num_seqs}")
+        if params.logit_bias:
+            self.tokenizer.check_ids([t for t, _ in params.logit_bias], "logit_bias token ids")
         ids = self.encode_prompt(prompt)
         if len(ids) >= self.max_model_len:
             raise ValidationError(
@@ -129,9 +157,9 @@ class LLMEngine:
                 "(prompt + at least one generated token)")
         if request_id is None:
             request_id = f"req-{next(self._ids)}"
-            while request_id in self._live:
+            while request_id in self._live or request_id in self._groups:
                 request_id = f"req-{next(self._ids)}"
-        elif request_id in self._live:
+        elif request_id in self._live or request_id in self._groups:
             raise ValidationError(f"request id {request_id!r} is already live; ids must be unique")
         stops = set(params.stop_token_ids)
         if not params.ignore_eos:
@@ -139,17 +167,38 @@ class LLMEngine:
         max_new = min(params.max_tokens, self.max_model_len - len(ids))
         now = self.clock()
         seq = RequestState(request_id, ids, max_new_tokens=max_new, priority=check_int("priority", priority),
-                           arrival_time=now, deadline=deadline, stop_token_ids=stops, sampling_params=params)
+                           arrival_time=now, deadline=deadline, stop_token_ids=stops, sampling_params=params,
+                           n=params.n)
         queued = self.planner.add(seq)  # CapacityError / ValidationError: nothing queued
         keys = self.hot.keys_of(ids) if self.hot is not None else []
         if self.hot is not None:
             self.hot.observe(keys)
         detok = Detokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
-        live = _Live(seq, params, detok, SampleRow(params, ids, seq.output_token_ids), now, keys)
+        group = _Group(request_id, params.n) if params.n > 1 else None
+        live = _Live(seq, params, detok, SampleRow(params, ids, seq.output_token_ids), now, keys, 0, group)
         self._live[request_id] = live
+        if group is not None:
+            self._groups[request_id] = group
         if not queued:  # max_tokens == 0: finished already; reported by the next step()
             self._finished_now.append(live)
+            for i in range(1, params.n):
+                child = self._child(live, i)
+                self._live[child.seq.request_id] = child
+                self._finished_now.append(child)
         return request_id
+
+    def _child(self, parent: _Live, index: int) -> _Live:
+        """Sequence ``index`` of ``parent``'s request (parallel sampling; its seed is ``seed + index``)."""
+        p, s = parent.params, parent.seq
+        params = p if p.seed is None else replace(p, seed=(p.seed + index + 2**63) % 2**64 - 2**63)
+        seq = RequestState(_SeqId(s.request_id, index), s.prompt_token_ids, max_new_tokens=s.max_new_tokens,
+                           priority=s.priority, arrival_time=s.arrival_time, deadline=s.deadline,
+                           stop_token_ids=s.stop_token_ids, sampling_params=params)
+        detok = Detokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
+        row = SampleRow(params, s.prompt_token_ids, seq.output_token_ids)
+        live = _Live(seq, params, detok, row, parent.arrival, parent.keys, index, parent.group)
+        live.pinned_checked = True  # the parent's prompt
+        return live
 
     def encode_prompt(self, prompt: Any) -> list[int]:
         if isinstance(prompt, str):
@@ -163,14 +212,21 @@ class LLMEngine:
         return ids
 
     def abort(self, request_id: Hashable) -> bool:
-        """Finish a request now and free its KV blocks; False for an unknown or finished id."""
-        live = self._live.pop(request_id, None)
-        if live is None:
+        """Finish a request (all its sequences) now and free its KV blocks; False for an unknown
+        or finished id."""
+        group = self._groups.pop(request_id, None)
+        found = False
+        for sid in group.ids if group is not None else (request_id,):
+            live = self._live.pop(sid, None)
+            if live is None:
+                continue
+            found = True
+            self.planner.abort(sid)
+            if live in self._finished_now:
+                self._finished_now.remove(live)
+        if not found:
             return False
-        self.planner.abort(request_id)
         self.metrics.requests_finished["abort"] += 1
-        if live in self._finished_now:
-            self._finished_now.remove(live)
         self._gauges()  # no step may follow (an idle engine): keep running/waiting/KV usage true
         return True
 
@@ -182,6 +238,7 @@ class LLMEngine:
             self.planner.abort(rid)
             outs.append(self._final(live, [], reason=reason))
         self._finished_now.clear()
+        self._groups.clear()
         self._gauges()
         return outs
 
@@ -218,57 +275,79 @@ class LLMEngine:
             sampling = plan.sampling
             rows = [self._live[s.request_id].row for s in sampling]
             tokens, logprobs = self.sampler(logits, rows)
+            forks, sampled = self._sample_forks(sampling, logits)
         except BaseException:
             self.planner.cancel(plan)
             raise
+        # (sequence, token, logprobs): this plan's, then the first tokens of the forked sequences
+        sampled[:0] = zip((self._live[s.request_id] for s in sampling), tokens, logprobs or [None] * len(tokens))
         now = self.clock()
         stopped, deltas = [], []
-        for i, (s, tok) in enumerate(zip(sampling, tokens)):
-            live = self._live[s.request_id]
+        for live, tok, lp in sampled:
+            s = live.seq
             text = "" if tok in s.stop_token_ids else live.detok.push(tok)
             if live.detok.stopped is not None:
                 stopped.append(s.request_id)
             deltas.append(text)
             if live.first is None:
                 live.first = now
-                m.time_to_first_token_seconds.observe(now - live.arrival)
+                if live.index == 0:  # one TTFT per request
+                    m.time_to_first_token_seconds.observe(now - live.arrival)
             else:
                 m.inter_token_latency_seconds.observe(now - live.last)
             live.last = now
             if live.logprobs is not None:
-                live.logprobs.append(logprobs[i])
-        finished = self.planner.update(plan, tokens, stopped)
-        m.generation_tokens += len(tokens)
+                live.logprobs.append(lp)
+        finished = self.planner.update(plan, tokens, stopped, forks)
+        for live, _, _ in sampled[len(tokens):]:
+            self._live[live.seq.request_id] = live
+        if plan.copies:  # copy-on-write of the forked sequences' last prompt block
+            self.kv.copy_blocks(plan.copies)
+        m.generation_tokens += len(sampled)
         m.prompt_tokens += sum(n for _, n in plan.prefill)  # computed prompt tokens (recompute included)
         done = {s.request_id for s in finished}
-        for i, s in enumerate(sampling):
-            live = self._live.get(s.request_id)
-            if live is None:
-                continue
+        for (live, tok, lp), text in zip(sampled, deltas):
+            s = live.seq
             if self.hot is not None and not live.pinned_checked:  # its prompt's KV is computed (and cached)
                 live.pinned_checked = True
                 self.hot.maybe_pin(s.prompt_token_ids, live.keys)
-            if s.request_id in done:
+            if s.request_id in done or s.request_id not in self._live:
                 continue
-            lp = None if logprobs is None or logprobs[i] is None else [logprobs[i]]
-            outputs.append(RequestOutput(s.request_id, [tokens[i]], deltas[i], False, None, s.num_prompt_tokens,
-                                         s.num_output_tokens, s.num_cached_tokens, lp,
-                                         arrival_time=live.arrival, first_token_time=live.first))
+            outputs.append(RequestOutput(live.request_id, [tok], text, False, None, s.num_prompt_tokens,
+                                         s.num_output_tokens, s.num_cached_tokens, None if lp is None else [lp],
+                                         arrival_time=live.arrival, first_token_time=live.first,
+                                         index=live.index))
         if finished:
-            index = {s.request_id: i for i, s in enumerate(sampling)}
+            at = {live.seq.request_id: j for j, (live, _, _) in enumerate(sampled)}
             for s in finished:
                 live = self._live.pop(s.request_id, None)
                 if live is None:
                     continue  # aborted by the caller
-                i = index.get(s.request_id)
-                new = [] if i is None else [tokens[i]]
-                lp = None if i is None or logprobs is None or logprobs[i] is None else [logprobs[i]]
-                out = self._final(live, new, lp, deltas[i] if i is not None else "")
-                outputs.append(out)
+                j = at.get(s.request_id)
+                if j is None:
+                    outputs.append(self._final(live, []))
+                else:
+                    _, tok, lp = sampled[j]
+                    outputs.append(self._final(live, [tok], None if lp is None else [lp], deltas[j]))
         self._gauges()
         m.num_steps += 1
         m.step_seconds += time.perf_counter() - t0
         return outputs
+
+    def _sample_forks(self, sampling, logits) -> tuple[dict, list]:
+        """The first tokens of the other sequences of each request with ``n > 1`` whose prompt
+        completes now, sampled from its logits row: the planner's ``forks`` and ``(sequence,
+        token, logprobs)`` for each new sequence."""
+        forks, sampled = {}, []
+        for i, s in enumerate(sampling):
+            if s.n == 1 or s.num_output_tokens:
+                continue
+            parent = self._live[s.request_id]
+            lives = [self._child(parent, k) for k in range(1, s.n)]
+            toks, lps = self.sampler(logits[i:i + 1].expand(len(lives), -1).contiguous(), [c.row for c in lives])
+            forks[s.request_id] = [(c.seq, t) for c, t in zip(lives, toks)]
+            sampled += zip(lives, toks, lps or [None] * len(lives))
+        return forks, sampled
 
     def _final(self, live: _Live, new: list[int], lp=None, delta: str = "", reason: str | None = None) -> RequestOutput:
         s, now = live.seq, self.clock()
@@ -276,14 +355,22 @@ class LLMEngine:
         stop_reason = live.detok.stopped
         if stop_reason is None and reason == "stop" and s.output_token_ids:
             stop_reason = s.output_token_ids[-1]
-        self.metrics.requests_finished[reason] = self.metrics.requests_finished.get(reason, 0) + 1
-        self.metrics.e2e_request_latency_seconds.observe(now - live.arrival)
+        group = live.group
+        last = group is None or group.unfinished == 1
+        if group is not None:
+            group.unfinished -= 1
+            if last:
+                self._groups.pop(live.request_id, None)
+        if last:  # per request, as vLLM counts them
+            self.metrics.requests_finished[reason] = self.metrics.requests_finished.get(reason, 0) + 1
+            self.metrics.e2e_request_latency_seconds.observe(now - live.arrival)
         text = delta + live.detok.flush()
-        return RequestOutput(s.request_id, new, text, True, reason, s.num_prompt_tokens, s.num_output_tokens,
+        return RequestOutput(live.request_id, new, text, True, reason, s.num_prompt_tokens, s.num_output_tokens,
                              s.num_cached_tokens, lp, output_text=live.detok.text,
                              output_token_ids=list(s.output_token_ids), stop_reason=stop_reason,
                              output_logprobs=live.logprobs, arrival_time=live.arrival,
-                             first_token_time=live.first, finished_time=now)
+                             first_token_time=live.first, finished_time=now, index=live.index,
+                             request_finished=last)
 
     def _drain_finished_now(self) -> list[_Live]:
         done, self._finished_now = self._finished_now, []
@@ -303,27 +390,35 @@ class LLMEngine:
     # -------------------------------------------------------------- drivers
     def generate(self, prompts: str | Sequence, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  *, use_tqdm: bool = False) -> list[RequestOutput]:
-        """Run prompts to completion; the final output of each, in prompt order."""
+        """Run prompts to completion; the final output of each, in prompt order (``n`` outputs, in
+        ``index`` order, for a prompt sampled with ``n > 1``).  Their ``text`` is the whole output
+        text (as ``output_text``), as with vLLM's ``generate``."""
         single = isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
                                                and all(isinstance(t, int) for t in prompts))
         items = [prompts] if single else list(prompts)
         params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(items)
         if len(params) != len(items):
             raise ValidationError(f"got {len(params)} sampling params for {len(items)} prompts")
-        ids = [self.add_request(p, sp) for p, sp in zip(items, params)]
-        results: dict[Hashable, RequestOutput] = {}
+        ids: list[Hashable] = []
+        results: dict[tuple, RequestOutput] = {}
+        done = 0
         bar = None
-        if use_tqdm:
-            from tqdm.auto import tqdm  # optional: installed with transformers, not required
-
-            bar = tqdm(total=len(ids), desc="generate", unit="req")
         try:
-            while len(results) < len(ids):
+            for p, sp in zip(items, params):
+                ids.append(self.add_request(p, sp))
+            if use_tqdm:
+                from tqdm.auto import tqdm  # optional: installed with transformers, not required
+
+                bar = tqdm(total=len(ids), desc="generate", unit="req")
+            wanted = set(ids)
+            while done < len(ids):
                 for out in self.step():
-                    if out.finished and out.request_id in set(ids):
-                        results[out.request_id] = out
-                        if bar is not None:
-                            bar.update(1)
+                    if out.finished and out.request_id in wanted:
+                        results[out.request_id, out.index] = replace(out, text=out.output_text)
+                        if out.request_finished:
+                            done += 1
+                            if bar is not None:
+                                bar.update(1)
         except BaseException:
             for rid in ids:
                 self.abort(rid)
@@ -331,7 +426,8 @@ class LLMEngine:
         finally:
             if bar is not None:
                 bar.close()
-        return [results[r] for r in ids]
+        order = {rid: i for i, rid in enumerate(ids)}
+        return [results[key] for key in sorted(results, key=lambda k: (order[k[0]], k[1]))]
 
     def stream(self, prompt: Any, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
         """Yield one request's outputs as they come (this call drives the engine's steps)."""
@@ -341,7 +437,7 @@ class LLMEngine:
                 for out in self.step():
                     if out.request_id == rid:
                         yield out
-                        if out.finished:
+                        if out.request_finished:
                             return
         finally:
             self.abort(rid)

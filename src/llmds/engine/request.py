@@ -90,6 +90,11 @@ class RequestState:
         Sampling any of these finishes the request (FINISHED_STOPPED).
     sampling_params : SamplingParams, optional
         Carried for the engine; the planner does not read it.
+    n : int
+        Sequences the request becomes when its prompt is computed (parallel sampling, >= 1):
+        the planner admits it only with ``n`` free seats of ``max_num_seqs`` and, given the other
+        sequences' first tokens (``Planner.update(..., forks=...)``), forks them off it sharing its
+        KV blocks; from then on each is a request of its own with ``n == 1``.
 
     Attributes kept up to date by the planner: ``status``, ``num_computed_tokens``,
     ``num_cached_tokens`` (prefix-cache hit at the last admission),
@@ -114,6 +119,7 @@ class RequestState:
         "deadline",
         "stop_token_ids",
         "sampling_params",
+        "n",
         "status",
         "block_table",
         "num_preemptions",
@@ -136,7 +142,9 @@ class RequestState:
         deadline: float | None = None,
         stop_token_ids: Sequence[int] = (),
         sampling_params: SamplingParams | None = None,
+        n: int = 1,
     ) -> None:
+        num_seqs = check_int("n", n, 1)  # before ``n`` is reused for the prompt's length below
         try:
             hash(request_id)
         except TypeError:
@@ -172,6 +180,7 @@ class RequestState:
         self.deadline = None if deadline is None else check_float("deadline", deadline)
         self.stop_token_ids = frozenset(check_token_ids("stop_token_ids", stop_token_ids))
         self.sampling_params = sampling_params
+        self.n = num_seqs
         self.status = RequestStatus.WAITING
         self.block_table: list[int] = []
         self.num_preemptions = 0
@@ -236,12 +245,17 @@ class RequestState:
 
 @dataclass(slots=True)
 class RequestOutput:
-    """What one step produced for one request.
+    """What one step produced for one sequence of a request.
 
     ``new_token_ids`` / ``text`` are this step's delta (text held back by stop-string matching
     or an incomplete character comes later).  When ``finished``, ``output_text`` and
     ``output_token_ids`` hold the whole output and ``finish_reason`` is ``"stop"``, ``"length"``
-    or ``"abort"``.  Times are on the engine's clock (seconds).
+    or ``"abort"``.  ``LLMEngine.generate`` returns final outputs whose ``text`` is the whole
+    text too (as vLLM's ``generate`` does).  Times are on the engine's clock (seconds).
+
+    With parallel sampling (``SamplingParams.n > 1``) every sequence reports under the
+    request's id with its ``index`` (0..n-1); ``request_finished`` is True on the output that
+    finishes the last of them (for ``n == 1`` it equals ``finished``).
     """
 
     request_id: Hashable
@@ -260,6 +274,12 @@ class RequestOutput:
     arrival_time: float = 0.0
     first_token_time: float | None = None
     finished_time: float | None = None
+    index: int = 0
+    request_finished: bool | None = None  # None: the same as ``finished``
+
+    def __post_init__(self) -> None:
+        if self.request_finished is None:
+            self.request_finished = self.finished
 
     @property
     def ttft(self) -> float | None:

@@ -1,7 +1,7 @@
-"""Batched sampling: penalties, greedy, temperature, top-k / top-p / min-p, seeds, log-probabilities.
+"""Batched sampling: logit bias, penalties, greedy, temperature, top-k / top-p / min-p, seeds, log-probabilities.
 
 One call handles every request that samples this step (one logits row each).  The common case
-(all greedy, no penalties, no logprobs) is one ``argmax``.  Otherwise rows are grouped so each
+(all greedy, no bias or penalties, no logprobs) is one ``argmax``.  Otherwise rows are grouped so each
 transformation is one tensor op over the rows that need it.
 
 Random draws use the exponential race (``argmax(p / E)`` with ``E ~ Exp(1)`` per token is a
@@ -9,8 +9,8 @@ sample from ``p``), so a row's randomness is one vector of noise.  A request wit
 draws its noise from its own ``torch.Generator``: it samples the same tokens whatever it is
 batched with (and after a preemption).  Others share the engine's generator.
 
-Log-probabilities are those of the model's distribution (``log_softmax`` of the raw logits),
-as vLLM returns by default and OpenAI documents.
+Log-probabilities are those of the model's distribution (``log_softmax`` of the raw logits,
+before logit bias and penalties), as vLLM returns by default and OpenAI documents.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class TokenLogprobs:
 class SampleRow:
     """What the sampler needs of one request: its parameters, history and generator."""
 
-    __slots__ = ("params", "generator", "prompt_token_ids", "output_token_ids")
+    __slots__ = ("params", "generator", "prompt_token_ids", "output_token_ids", "bias")
 
     def __init__(self, params: SamplingParams, prompt_token_ids: Sequence[int], output_token_ids: list[int]) -> None:
         self.params = params
@@ -46,6 +46,15 @@ class SampleRow:
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed & 0xFFFF_FFFF_FFFF_FFFF)
+        self.bias: tuple[torch.Tensor, torch.Tensor] | None = None  # (token ids, biases), made once
+        if params.logit_bias:
+            ids, values = zip(*params.logit_bias)
+            self.bias = torch.tensor(ids, dtype=torch.long), torch.tensor(values, dtype=torch.float32)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """True when this row's logits change before sampling (logit bias, penalties)."""
+        return self.bias is not None or self.params.has_penalties
 
 
 class Sampler:
@@ -56,7 +65,7 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], list[TokenLogprobs | None] | None]:
         params = [r.params for r in rows]
-        simple = all(p.temperature == 0.0 and not p.has_penalties for p in params)
+        simple = all(p.temperature == 0.0 for p in params) and not any(r.adjusts_logits for r in rows)
         want_lp = [i for i, p in enumerate(params) if p.logprobs is not None]
         lp = torch.log_softmax(logits[want_lp], dim=-1) if want_lp else None
         if simple:
@@ -64,6 +73,8 @@ class Sampler:
         else:
             x = logits.clone()
             for i, r in enumerate(rows):
+                if r.bias is not None:
+                    x[i].index_add_(0, r.bias[0], r.bias[1].to(x.dtype))
                 if r.params.has_penalties:
                     _penalize(x[i], r)
             tokens = x.argmax(dim=-1).tolist()

@@ -854,3 +854,109 @@ def test_pin_behind_the_planners_back_is_reported_not_a_livelock(state):
     bm.unpin(pinned)
     drive(p, fake)
     assert big.num_output_tokens == 3 and bm.num_free_blocks == 8
+
+
+# --------------------------------------------------------------------- parallel sampling (n > 1)
+
+def _fork_drive(p, fake, n_kids_of, steps=1000):
+    """``drive`` that forks: a request with ``n > 1`` completing its prompt gets ``n - 1`` new
+    sequences (ids ``(rid, i)``, first token ``i``); the plan's block copies are applied to ``fake``."""
+    finished = []
+    for _ in range(steps):
+        if not p.has_unfinished():
+            return finished
+        plan = p.schedule()
+        fake.run(plan)
+        forks = {s.request_id: [(R((s.request_id, i), s.prompt_token_ids, s.max_new_tokens), i)
+                                for i in range(1, s.n)]
+                 for s in plan.sampling if s.n > 1 and not s.num_output_tokens}
+        n_kids_of.update({rid: len(kids) for rid, kids in forks.items()})
+        finished += p.update(plan, [tok_fn(s) for s in plan.sampling], forks=forks)
+        for src, dst in plan.copies:
+            fake.mem[dst] = list(fake.mem[src])
+        fake.check_all(p)
+        fake.check_index()
+    raise AssertionError("did not finish")
+
+
+def test_a_request_with_n_forks_sharing_its_full_blocks_and_copying_the_last():
+    bm = BlockManager(num_blocks=32, block_size=4)
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=4), kv=bm)
+    fake = FakeKV(bm)
+    p.add(R("a", range(10), max_new=5, n=3))
+    plan = p.schedule()
+    fake.run(plan)
+    kids = [(R(("a", i), range(10), 5), 10 + i) for i in (1, 2)]
+    p.update(plan, [7], forks={"a": kids})
+    a = p.get("a")
+    assert a.n == 1 and [k.output_token_ids for k, _ in kids] == [[11], [12]] and a.output_token_ids == [7]
+    assert [k.block_table[:2] for k, _ in kids] == [a.block_table[:2]] * 2  # the two full blocks, shared
+    assert [bm.allocator.refcount(b) for b in a.block_table] == [3, 3, 1]
+    assert plan.copies == [(a.block_table[2], kids[0][0].block_table[2]), (a.block_table[2], kids[1][0].block_table[2])]
+    assert bm.num_blocks - bm.num_free_blocks == 5
+    for src, dst in plan.copies:
+        fake.mem[dst] = list(fake.mem[src])
+    finished = drive(p, fake)
+    assert sorted(map(str, ids(finished))) == sorted(map(str, ["a", ("a", 1), ("a", 2)]))
+    assert all(len(s.output_token_ids) == 5 for s in finished)
+    assert bm.num_free_blocks == bm.num_blocks and sum(map(bm.allocator.refcount, range(32))) == 0
+
+
+def test_n_takes_n_seats_and_a_block_aligned_prompt_copies_nothing():
+    bm = BlockManager(num_blocks=32, block_size=4)
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=4), kv=bm)
+    fake = FakeKV(bm)
+    p.add(R("a", range(8), max_new=3, n=3))
+    p.add(R("b", range(20, 23), max_new=3, n=2))  # 3 + 2 seats > 4: waits
+    p.add(R("c", range(30, 33), max_new=3))
+    plan = p.schedule()
+    assert ids(s for s, _ in plan.prefill) == ["a"]  # b blocks the queue: no overtaking
+    fake.run(plan)
+    p.update(plan, [1], forks={"a": [(R(("a", 1), range(8), 3), 2), (R(("a", 2), range(8), 3), 3)]})
+    assert plan.copies == [] and p.num_running == 3  # 8 tokens: two full blocks, nothing to copy
+    assert [bm.allocator.refcount(b) for b in p.get("a").block_table] == [3, 3]
+    kids: dict = {}
+    finished = _fork_drive(p, fake, kids)
+    assert kids == {"b": 1}
+    assert sorted(map(str, ids(finished))) == sorted(map(str, ["a", ("a", 1), ("a", 2), "b", ("b", 1), "c"]))
+    assert bm.num_free_blocks == bm.num_blocks and sum(map(bm.allocator.refcount, range(32))) == 0
+
+
+def test_forked_sequences_that_finish_at_once_or_find_no_block():
+    bm = BlockManager(num_blocks=3, block_size=4)
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=4), kv=bm)
+    fake = FakeKV(bm)
+    p.add(R("a", range(6), max_new=4, n=4, stop_token_ids=[99]))
+    plan = p.schedule()
+    fake.run(plan)
+    stop, short, waits = R(("a", 1), range(6), 4, stop_token_ids=[99]), R(("a", 2), range(6), 1), R(("a", 3), range(6), 4)
+    p.update(plan, [1], forks={"a": [(stop, 99), (short, 5), (waits, 6)]})
+    # a holds 2 blocks; the two that finished on their first token take none, the last one the free block
+    assert stop.status is RequestStatus.FINISHED_STOPPED and short.status is RequestStatus.FINISHED_LENGTH
+    assert not stop.block_table and not short.block_table
+    assert waits.status is RUNNING and plan.copies == [(p.get("a").block_table[1], waits.block_table[1])]
+    for src, dst in plan.copies:
+        fake.mem[dst] = list(fake.mem[src])
+    # a second fork finds the pool empty: its sequence waits, to be recomputed from the prefix cache
+    p2 = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=4), kv=BlockManager(num_blocks=2, block_size=4))
+    p2.add(R("x", range(6), max_new=3, n=2))
+    plan = p2.schedule()
+    later = R(("x", 1), range(6), 3)
+    p2.update(plan, [1], forks={"x": [(later, 2)]})
+    assert later.status is PREEMPTED and later.num_computed_tokens == 0 and later.output_token_ids == [2]
+    assert p2.num_waiting == 1 and plan.copies == []
+    while p2.has_unfinished():
+        run_step(p2, lambda s: 0)
+    assert later.is_finished and later.output_token_ids[0] == 2 and len(later.output_token_ids) == 3
+
+
+def test_forks_are_checked():
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=4), kv=BlockManager(num_blocks=8, block_size=4))
+    p.add(R("a", range(6), max_new=4, n=2))
+    p.add(R("b", range(6), max_new=4))
+    plan = p.schedule()
+    for bad in ({"a": []}, {"b": [(R("k", range(6)), 1)]}, {"a": [(R("b", range(6)), 1)]}, {"z": [(R("k", [1]), 1)]}):
+        with pytest.raises(ValidationError, match="forks"):
+            p.update(plan, [1, 1], forks=bad)
+    p.update(plan, [1, 1], forks={"a": [(R("k", range(6), 4), 3)]})
+    assert p.get("k").output_token_ids == [3]

@@ -37,13 +37,6 @@ freed last-block-first so its tail goes before its head); ``pin_prefix`` keeps
 hot prefixes from eviction.  Requests without token ids (cb_lab, the arena)
 never share.
 
-Pinned blocks are not available to other requests, so "can this request ever
-run" counts the blocks available to *it*: the pool minus the pinned blocks,
-plus the pinned blocks its own prefix hits (those it shares).  ``check_fits``
-rejects a request beyond that, and ``pin_prefix(..., keep_fitting=reqs)``
-refuses a pin that would leave one of ``reqs`` unable to finish
-(``Planner.pin_prefix`` passes the planner's live requests).
-
 It satisfies :class:`~llmds.engine.kv.kv_manager.KVManager`, the protocol the
 planner talks to (re-exported here with ``NullKV``, the unlimited stand-in).
 """
@@ -377,6 +370,19 @@ class BlockManager:
             else:
                 self._register(s, s.num_computed_tokens)
         return True
+
+    def fork(self, parent: RequestState, child: RequestState) -> list[tuple[int, int]] | None:
+        """Give a new ``child`` ``parent``'s KV (parallel sampling): full blocks by reference (immutable
+        from here), a partial last block copied (copy-on-write: each writes its next token there next
+        step).  The copies ``(src, dst)`` to apply to the KV storage; None (no change) if no block is free."""
+        bt, full = parent.block_table, parent.num_computed_tokens // self.block_size
+        if len(bt) - full > self.placement.num_free:
+            return None
+        self.allocator.incref(bt[:full])
+        copies = self.placement.fork(parent, child, full)
+        child.num_hashed_blocks, child.last_block_key = parent.num_hashed_blocks, parent.last_block_key
+        self._match_seq = None
+        return copies
 
     def free(self, seq: RequestState) -> None:
         """Release ``seq``'s blocks (idempotent); full computed blocks stay cached."""

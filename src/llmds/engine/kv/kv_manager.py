@@ -131,5 +131,8 @@ class NullKV:
     def free(self, seq: RequestState) -> None:
         return None
 
+    def fork(self, parent: RequestState, child: RequestState) -> list:
+        return []  # nothing to share or copy
+
     def rollback(self, seq: RequestState, *, release: bool = False) -> None:
         return None

@@ -62,6 +62,11 @@ class Placement(Protocol):
     def grow_each(self, seqs: list[RequestState]) -> None:
         """Append one block to each non-empty table of ``seqs`` (the decode fast path)."""
 
+    def fork(self, parent: RequestState, child: RequestState, num_shared: int) -> list[tuple[int, int]]:
+        """Give an empty ``child`` the first ``num_shared`` blocks of ``parent``'s table (already
+        referenced) and a new block for each later one; the copies ``(src, dst)`` to make.
+        (The engine's placement; the arena's ``RunPlacement`` never forks.)"""
+
     def release(self, seq: RequestState) -> tuple[list[int], list[int]]:
         """Empty ``seq``'s table; ``(table, held-back blocks)`` for the caller to free."""
 
@@ -112,6 +117,12 @@ class FreeListPlacement:
     def grow_each(self, seqs: list[RequestState]) -> None:
         for s, p in zip(seqs, self.allocator.alloc(len(seqs))):  # one allocator call
             s.block_table.append(p)
+
+    def fork(self, parent: RequestState, child: RequestState, num_shared: int) -> list[tuple[int, int]]:
+        bt = parent.block_table
+        copies = list(zip(bt[num_shared:], self.allocator.alloc(len(bt) - num_shared)))
+        self.adopt(child, bt[:num_shared] + [dst for _, dst in copies])
+        return copies
 
     def release(self, seq: RequestState) -> tuple[list[int], list[int]]:
         bt = seq.block_table

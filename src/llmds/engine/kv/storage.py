@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from llmds._checks import check_int, is_int
+from llmds._checks import check_int, check_token_ids, is_int
 from llmds.errors import ValidationError
 
 __all__ = ["KVStorage", "check_device", "check_dtype"]
@@ -140,6 +140,17 @@ class KVStorage:
         """Touch every page of the arena (zero-fill) so the first requests do not page-fault."""
         self.k_cache.zero_()
         self.v_cache.zero_()
+
+    def copy_blocks(self, pairs) -> None:
+        """Copy the K/V of block ``src`` into block ``dst`` in every layer, for each ``(src, dst)``
+        of ``pairs`` (copy-on-write of a shared block: ``BlockManager.fork``)."""
+        if not pairs:
+            return
+        ids = check_token_ids("block ids", [b for pair in pairs for b in pair], self.num_blocks)
+        src = torch.tensor(ids[0::2], device=self.device)
+        dst = torch.tensor(ids[1::2], device=self.device)
+        for cache in (self.k_cache, self.v_cache):
+            cache.index_copy_(1, dst, cache.index_select(1, src))
 
     # ------------------------------------------------------------------ slots
     def k_layer(self, layer: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Hashable
 
-from llmds.engine.request import RequestState
+from llmds.engine.request import RequestState, RequestStatus
 
 __all__ = ["DecodeBatch"]
 
@@ -100,13 +100,23 @@ class DecodeBatch:
                 del stops[t]
 
     # ------------------------------------------------------------------- step
-    def advance(self, token_ids: list[int] | None) -> tuple[list[RequestState], list[RequestState]]:
+    def advance(self, token_ids: list[int] | None) -> list[RequestState]:
         """One decode step for every member: count it, record ``token_ids`` (batch order).
 
-        Returns ``(stopped, due)``: members that sampled one of their stop ids,
-        and the others that reached ``max_new_tokens``.  Both are still members
-        (the caller finishes them and calls :meth:`leave`).
+        Returns the members that finished, which leave the batch: those that sampled one
+        of their stop ids (FINISHED_STOPPED), then the others that reached
+        ``max_new_tokens`` (FINISHED_LENGTH).
         """
+        stopped, due = self._advance(token_ids)
+        for s in stopped:
+            self.leave(s)
+            s.status = RequestStatus.FINISHED_STOPPED
+        for s in due:
+            self.leave(s)
+            s.status = RequestStatus.FINISHED_LENGTH
+        return stopped + due
+
+    def _advance(self, token_ids: list[int] | None) -> tuple[list[RequestState], list[RequestState]]:
         now = self.clock = self.clock + 1
         for s in self._seqs.values():
             s.num_computed_tokens += 1

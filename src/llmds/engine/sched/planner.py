@@ -23,21 +23,13 @@ Step policy (vLLM v1 style):
    preemption rule when blocks run out).
 3. **Admission.**  If nothing was preempted this step, waiting requests are
    admitted in queue order while budget, ``max_num_seqs`` and blocks allow;
-   the first one that does not fit blocks the queue (no overtaking).
+   the first one that does not fit blocks the queue (no overtaking).  A
+   request with ``n > 1`` takes ``n`` seats (:mod:`~llmds.engine.sched.fork`).
 
 Orders (:mod:`llmds.engine.sched.request_queue`): queue order by ``policy``
 (``"fcfs"``, ``"priority"``, ``"edf"``); among running requests the same key
 with the admission counter in place of arrival, so the preemption victim is
 the lowest-priority, most recently admitted request.
-
-Cancelling a plan (``cancel``) is the one rollback path of a failed step (KV
-blocks are returned only there, through the KV manager's ``rollback``; cb_lab
-cuts its caches back after it).  No token advances; the plan's admissions go
-back to the queue at their position and free their blocks; running requests
-give back the blocks for the plan's new tokens; prefix-index entries of blocks
-the plan would have computed are removed, so no request is served their never
-written KV.  ``schedule()``'s preemptions stand; the next ``schedule()`` reuses
-the cancelled plan's ``step_id``.
 
 Costs: a decode step is one loop over the running requests' counters plus
 C-level list operations (see ``decode_batch``), and per-request work only for
@@ -50,6 +42,7 @@ from __future__ import annotations
 from typing import Hashable, Iterable
 
 from llmds.engine.sched.decode_batch import DecodeBatch
+from llmds.engine.sched.fork import check_forks, fork_sequences
 from llmds.engine.kv.kv_manager import KVManager, NullKV
 from llmds.engine.request import RequestState, RequestStatus
 from llmds.engine.sched.request_queue import RequestQueue, urgency_key
@@ -222,9 +215,8 @@ class Planner:
         self._admit_base = self._admits
         if not preempted:
             waiting, requests = self._waiting, self._requests
-            room = cfg.max_num_seqs - self.num_running
-            while budget > 0 and room > 0 and waiting:
-                s = requests[waiting.peek()]
+            room = cfg.max_num_seqs - len(self._batch) - sum(s.n for s in self._prefilling)  # n seats each
+            while budget > 0 and waiting and (s := requests[waiting.peek()]).n <= room:
                 if room == cfg.max_num_seqs:  # nothing runs, so nothing changed in this call yet
                     self._check_still_fits(s)
                 hit = kv.match_prefix(s)
@@ -238,14 +230,15 @@ class Planner:
                 self._prefilling.append(s)
                 prefill.append((s, n))
                 budget -= n
-                room -= 1
+                room -= s.n
 
         plan = StepPlan(self._step, decode, prefill, preempted, cfg.max_num_batched_tokens - budget)
         self._step += 1
         self._in_flight = plan
         return plan
 
-    def update(self, plan: StepPlan, token_ids=None, finished_ids: Iterable[Hashable] = ()) -> list[RequestState]:
+    def update(self, plan: StepPlan, token_ids=None, finished_ids: Iterable[Hashable] = (),
+               forks: dict[Hashable, list[tuple[RequestState, int]]] | None = None) -> list[RequestState]:
         """Apply a step's results; returns the requests that finished (their KV freed).
 
         ``token_ids``: one sampled id per request of ``plan.sampling`` (decodes, then
@@ -253,8 +246,10 @@ class Planner:
         (cb_lab's TinyLLM): outputs are counted, not stored, and stop ids not checked.
         ``finished_ids``: requests the caller stops after this step (e.g. a stop
         string), finished as FINISHED_STOPPED.  Requests reaching ``max_new_tokens``
-        finish as FINISHED_LENGTH, on a stop id as FINISHED_STOPPED.  On a bad
-        argument nothing changes.
+        finish as FINISHED_LENGTH, on a stop id as FINISHED_STOPPED.
+        ``forks``: ``{request id: [(new request, first token id), ...]}``, the other sequences
+        of requests with ``n > 1`` whose prompt completes now (:mod:`~llmds.engine.sched.fork`;
+        block copies go to ``plan.copies``).  On a bad argument nothing changes.
         """
         if plan is not self._in_flight:
             raise StateError("update() expects the plan returned by the last schedule()")
@@ -262,38 +257,30 @@ class Planner:
         nd = len(decode)
         if token_ids is not None:
             toks = plan.check_token_ids(token_ids)
+        forks = forks or {}
+        new = check_forks(plan, forks, self._requests) if forks else ()
         stops = list(finished_ids) if finished_ids else ()
         for rid in stops:
-            if rid not in self._requests:
+            if rid not in self._requests and rid not in new:
                 raise NotFoundError(f"finished_ids: no live request with id {rid!r}")
         assert nd == len(self._batch), "the decode batch changed between schedule() and update()"
 
-        finished: list[RequestState] = []
-        fin = finished.append
         # decodes: one clock tick advances every batch member by one token
-        if nd:
-            if token_ids is None:
-                stopped, due = self._batch.advance(None)
-            else:
-                stopped, due = self._batch.advance(toks if len(toks) == nd else toks[:nd])
-            for s in stopped:
-                self._batch.leave(s)
-                s.status = _STOPPED
-                fin(s)
-            for s in due:
-                self._batch.leave(s)
-                s.status = _LENGTH
-                fin(s)
+        decoded = None if token_ids is None or not nd else toks if len(toks) == nd else toks[:nd]
+        finished: list[RequestState] = self._batch.advance(decoded) if nd else []
+        fin = finished.append
         # prefills: a completed prompt samples its first (or next) token
         if prefill:
             k = nd
-            started = []
+            started, forked = [], []
             for s, n in prefill:
                 c = s.num_computed_tokens + n
                 s.num_computed_tokens = c
                 if c != s.num_prompt_tokens + s.num_output_tokens:
                     continue
                 s.num_output_tokens += 1
+                if s.request_id in forks:
+                    forked += fork_sequences(s, forks[s.request_id], self.kv, plan.copies)
                 if token_ids is not None:
                     t = toks[k]
                     k += 1
@@ -305,6 +292,14 @@ class Planner:
                 if s.num_output_tokens >= s.max_new_tokens:
                     s.status = _LENGTH
                     fin(s)
+                else:
+                    started.append(s)
+            for s in forked:  # finished ones are freed below; those without a block wait
+                self._requests[s.request_id] = s
+                if s.is_finished:
+                    fin(s)
+                elif s.status is _PREEMPTED:
+                    self._waiting.requeue(s)
                 else:
                     started.append(s)
             if started or finished:
@@ -330,8 +325,12 @@ class Planner:
 
     def cancel(self, plan: StepPlan) -> list[RequestState]:
         """Roll back a plan that will not be run (its model or a plugin failed); call it
-        instead of ``update``.  See the module docstring for what is undone (every
-        request's blocks through ``kv.rollback``); preemptions made by ``schedule()``
+        instead of ``update``.  The one rollback path of a failed step (KV blocks are
+        returned only here, through ``kv.rollback``; cb_lab cuts its caches back after it).
+        No token advances; the plan's admissions go back to the queue at their position and
+        free their blocks; running requests give back the blocks for the plan's new tokens;
+        prefix-index entries of blocks the plan would have computed are removed, so no
+        request is served their never written KV.  Preemptions made by ``schedule()``
         stand, and the next ``schedule()`` reuses ``plan.step_id``.
 
         Returns the requests finished by aborts that arrived while the plan was in

@@ -70,9 +70,12 @@ class StepPlan:
         Requests preempted this step (already back in the waiting queue).
     num_batched_tokens : int
         ``len(decode) + sum of prefill tokens``.
+    copies : list[tuple[int, int]]
+        Block copies ``(src, dst)`` that ``Planner.update`` made for forked sequences
+        (copy-on-write); the caller applies them to its KV before the next step runs.
     """
 
-    __slots__ = ("step_id", "decode", "prefill", "preempted", "num_batched_tokens")
+    __slots__ = ("step_id", "decode", "prefill", "preempted", "num_batched_tokens", "copies")
 
     def __init__(self, step_id: int, decode: list, prefill: list, preempted: list, num_batched_tokens: int):
         self.step_id = step_id
@@ -80,6 +83,7 @@ class StepPlan:
         self.prefill = prefill
         self.preempted = preempted
         self.num_batched_tokens = num_batched_tokens
+        self.copies: list[tuple[int, int]] = []
 
     @property
     def num_decode_tokens(self) -> int:
