@@ -6,7 +6,9 @@ updates (single adds between searches, the pipeline lock) (each with ``quick``),
 each part's table (its module's ``format_table``) and writes one JSON file,
 ``benchmarks/results/bench_retrieval.json``, keyed by part.  A part that fails
 is reported (error and traceback in the JSON) and the others still run; the
-exit status is 1 if any part failed.
+exit status is 1 if any part failed.  A part whose IR collections are missing
+(``$LLMDS_DATA_DIR``, default ``../shared/data``) is skipped with that note, and
+lexical and dense then run their synthetic workloads only.
 
 Usage::
 
@@ -23,6 +25,7 @@ import json
 import time
 import traceback
 from pathlib import Path
+from benchmarks.retrieval.ir_data import MissingData
 from benchmarks._common import (
     add_out_arg,
     missing_bench_extra,
@@ -54,6 +57,8 @@ def run_all(quick: bool = False, only: list[str] | None = None, verbose: bool = 
             kwargs = {"verbose": verbose} if "verbose" in inspect.signature(fn).parameters else {}
             res = fn(quick=quick, **kwargs)
             table = module.format_table(res) if hasattr(module, "format_table") else None
+        except MissingData as exc:  # not broken: its data is not on this machine
+            res, table = {"skipped": str(exc)}, f"\n== {part}: skipped: {exc}"
         except Exception as exc:  # report and keep going: one broken part must not hide the others
             if missing_bench_extra(exc):
                 raise  # not a broken part: the peers are not installed (run_main says so)

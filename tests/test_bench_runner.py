@@ -46,3 +46,30 @@ def test_plots_are_written_from_the_results(tmp_path):
     pngs = plot_results(tmp_path)
     assert sorted(p.name for p in pngs) == ["server_latency.png", "server_throughput.png", "structures_ratio.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+
+
+def test_only_results_of_this_run_are_plotted_and_skipped_parts_are_no_error(tmp_path):
+    pytest.importorskip("matplotlib")
+    import os
+
+    (tmp_path / "bench_server.json").write_text(json.dumps(RESULT))
+    os.utime(tmp_path / "bench_server.json", (1000.0, 1000.0))  # an older run's
+    (tmp_path / "bench_retrieval.json").write_text(json.dumps(
+        {"parts": {"dense": {"msmarco": {"skipped": "IR collection 'msmarco' not found"}}}}))
+    (tmp_path / "bench_engine.json").write_text(json.dumps(
+        {"workload": {"requests": 32}, "engines": {"llmds bfloat16": {"offline": {"tok_s": 245.0}},
+                                                   "vllm bfloat16": {"offline": {"tok_s": 257.0}}}}))
+    assert [p.name for p in plot_results(tmp_path, since=2000.0)] == ["engine_throughput.png"]
+
+
+def test_bench_without_the_bench_extra_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    from llmds import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tantivy" else real(name, *a))
+    assert cli.main(["bench", "structures"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`bench` extra (missing: " in err and "tantivy" in err
+    assert "make install-bench" in err

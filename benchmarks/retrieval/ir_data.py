@@ -38,7 +38,10 @@ __all__ = [
     "load_embeddings",
     "load_msmarco",
     "load_msmarco_embeddings",
+    "MissingData",
     "ndcg_at_k",
+    "require",
+    "skip_without_data",
     "recall_at_k",
 ]
 
@@ -58,14 +61,30 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def collection_dir(name: str) -> Path:
-    """``<data>/ir/<name>``; ``FileNotFoundError`` saying where it looked when it is missing."""
-    d = data_dir() / "ir" / name
+class MissingData(FileNotFoundError):
+    """An IR collection is not where the benchmarks look: the parts that need it are skipped."""
+
+
+def require(d: Path, name: str | None = None) -> Path:
+    """``d`` if it holds a collection (``corpus.jsonl``), else :class:`MissingData` saying where it looked."""
     if not (d / "corpus.jsonl").exists():
-        raise FileNotFoundError(
-            f"IR collection {name!r} not found at {d}: set {DATA_ENV} to the folder holding "
-            "ir/<collection>/ (the repository expects ../shared/data beside it)")
+        raise MissingData(
+            f"IR collection {name or d.name!r} not found at {d}: set {DATA_ENV} to the folder holding "
+            "ir/<collection>/ (default ../shared/data beside the repository; see docs/benchmarks.md#data)")
     return d
+
+
+def skip_without_data(fn, *args, **kwargs) -> dict:
+    """``fn(*args, **kwargs)``, or ``{"skipped": why}`` when its collection is missing."""
+    try:
+        return fn(*args, **kwargs)
+    except MissingData as exc:
+        return {"skipped": str(exc)}
+
+
+def collection_dir(name: str) -> Path:
+    """``<data>/ir/<name>``; :class:`MissingData` saying where it looked when it is missing."""
+    return require(data_dir() / "ir" / name, name)
 
 
 DATA_DIR = data_dir()
@@ -124,7 +143,7 @@ def load_msmarco(
     qrels : dict[qid, dict[docid, grade]]
         Graded judgments (a fresh copy each call; mutate freely).
     """
-    d, t, qi, qt, qr = _load(str(root or MSMARCO_DIR))
+    d, t, qi, qt, qr = _load(str(require(Path(root or MSMARCO_DIR))))
     return list(d), list(t), list(qi), list(qt), json.loads(qr)
 
 
@@ -132,7 +151,7 @@ def load_msmarco_embeddings(root: str | os.PathLike | None = None):
     """``(corpus [5000, 384] float32, queries [50, 384] float32)``, L2-normalised rows."""
     import numpy as np
 
-    base = Path(root or MSMARCO_DIR)
+    base = require(Path(root or MSMARCO_DIR))
     return np.load(base / "corpus.minilm.npy"), np.load(base / "queries.minilm.npy")
 
 

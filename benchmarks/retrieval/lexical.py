@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import part_main
+from benchmarks.retrieval.ir_data import skip_without_data
 
 RESULTS_PATH = Path(__file__).resolve().parents[1] / "results" / "retrieval_lexical.json"
 K1, B = 1.5, 0.75
@@ -388,7 +389,7 @@ def run_lexical(quick: bool = False) -> dict[str, Any]:
         "params": {"k1": K1, "b": B, "repeats": repeats},
         "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
         "reference_from_issue": REFERENCE,
-        "msmarco": _msmarco(repeats),
+        "msmarco": skip_without_data(_msmarco, repeats),
         "synthetic": _synthetic(n_docs, n_queries, repeats, numpy_q),
     }
 
@@ -401,12 +402,13 @@ def _fmt(x: Any, spec: str = ",.0f") -> str:
 def format_table(res: dict[str, Any]) -> str:
     """The printed report: one table per workload, then the llmds ratios."""
     ms, sy = res["msmarco"], res["synthetic"]
-    out = [
-        f"MS MARCO subset: {ms['num_docs']} docs, {ms['num_queries']} queries, {ms['tokenizer']}"
-    ]
-    head = ("system", "build docs/s", "1-query QPS", "batch QPS", "nDCG@10", "R@100", "ovl@10")
-    out.append("{:<13}{:>13}{:>13}{:>11}{:>9}{:>8}{:>8}".format(*head))
-    for name, r in ms["systems"].items():
+    if "skipped" in ms:
+        out = [f"MS MARCO subset: skipped ({ms['skipped']})"]
+    else:
+        out = [f"MS MARCO subset: {ms['num_docs']} docs, {ms['num_queries']} queries, {ms['tokenizer']}"]
+        head = ("system", "build docs/s", "1-query QPS", "batch QPS", "nDCG@10", "R@100", "ovl@10")
+        out.append("{:<13}{:>13}{:>13}{:>11}{:>9}{:>8}{:>8}".format(*head))
+    for name, r in ms.get("systems", {}).items():
         out.append(
             f"{name:<13}{_fmt(r['build_docs_per_s']):>13}{_fmt(r['single_qps']):>13}"
             f"{_fmt(r['batch_qps']):>11}{r['ndcg@10']:>9.4f}{r['recall@100']:>8.4f}"
@@ -426,17 +428,16 @@ def format_table(res: dict[str, Any]) -> str:
                 f"{_fmt(q['single_qps']):>13}{_fmt(q['batch_qps']):>11}"
                 f"{_fmt(q.get('top10_overlap_bm25s'), '.3f'):>8}"
             )
-    s, m = sy["systems"], ms["systems"]
-    ll, bn = m["llmds"], m["bm25s-numba"]
-    out += [
-        "",
-        (
+    s, m = sy["systems"], ms.get("systems")
+    out.append("")
+    if m is not None:
+        ll, bn = m["llmds"], m["bm25s-numba"]
+        out.append(
             f"MS MARCO: llmds/bm25s-numba single {ll['single_qps'] / bn['single_qps']:.2f}x, "
             f"batch {ll['batch_qps'] / bn['batch_qps']:.2f}x, nDCG@10 diff "
             f"{ll['ndcg@10'] - bn['ndcg@10']:+.4f}; llmds/tantivy single "
             f"{ll['single_qps'] / m['tantivy']['single_qps']:.2f}x"
-        ),
-    ]
+        )
     for qs in ("zipf", "rare"):
         ll, bn, tv = s["llmds"][qs], s["bm25s-numba"][qs], s["tantivy"][qs]
         out.append(

@@ -40,12 +40,24 @@ def checkout_root() -> Path:
 
 
 def run_benchmarks(which: list[str], args: list[str]) -> int:
-    """Run the named benchmark groups (all when empty) and plot what they wrote; the worst exit status."""
+    """Run the named benchmark groups (all when empty) and plot what they wrote; the worst exit status.
+
+    Fails at once (``StateError``, one line) when the ``bench`` extra is missing: every benchmark
+    compares against its peers."""
+    import importlib.util
+    import time
+
     unknown = [w for w in which if w not in BENCHMARKS]
     if unknown:
         raise ValidationError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
     root = checkout_root()
+    common = _benchmarks_common(root)
+    missing = sorted(m for m in common.BENCH_EXTRA_MODULES if importlib.util.find_spec(m) is None)
+    if missing:
+        raise StateError(f"the benchmarks need the `bench` extra (missing: {', '.join(missing)}): "
+                         f"{common.INSTALL_HINT}")
     status = 0
+    started = time.time()
     for group in which or list(BENCHMARKS):
         for module in BENCHMARKS[group]:
             if not (root / "benchmarks" / f"{module}.py").is_file():
@@ -55,13 +67,27 @@ def run_benchmarks(which: list[str], args: list[str]) -> int:
             status = max(status, rc)
     quick = "--quick" in args
     results = root / "benchmarks" / "results" / ("quick" if quick else "")
-    for png in plot_results(results):
+    if importlib.util.find_spec("matplotlib") is None:
+        sys.stderr.write("llmds bench: no plots: they need matplotlib (pip install -e '.[viz]')\n")
+        return status
+    for png in plot_results(results, since=started):
         sys.stdout.write(f"plot: {png}\n")
     return status
 
 
-def plot_results(results: Path) -> list[Path]:
-    """Every plot the JSON files in ``results`` allow; returns the PNG paths written."""
+def _benchmarks_common(root: Path):
+    """The checkout's ``benchmarks/_common.py`` (standard library only): the `bench` extra's modules."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_llmds_benchmarks_common", root / "benchmarks" / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def plot_results(results: Path, since: float = 0.0) -> list[Path]:
+    """Every plot the JSON files in ``results`` written at or after ``since`` (a ``time.time()``)
+    allow; returns the PNG paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +96,7 @@ def plot_results(results: Path) -> list[Path]:
     for name, fn in (("bench_server", _server), ("bench_engine", _engine), ("bench_retrieval", _retrieval),
                      ("bench_structures", _structures)):
         path = results / f"{name}.json"
-        if not path.is_file():
+        if not path.is_file() or path.stat().st_mtime < since:
             continue
         try:
             written += fn(json.loads(path.read_text()), out)
@@ -117,28 +143,29 @@ def _server(r: dict, out: Path) -> list[Path]:
 def _engine(r: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    rows = r["rows"]
-    xkey = next(k for k in ("batch_size", "batch", "num_seqs", "requests") if k in rows[0])
-    ykey = next(k for k in rows[0] if "tok" in k and isinstance(rows[0][k], (int, float)))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for who in sorted({row.get("engine", "llmds") for row in rows}):
-        pts = sorted((row[xkey], row[ykey]) for row in rows if row.get("engine", "llmds") == who)
-        ax.plot(*zip(*pts), marker="o", label=who)
-    ax.set(xlabel=xkey, ylabel=ykey, title="engine throughput vs batch size", xscale="log")
-    ax.legend()
+    engines = {name: e for name, e in r["engines"].items() if "offline" in e}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(engines)
+    ax.barh(names, [engines[n]["offline"]["tok_s"] for n in names])
+    n = r.get("workload", {}).get("requests", "?")
+    ax.set(xlabel="output tokens/s", title=f"engines, {n} chat requests at once")
     return [_save(fig, out, "engine_throughput")]
 
 
 def _retrieval(r: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    rows = r["parts"]["dense"]["msmarco"]["rows"]
+    dense = r["parts"].get("dense", {})
+    data = next((dense[k] for k in ("msmarco", "synthetic") if "rows" in dense.get(k, {})), None)
+    if data is None:  # the part was skipped or failed
+        return []
+    rows = data["rows"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for lib in sorted({row["library"] for row in rows}):
         pts = [(row["recall_at_10"], row["single_qps"]) for row in sorted(rows, key=lambda x: x["ef_search"])
                if row["library"] == lib]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lib)
-    ax.set(xlabel="recall@10", ylabel="queries/s (single query)", title="HNSW recall vs QPS (MS MARCO)",
+    ax.set(xlabel="recall@10", ylabel="queries/s (single query)", title=f"HNSW recall vs QPS ({data['n']:,} vectors)",
            yscale="log")
     ax.legend()
     return [_save(fig, out, "retrieval_recall_qps")]
