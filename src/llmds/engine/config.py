@@ -166,6 +166,8 @@ class EngineConfig:
         torch / numba threads; None = their defaults (all cores).
     seed : int
         Seed of the engine's generator (requests without their own seed).
+    chat_template : str or None
+        A Jinja2 chat template (its source) that replaces the model's own; None = the model's.
     """
 
     model: str | None = None
@@ -184,6 +186,7 @@ class EngineConfig:
     max_pinned_fraction: float = 0.25
     threads: int | None = None
     seed: int = 0
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         if self.model is not None and not isinstance(self.model, str):
@@ -211,6 +214,8 @@ class EngineConfig:
         if self.threads is not None:
             check_int("threads", self.threads, 1, 1024)
         check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template.strip()):
+            raise ValidationError("chat_template must be the non-empty source of a Jinja2 template")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EngineConfig:

@@ -104,7 +104,8 @@ class LLMEngine:
             numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
         loaded = load_model(cfg.model)
         mc = self.model_config = loaded.config
-        self.tokenizer = TextTokenizer(loaded.tokenizer_json, loaded.chat_template, loaded.special_tokens)
+        self.tokenizer = TextTokenizer(loaded.tokenizer_json, cfg.chat_template or loaded.chat_template,
+                                       loaded.special_tokens)
         self.eos_token_ids = frozenset(mc.eos_token_ids)
         kv_shape = (mc.num_layers, mc.num_kv_heads, mc.head_dim)
         num_blocks = cfg.num_blocks or KVStorage.blocks_for_budget(cfg.kv_cache_memory, *kv_shape, cfg.block_size,
@@ -146,8 +147,8 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise ValidationError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         if params.n > self.config.max_num_seqs:
-            raise ValidationError(f"n={params.n} sequences cannot run at once: this engine runs at most "
-                                  f"max_num_seqs={self.config.max_num_seqs}")
+            raise ValidationError(f"n must be at most max_num_seqs={self.config.max_num_seqs} (a request's "
+                                  f"sequences run at once), got {params.n}")
         if params.logit_bias:
             self.tokenizer.check_ids([t for t, _ in params.logit_bias], "logit_bias token ids")
         ids = self.encode_prompt(prompt)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from llmds._checks import check_token_ids
 from llmds.errors import ValidationError
 
-__all__ = ["TextTokenizer", "Detokenizer"]
+__all__ = ["TextTokenizer", "Detokenizer", "check_chat_template", "check_unicode"]
 
 
 class TextTokenizer:
@@ -45,14 +45,18 @@ class TextTokenizer:
         self.vocab_size = self.backend.get_vocab_size(with_added_tokens=True)
         self.chat_template = chat_template
         self.special_tokens = dict(special_tokens or {})
-        self._template = None
+        self._template = None if chat_template is None else _compile(chat_template)  # a bad one fails here
         self.special_ids = frozenset(
             t.get("id") for t in json.loads(self.backend.to_str()).get("added_tokens", []) if t.get("special"))
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         if not isinstance(text, str):
             raise ValidationError(f"prompt must be a str, got {type(text).__name__}")
-        return self.backend.encode(text, add_special_tokens=False).ids
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:  # the backend refuses str that is not valid Unicode
+            check_unicode("prompt", text)
+            raise
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -77,6 +81,24 @@ class TextTokenizer:
         return check_token_ids(name, ids, self.vocab_size)
 
 
+def check_unicode(name: str, text: str) -> str:
+    """``text`` unless it holds an unpaired UTF-16 surrogate (``ValidationError``: no tokenizer takes it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{name} holds an unpaired UTF-16 surrogate (U+{ord(text[exc.start]):04X} at "
+                              f"index {exc.start}); send valid Unicode") from None
+    return text
+
+
+def check_chat_template(source: Any) -> str:
+    """``source`` if it is a Jinja2 chat template that compiles (``ValidationError`` otherwise)."""
+    if not isinstance(source, str) or not source.strip():
+        raise ValidationError("chat_template must be the non-empty source of a Jinja2 template")
+    _compile(source)
+    return source
+
+
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ValidationError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
@@ -92,6 +114,7 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
             content = "".join(parts)
         if not isinstance(content, str):
             raise ValidationError(f"messages[{i}].content must be a string")
+        check_unicode(f"messages[{i}].content", content)
         out.append({**m, "content": content})
     return out
 
@@ -113,7 +136,7 @@ def _compile(source: str):
     try:
         return env.from_string(source)
     except TemplateError as exc:
-        raise ValidationError(f"the model's chat template does not compile: {exc}") from None
+        raise ValidationError(f"the chat template does not compile: {exc}") from None
 
 
 class Detokenizer:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from llmds._checks import check_int
+from llmds._checks import check_int, check_token_ids
 from llmds.errors import ValidationError
 
 __all__ = ["EmbedderAdapter", "MiniLMEmbedder", "is_available", "MINILM_DIM", "EMBED_EXTRA_HINT"]
@@ -175,6 +175,56 @@ class MiniLMEmbedder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed token-id sequences of the model's own tokenizer (as :meth:`encode` gives them; used
+        as given, cut to ``max_seq_length``); returns ``float32 [len(batch), 384]``, unit-norm rows.
+
+        Raises ``ValidationError`` for an empty sequence or an id outside the vocabulary.
+        """
+        self.load()
+        vocab = self.vocab_size
+        rows = [check_token_ids(f"token ids [{i}]", ids, vocab)[: self.max_seq_length] for i, ids in enumerate(batch)]
+        if any(not r for r in rows):
+            raise ValidationError("token ids: every sequence needs at least one token")
+        if not rows:
+            return np.zeros((0, MINILM_DIM), np.float32)
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(rows), self.batch_size):
+                part = rows[i:i + self.batch_size]
+                width = max(map(len, part))
+                ids = torch.zeros((len(part), width), dtype=torch.long)
+                mask = torch.zeros((len(part), width), dtype=torch.long)
+                for j, r in enumerate(part):
+                    ids[j, : len(r)] = torch.tensor(r)
+                    mask[j, : len(r)] = 1
+                features = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+                emb = self._model(features)["sentence_embedding"]
+                out.append(torch.nn.functional.normalize(emb, dim=-1).float().numpy())
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+    @property
+    def vocab_size(self) -> int:
+        self.load()
+        return len(self._model.tokenizer)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """The model's word-piece ids of ``text`` (``[CLS] ... [SEP]`` with special tokens), cut to
+        ``max_seq_length``: what :meth:`embed_batch` reads."""
+        self.load()
+        return self._model.tokenizer(text, add_special_tokens=add_special_tokens, truncation=True,
+                                     max_length=self.max_seq_length)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        self.load()
+        return self._model.tokenizer.decode(check_token_ids("token ids", ids, self.vocab_size))
+
+    def token_strs(self, ids: Sequence[int]) -> list[str]:
+        self.load()
+        return self._model.tokenizer.convert_ids_to_tokens(list(ids))
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Word-piece tokens the model reads for ``texts`` (special tokens in, truncation applied)."""

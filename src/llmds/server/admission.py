@@ -26,7 +26,9 @@ from llmds._checks import check_float, check_int
 
 __all__ = ["AdmissionGate", "Rejection", "Ticket", "REASONS"]
 
-REASONS = ("waiting_requests", "waiting_tokens", "requests_per_second", "tokens_per_second", "body_too_large")
+# the gate's own reasons, then those of the HTTP layer in front of it (counted here for /metrics)
+REASONS = ("waiting_requests", "waiting_tokens", "requests_per_second", "tokens_per_second", "body_too_large",
+           "body_timeout", "header_timeout", "send_timeout", "connections")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ from typing import Any
 
 from llmds.errors import CapacityError, LLMDSError, StateError, ValidationError
 
-__all__ = ["APIError", "error_body", "error_response", "from_llmds_error", "install_handlers"]
+__all__ = ["APIError", "error_body", "error_response", "from_llmds_error", "install_handlers", "model_not_found",
+           "retry_after_header", "validation_error"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ def error_response(err: APIError):
     from starlette.responses import JSONResponse
 
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def model_not_found(name: str, hint: str = "") -> APIError:
+    return APIError(404, f"the model {name!r} does not exist{hint}", "not_found_error", "model", "model_not_found")
 
 
 def retry_after_header(seconds: float) -> dict[str, str]:
@@ -114,12 +119,22 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
         return APIError(400, f"the body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}",
                         code="invalid_json")
     param = ".".join(loc) or None
-    if e.get("type") == "missing":
+    kind, ctx = e.get("type"), e.get("ctx") or {}
+    if kind == "missing":
         msg = f"{param} is required" if param else "a JSON object body is required"
+    elif kind in ("too_long", "too_short"):  # a list's size limit, stated
+        bound = f"at most {ctx.get('max_length')}" if kind == "too_long" else f"at least {ctx.get('min_length')}"
+        got = ctx.get("actual_length")
+        if got is None and hasattr(e.get("input"), "__len__"):
+            got = len(e["input"])
+        msg = f"{param or 'body'}: {bound} items allowed, got {got}"
     else:
         value = e.get("input")
         shown = json.dumps(value)[:80] if _jsonable(value) else type(value).__name__
-        msg = f"{param or 'body'}: {e.get('msg', 'invalid value')} (got {shown})"
+        text = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+        if kind == "string_unicode":  # pydantic-core's own check, on some paths
+            text = "holds an unpaired UTF-16 surrogate; send valid Unicode"
+        msg = f"{param or 'body'}: {text} (got {shown})"
     return APIError(400, msg, param=param, code="invalid_value")
 
 

@@ -1,11 +1,15 @@
 """ASGI plumbing under the routes: the front-door guard and responses that notice a client leaving.
 
-:class:`Guard` wraps the whole app: ``Authorization: Bearer`` on every route but ``/health``
-(constant-time comparison) and the body limit (413, before any route runs: the body is read
-here, up to the limit, and replayed to the app).  :class:`EventStream` sends server-sent events
-while watching for the client's disconnect; :func:`unless_disconnected` does the same for a
-whole response.  Either way a client that leaves cancels its generation at once, which aborts
-the request and frees its KV blocks.
+:class:`Guard` wraps the whole app: ``Authorization: Bearer`` on every route but its open paths
+(``/health``; constant-time comparison), a request id for every request (``X-Request-Id``: the
+client's when it is a plain token of at most 128 characters, else a new one; echoed in the
+response, in ``request.state.request_id`` and in log lines, :mod:`llmds.server.logs`), and the body
+limits, before any route runs: the body is read here, up to ``max_body_bytes`` (else 413) and
+within ``body_timeout`` seconds (else 408: a client that sends a ``Content-Length`` and stalls does
+not hold its connection), then replayed to the app.  Both errors close the connection.
+:class:`EventStream` sends server-sent events while watching for the client's disconnect;
+:func:`unless_disconnected` does the same for a whole response.  Either way a client that leaves
+cancels its generation at once, which aborts the request and frees its KV blocks.
 """
 
 from __future__ import annotations
@@ -13,18 +17,31 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
+import uuid
 from contextlib import suppress
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.responses import Response
 
 from llmds.server.errors import error_body
+from llmds.server.logs import REQUEST_ID
 
-__all__ = ["Guard", "EventStream", "unless_disconnected", "ClientGone"]
+__all__ = ["Guard", "EventStream", "unless_disconnected", "ClientGone", "request_id_of"]
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_CLOSE = [(b"connection", b"close")]
 
 
 class ClientGone(Exception):
     """The client disconnected before its response was ready."""
+
+
+def request_id_of(headers: dict[bytes, bytes]) -> str:
+    """The client's ``X-Request-Id`` when it is a plain token (letters, digits, ``._:-``, at most
+    128), else a new id."""
+    given = headers.get(b"x-request-id", b"")
+    return given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 async def _send_json(send, status: int, body: dict[str, Any], headers: list | None = None) -> None:
@@ -36,41 +53,60 @@ async def _send_json(send, status: int, body: dict[str, Any], headers: list | No
 
 
 class Guard:
-    """API key and body-size checks in front of ``app`` (see the module docstring)."""
+    """API key, request id and body checks in front of ``app`` (see the module docstring)."""
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int,
-                 on_too_large: Callable[[], None] = lambda: None, open_paths: tuple[str, ...] = ("/health",)) -> None:
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, *, body_timeout: float = 30.0,
+                 on_reject: Callable[[str], None] = lambda reason: None,
+                 open_paths: tuple[str, ...] = ("/health",)) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.max_body = max_body_bytes
-        self.on_too_large = on_too_large
+        self.body_timeout = body_timeout
+        self.on_reject = on_reject  # called with "body_too_large" or "body_timeout"
         self.open_paths = open_paths
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        rid = request_id_of(headers)
+        scope.setdefault("state", {})["request_id"] = rid
+        REQUEST_ID.set(rid)  # this request's task: its log lines carry the id
+        echo = (b"x-request-id", rid.encode())
+
+        async def send_with_id(msg):
+            if msg["type"] == "http.response.start":
+                msg = {**msg, "headers": [*msg.get("headers", ()), echo]}
+            await send(msg)
+
         if self.key is not None and scope.get("path") not in self.open_paths:
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
-                return await _send_json(send, 401, error_body(
+                return await _send_json(send_with_id, 401, error_body(
                     "missing or incorrect API key: send 'Authorization: Bearer <key>'",
                     "authentication_error", None, "invalid_api_key"), [(b"www-authenticate", b"Bearer")])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await self._too_large(send)
+            return await self._too_large(send_with_id)
         if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            return await self._run(scope, receive, send)
+            return await self._run(scope, receive, send_with_id)
         chunks, size = [], 0
-        while True:  # read the body here, so an oversized chunked body never reaches a route
-            msg = await receive()
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
+        while True:  # read the body here, so an oversized or stalled body never reaches a route
+            try:
+                msg = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                self.on_reject("body_timeout")
+                return await _send_json(send_with_id, 408, error_body(
+                    f"the request body did not arrive within {self.body_timeout:g} s", "invalid_request_error",
+                    None, "request_timeout"), _CLOSE)
             if msg["type"] != "http.request":
                 return  # the client left
             body = msg.get("body", b"")
             size += len(body)
             if size > self.max_body:
-                return await self._too_large(send)
+                return await self._too_large(send_with_id)
             chunks.append(body)
             if not msg.get("more_body", False):
                 break
@@ -83,7 +119,7 @@ class Guard:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()  # after the body: the disconnect
 
-        await self._run(scope, replay, send)
+        await self._run(scope, replay, send_with_id)
 
     async def _run(self, scope, receive, send) -> None:
         """The app, with a server fault confined to its own request (a 500, the connection kept)."""
@@ -101,9 +137,9 @@ class Guard:
                 await _send_json(send, 500, error_body("internal server error", "server_error", None, None))
 
     async def _too_large(self, send) -> None:
-        self.on_too_large()
+        self.on_reject("body_too_large")
         await _send_json(send, 413, error_body(f"the request body is larger than {self.max_body} bytes",
-                                               "invalid_request_error", None, "request_too_large"))
+                                               "invalid_request_error", None, "request_too_large"), _CLOSE)
 
 
 async def _disconnected(receive) -> None:

@@ -1,30 +1,74 @@
 """Request bodies of the OpenAI API (pydantic), and their translation to :class:`SamplingParams`.
 
 Fields follow OpenAI's names, types and ranges; extensions follow vLLM's names (``top_k``,
-``min_p``, ``repetition_penalty``, ``ignore_eos``, ``stop_token_ids``, ``priority``) plus
-``rag`` on chat completions.  Models are strict (``"0.5"`` is not a number, ``true`` is not an
-int) and ignore unknown fields, as OpenAI's server does.  The engine's own checks
-(:class:`SamplingParams`) run after these and give the same typed errors for anything the
-schema lets through.
+``min_p``, ``repetition_penalty``, ``ignore_eos``, ``stop_token_ids``, ``priority``, and the
+``/tokenize`` / ``/detokenize`` bodies) plus ``rag`` on chat completions.  Models are strict
+(``"0.5"`` is not a number, ``true`` is not an int) and ignore unknown fields, as OpenAI's server
+does.  Every string is checked to be valid Unicode (JSON can carry an unpaired UTF-16 surrogate,
+``"\\ud800"``, which no tokenizer accepts).  A field that takes several shapes (a string or a list
+of strings, text or token ids) picks its shape from the value, so an error names the limit of the
+shape that was sent.  The engine's own checks (:class:`SamplingParams`) run after these and give
+the same typed errors for anything the schema lets through.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from llmds.engine.config import SamplingParams
+from llmds.errors import ValidationError
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "RetrieveRequest",
-           "RagOptions", "MAX_STOP", "MAX_PROMPTS"]
+           "TokenizeRequest", "DetokenizeRequest", "RagOptions", "MAX_STOP", "MAX_PROMPTS", "MAX_N"]
 
 MAX_STOP = 16  # stop strings per request
 MAX_PROMPTS = 64  # prompts in one /v1/completions call
 MAX_EMBED_INPUTS = 2048
+MAX_N = 128  # choices per request (OpenAI's limit; the engine also needs n <= max_num_seqs)
+MAX_LOGIT_BIAS = 1024  # tokens one logit_bias names
 
 _U64 = 2**64 - 1
 _I64 = 2**63
+
+
+def _valid_unicode(s: str) -> str:
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"holds an unpaired UTF-16 surrogate (U+{ord(s[exc.start]):04X} at index "
+                             f"{exc.start}); send valid Unicode") from None
+    return s
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+_NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]
+_TokenId = Annotated[int, Field(ge=0)]
+_TokenIds = Annotated[list[_TokenId], Field(min_length=1)]
+
+
+def _shape(value: Any) -> str | None:
+    """The shape tag of a string-or-list field: ``str``, ``list[str]``, ``list[int]``, ``list[list[int]]``."""
+    if isinstance(value, str):
+        return "str"
+    if not isinstance(value, list):
+        return None
+    first = value[0] if value else ""
+    if isinstance(first, str):
+        return "list[str]"
+    return "list[list[int]]" if isinstance(first, list) else "list[int]"
+
+
+def _str_or_list(value: Any) -> str | None:
+    return "str" if isinstance(value, str) else "list" if isinstance(value, list) else None
+
+
+def _one_of(*shapes: tuple[str, Any], what: str, shape=_shape) -> Any:
+    """A union whose member is chosen by ``shape`` (errors then come from that member only)."""
+    return Annotated[Union[tuple(Annotated[t, Tag(tag)] for tag, t in shapes)],
+                     Discriminator(shape, custom_error_type="invalid_shape", custom_error_message=f"must be {what}")]
 
 
 class _Strict(BaseModel):
@@ -37,13 +81,14 @@ class StreamOptions(_Strict):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: _one_of(("str", Text), ("list", list[TextPart]), what="a string or a list of text parts",
+                     shape=_str_or_list) | None = None
+    name: Text | None = None
 
     def as_dict(self) -> dict[str, str]:
         c = self.content
@@ -57,42 +102,49 @@ class RagOptions(_Strict):
     user message) go first in the prompt, in a fixed order, so their KV blocks are shared."""
 
     top_k: int = Field(4, ge=1, le=32)
-    query: str | None = Field(None, min_length=1)
+    query: _NonEmpty | None = None
+
+
+_Stop = _one_of(("str", Text), ("list[str]", Annotated[list[_NonEmpty], Field(max_length=MAX_STOP)]),
+                what=f"a string or a list of at most {MAX_STOP} non-empty strings")
+_BiasKey = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]
 
 
 class _Sampling(_Strict):
     """Sampling fields shared by completions and chat completions."""
 
-    model: str | None = None
+    model: Text | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=1, description="only n=1 is served")
+    n: int = Field(1, ge=1, le=MAX_N, description="choices sampled from one prefill of the prompt")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)] | None = None
+    stop: _Stop | None = None
     seed: int | None = Field(None, ge=-_I64, le=_U64)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
+    logit_bias: Annotated[dict[_BiasKey, Annotated[float, Field(ge=-100.0, le=100.0)]],
+                          Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    user: Text | None = None
     # vLLM's extensions
     top_k: int = Field(-1, ge=-1)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
-    stop_token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_STOP)] | None = None
+    stop_token_ids: Annotated[list[_TokenId], Field(max_length=MAX_STOP)] | None = None
     skip_special_tokens: bool = True
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
 
     def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
         """The engine's parameters (raises ``ValidationError`` naming the bad one)."""
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        bias = {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None
         return SamplingParams(
             max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             min_p=self.min_p, seed=self.seed, stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            logprobs=logprobs, skip_special_tokens=self.skip_special_tokens)
+            logprobs=logprobs, skip_special_tokens=self.skip_special_tokens, n=self.n, logit_bias=bias)
 
     @property
     def include_usage(self) -> bool:
@@ -111,19 +163,23 @@ class ChatCompletionRequest(_Sampling):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def logprobs_k(self) -> int | None:
+        """``top_logprobs`` when ``logprobs`` is on (``ValidationError`` for one without the other)."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValidationError("top_logprobs needs logprobs: true (it sets how many of the most likely "
+                                  "tokens each logprobs entry lists)")
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-_TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-
-
 class CompletionRequest(_Sampling):
-    prompt: (str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)] | _TokenIds
-             | Annotated[list[_TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)])
+    prompt: _one_of(("str", Text), ("list[str]", Annotated[list[Text], Field(min_length=1, max_length=MAX_PROMPTS)]),
+                    ("list[int]", _TokenIds),
+                    ("list[list[int]]", Annotated[list[_TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]),
+                    what=f"a string, a list of at most {MAX_PROMPTS} strings, token ids, or a list of at "
+                         f"most {MAX_PROMPTS} token-id lists")
     max_tokens: int = Field(16, ge=0, description="OpenAI's default for completions: 16")
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
-    suffix: str | None = None
+    suffix: Text | None = None
     best_of: int | None = Field(None, ge=1, le=1)
 
     def prompts(self) -> list[str | list[int]]:
@@ -136,16 +192,47 @@ class CompletionRequest(_Sampling):
 
 
 class EmbeddingRequest(_Strict):
-    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]
-    model: str | None = None
+    input: _one_of(("str", Text),
+                   ("list[str]", Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]),
+                   ("list[int]", _TokenIds),
+                   ("list[list[int]]", Annotated[list[_TokenIds], Field(min_length=1, max_length=MAX_EMBED_INPUTS)]),
+                   what=f"a string, a list of at most {MAX_EMBED_INPUTS} strings, token ids, or a list of "
+                        f"at most {MAX_EMBED_INPUTS} token-id lists")
+    model: Text | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
+    user: Text | None = None
 
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The texts, or the token-id lists (of the embedding model's tokenizer)."""
+        x = self.input
+        if isinstance(x, str):
+            return [x]
+        if isinstance(x[0], int):
+            return [list(x)]
+        return list(x)
 
 
 class RetrieveRequest(_Strict):
-    query: str = Field(min_length=1)
+    query: _NonEmpty
     top_k: int = Field(4, ge=1, le=100)
+
+
+class TokenizeRequest(_Strict):
+    """vLLM's ``/tokenize``: ``prompt`` (a text) or ``messages`` (rendered with the chat template)."""
+
+    model: Text | None = None
+    prompt: Text | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    def check(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValidationError("prompt or messages: give exactly one of them")
+
+
+class DetokenizeRequest(_Strict):
+    model: Text | None = None
+    tokens: Annotated[list[_TokenId], Field(max_length=1 << 20)]

@@ -23,9 +23,12 @@ from typing import Any, Callable, Iterable
 
 from llmds.errors import ValidationError
 
-__all__ = ["RagIndex", "collect_chunks", "default_docs", "hit_json", "last_user_text", "rag_messages", "DOC_PATTERNS"]
+__all__ = ["RagIndex", "collect_chunks", "default_docs", "hit_json", "last_user_text", "rag_messages", "DOC_PATTERNS",
+           "EMBED_MODEL", "EMBED_NAMES"]
 
 DOC_PATTERNS = ("*.md", "*.txt", "*.rst")
+EMBED_MODEL = "all-MiniLM-L6-v2"  # the embedding model's id in /v1/models
+EMBED_NAMES = (EMBED_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
 RAG_HEADER = ("Answer using the following documents when they are relevant. "
               "Each document starts with its source in brackets.\n\n")
 

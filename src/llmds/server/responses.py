@@ -34,10 +34,10 @@ class _Format:
     chunk_object = ""
     prefix = ""
 
-    def __init__(self, tokenizer, model: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, tokenizer, model: str, extra: dict[str, Any] | None = None, request_id: str | None = None) -> None:
         self.tok = tokenizer
         self.model = model
-        self.id = f"{self.prefix}-{uuid.uuid4().hex}"
+        self.id = f"{self.prefix}-{request_id or uuid.uuid4().hex}"  # as vLLM: the X-Request-Id when given
         self.created = int(time.time())
         self.extra = extra or {}  # extension fields of the response / first chunk (e.g. "rag")
 
@@ -126,41 +126,49 @@ def _failure(out) -> APIError | None:
 
 
 async def complete(gens: Sequence[Generation], fmt: _Format) -> dict[str, Any]:
-    """The whole response of one or more generations (one choice each)."""
+    """The whole response of one or more generations: ``n`` choices each, choice ``i * n + index``
+    for sequence ``index`` of generation ``i`` (OpenAI's order for several prompts)."""
 
-    async def run(gen: Generation):
+    async def run(gen: Generation) -> list:
+        finals = [None] * gen.n
         try:
             while True:
                 out = await gen.next()
-                if out is None or out.finished:
-                    return out
+                if out is None:
+                    return finals
+                if out.finished:
+                    finals[out.index] = out
+                if out.request_finished:
+                    return finals
         finally:
             await gen.close()
 
     tasks = [asyncio.ensure_future(run(g)) for g in gens]
     try:
-        finals = await asyncio.gather(*tasks)
+        per_gen = await asyncio.gather(*tasks)
     finally:
         for t in tasks:
             t.cancel()
         for g in gens:
             await g.close()
+    finals = [o for outs in per_gen for o in outs]
     for out in finals:
         err = _failure(out)
         if err is not None:
             raise err
-    p = sum(o.prompt_tokens for o in finals)
+    p = sum(outs[0].prompt_tokens for outs in per_gen)  # a prompt counts once, whatever its n
+    cached = sum(outs[0].cached_tokens for outs in per_gen)
     c = sum(o.completion_tokens for o in finals)
-    cached = sum(o.cached_tokens for o in finals)
     return fmt.response([fmt.choice(i, o) for i, o in enumerate(finals)], usage(p, c, cached))
 
 
 async def events(gens: Sequence[Generation], fmt: _Format, include_usage: bool) -> AsyncIterator[bytes]:
-    """The SSE byte stream of one or more generations (see the module docstring)."""
+    """The SSE byte stream of one or more generations (see the module docstring; choices as in
+    :func:`complete`)."""
     totals = [0, 0, 0]
     usage_field = {"usage": None} if include_usage else {}
     try:
-        first = fmt.first_deltas(len(gens))
+        first = fmt.first_deltas(sum(g.n for g in gens))
         if first or fmt.extra:
             yield _sse({**fmt.chunk(first, first=True), **usage_field})
         async for i, out in _merged(gens):
@@ -171,10 +179,12 @@ async def events(gens: Sequence[Generation], fmt: _Format, include_usage: bool) 
                 return
             finish = _FINISH.get(out.finish_reason) if out.finished else None
             if out.text or out.logprobs or finish:
-                yield _sse({**fmt.chunk([fmt.delta(i, out.text, out.logprobs, finish)]), **usage_field})
+                choice = fmt.delta(i * gens[i].n + out.index, out.text, out.logprobs, finish)
+                yield _sse({**fmt.chunk([choice]), **usage_field})
             if out.finished:
-                totals[0] += out.prompt_tokens
                 totals[1] += out.completion_tokens
+            if out.request_finished:
+                totals[0] += out.prompt_tokens
                 totals[2] += out.cached_tokens
         if include_usage:
             yield _sse(fmt.chunk([], usage(*totals)))
@@ -185,13 +195,14 @@ async def events(gens: Sequence[Generation], fmt: _Format, include_usage: bool) 
 
 
 async def _merged(gens: Sequence[Generation]) -> AsyncIterator[tuple[int, Any]]:
-    """``(index, output)`` from several generations as they come; ``None`` output = shut down."""
+    """``(generation index, output)`` as they come, until each generation's request finished;
+    ``None`` output = shut down."""
     if len(gens) == 1:
         g = gens[0]
         while True:
             out = await g.next()
             yield 0, out
-            if out is None or out.finished:
+            if out is None or out.request_finished:
                 return
     pending = {asyncio.ensure_future(g.next()): i for i, g in enumerate(gens)}
     try:
@@ -203,7 +214,7 @@ async def _merged(gens: Sequence[Generation]) -> AsyncIterator[tuple[int, Any]]:
                 yield i, out
                 if out is None:
                     return
-                if not out.finished:
+                if not out.request_finished:
                     pending[asyncio.ensure_future(gens[i].next())] = i
     finally:
         for t in pending:

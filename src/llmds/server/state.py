@@ -16,11 +16,11 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Hashable
 
-from llmds._checks import check_int
+from llmds._checks import check_float, check_int
 from llmds.engine.request import RequestOutput
 from llmds.errors import CapacityError, LLMDSError
 from llmds.server.admission import AdmissionGate, Rejection, Ticket
-from llmds.server.errors import APIError, from_llmds_error, retry_after_header
+from llmds.server.errors import APIError, from_llmds_error, model_not_found, retry_after_header
 from llmds.server.metrics import ServerMetrics
 
 __all__ = ["ServerConfig", "ServerState", "Generation"]
@@ -38,10 +38,22 @@ class ServerConfig:
     :mod:`llmds.server.admission`.  ``docs`` / ``index``: what RAG retrieves from (None: the
     project's README and docs); ``rag=False`` serves no retrieval and no embeddings.
     ``hot_threshold``: hits that make a chunk "hot" in ``llmds:retrieval_hot_documents``.
+    ``public_metrics``: serve ``/metrics`` without the API key (``/health`` never needs it).
+    ``allowed_origins``: origins allowed by CORS (none: CORS off; ``"*"``: any).
+    Connections (:mod:`llmds.server.connections`): ``max_connections`` open at once (more get 503
+    with ``Retry-After``), ``header_timeout`` / ``body_timeout`` seconds to receive a request's
+    headers / body (then 408), ``send_timeout`` seconds a client may read nothing of a response
+    before it is dropped (its request aborted).
     """
 
     model_name: str | None = None
     api_key: str | None = None
+    public_metrics: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    send_timeout: float = 60.0
     max_body_bytes: int = 2 << 20
     max_qps: float = 50.0
     max_token_rate: float = 200_000.0
@@ -56,6 +68,9 @@ class ServerConfig:
     def __post_init__(self) -> None:
         check_int("max_body_bytes", self.max_body_bytes, 1024)
         check_int("hot_threshold", self.hot_threshold, 1)
+        check_int("max_connections", self.max_connections, 1)
+        for name in ("header_timeout", "body_timeout", "send_timeout"):
+            check_float(name, getattr(self, name), 0.0, low_open=True)
 
 
 class ServerState:
@@ -77,6 +92,7 @@ class ServerState:
         self.embedder = None
         self.rag_error: str | None = None
         self.rag_ready = threading.Event()  # set when retrieval is ready or has failed
+        self._embedder_load: asyncio.Future | None = None  # with rag=False: the embedder, loaded on first use
         self.loop: asyncio.AbstractEventLoop | None = None
         # the longest prompt + output that fits both the model's context and the KV pool
         self.context_limit = min(engine.max_model_len, engine.num_blocks * engine.config.block_size)
@@ -127,12 +143,23 @@ class ServerState:
         """Admit and queue a request; raises :class:`APIError` (4xx / 429 / 503) when refused
         (``param``: the request field that holds the prompt)."""
         eng = self.engine
-        if len(prompt_ids) >= eng.max_model_len:
-            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; this model's context is "
-                           f"{eng.max_model_len} tokens (prompt + at least one generated token)",
-                           param=param, code="context_length_exceeded")
-        max_new = min(params.max_tokens, eng.max_model_len - len(prompt_ids))
-        ticket = self.gate.admit(len(prompt_ids), max_new)
+        ctx, n = eng.max_model_len, len(prompt_ids)
+        if n >= ctx:
+            raise APIError(400, f"the prompt has {n} tokens; this model's context is {ctx} tokens "
+                           "(prompt + at least one generated token)", param=param, code="context_length_exceeded")
+        if n + params.max_tokens > ctx:  # as vLLM and OpenAI: an error, not a silent cap
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you requested "
+                           f"{n + params.max_tokens} tokens ({n} in the {param}, {params.max_tokens} in the "
+                           f"completion). Please reduce the length of the {param} or completion.",
+                           param="max_tokens", code="context_length_exceeded")
+        pool = eng.num_blocks * eng.config.block_size
+        if n + params.max_tokens - 1 > pool:  # the last sampled token's KV is never stored
+            where = ("the prompt alone", param) if n > pool else ("the prompt + max_tokens", "max_tokens")
+            raise APIError(400, f"the KV cache holds {pool} tokens ({eng.num_blocks} blocks of "
+                           f"{eng.config.block_size}); {where[0]} needs {n + params.max_tokens - 1} ({n} in the "
+                           f"{param}, {params.max_tokens} to generate): lower max_tokens or start the server with "
+                           "more KV memory (--kv-cache-gb)", param=where[1], code="kv_capacity_exceeded")
+        ticket = self.gate.admit(n, params.max_tokens * params.n)
         if isinstance(ticket, Rejection):
             raise rejection_error(ticket)
         self.enter()
@@ -144,9 +171,50 @@ class ServerState:
             if isinstance(exc, LLMDSError):
                 raise from_llmds_error(exc, param if isinstance(exc, CapacityError) else None) from None
             raise
-        gen = Generation(self, rid, ticket)
+        gen = Generation(self, rid, ticket, params.n)
         await asyncio.sleep(0)  # the stream's first step runs now: from here closing it aborts
         return gen
+
+    async def get_embedder(self):
+        """The embedding model: the one retrieval loaded, or (``rag=False``) loaded on first use in
+        a worker thread; ``APIError`` while retrieval loads or when it cannot be had."""
+        if self.config.rag:
+            if not self.rag_ready.is_set():
+                raise APIError(503, "retrieval is still loading; retry shortly", "service_unavailable",
+                               code="loading", headers=retry_after_header(2))
+            if self.embedder is None:
+                raise APIError(503, f"embeddings are unavailable: {self.rag_error}", "service_unavailable",
+                               code="embeddings_unavailable", headers=retry_after_header(60))
+            return self.embedder
+        if self._embedder_load is None:
+            from llmds.retrieval.embeddings import MiniLMEmbedder, is_available
+
+            if not is_available():
+                raise APIError(404, "embeddings need the `embed` extra (all-MiniLM-L6-v2), which is not "
+                               "installed", "not_found_error", code="embeddings_unavailable")
+            emb = MiniLMEmbedder(batch_size=32, num_threads=1)  # one torch thread: see _load_rag
+            self._embedder_load = asyncio.get_running_loop().run_in_executor(None, emb.load)
+        try:
+            return await asyncio.shield(self._embedder_load)
+        except Exception as exc:  # noqa: BLE001 - logged; the next request tries again
+            self._embedder_load = None
+            log.error("the embedding model failed to load: %s: %s", type(exc).__name__, exc)
+            raise APIError(503, f"the embedding model failed to load: {type(exc).__name__}: {exc}",
+                           "service_unavailable", code="embeddings_unavailable",
+                           headers=retry_after_header(60)) from None
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a request or connection the HTTP layer refused (``llmds:admission_rejections_total``)."""
+        self.gate.reject(reason, "", 0.0)
+
+    @property
+    def embeddings_available(self) -> bool:
+        """True when ``/v1/embeddings`` can serve (retrieval's embedder, or the ``embed`` extra with ``rag=False``)."""
+        if self.config.rag:
+            return self.embedder is not None or not self.rag_ready.is_set()
+        from llmds.retrieval.embeddings import is_available
+
+        return is_available()
 
     def default_max_tokens(self, prompt_tokens: int) -> int:
         """``max_tokens`` when a chat request names none: the rest of what fits (at least 1)."""
@@ -168,24 +236,30 @@ class ServerState:
         with self._idle:
             return self._idle.wait_for(lambda: self.metrics.in_flight == 0, timeout)
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         try:
-            return self.engine.tokenizer.encode_chat(messages)
+            return self.engine.tokenizer.encode_chat(messages, add_generation_prompt)
         except LLMDSError as exc:
             raise from_llmds_error(exc, "messages") from None
 
+    def check_model(self, name: str | None) -> None:
+        """404 unless ``name`` is None or the served model's id."""
+        if name is not None and name != self.model_name:
+            raise model_not_found(name, f"; this server serves {self.model_name!r}")
+
 
 class Generation:
-    """One admitted request's outputs (see the module docstring)."""
+    """One admitted request's outputs, of its ``n`` sequences (see the module docstring)."""
 
-    def __init__(self, state: ServerState, request_id: Hashable, ticket: Ticket) -> None:
-        self.state, self.request_id, self.ticket = state, request_id, ticket
+    def __init__(self, state: ServerState, request_id: Hashable, ticket: Ticket, n: int = 1) -> None:
+        self.state, self.request_id, self.ticket, self.n = state, request_id, ticket, n
         self._agen = state.aengine.stream(request_id)
         self._next: asyncio.Future | None = asyncio.ensure_future(self._agen.__anext__())
         self._closed = False
 
     async def next(self) -> RequestOutput | None:
-        """The next output; None when the engine shut down under the request."""
+        """The next output of any of its sequences (``request_finished`` on the last); None when
+        the engine shut down under the request."""
         try:
             if self._next is not None:
                 fut, self._next = self._next, None

@@ -1,0 +1,90 @@
+"""``POST /v1/embeddings`` (all-MiniLM-L6-v2; texts or its token ids; served with ``--no-rag`` too,
+the model then loading on first use) and ``POST /v1/retrieve`` (hybrid search of the indexed chunks)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from llmds.errors import LLMDSError
+from llmds.server.errors import APIError, from_llmds_error, model_not_found, retry_after_header
+from llmds.server.protocol import EmbeddingRequest, RetrieveRequest
+from llmds.server.state import ServerState
+
+__all__ = ["router", "retrieve_hits", "rag_status"]
+
+
+def router(state: ServerState) -> APIRouter:
+    from llmds.server.rag import EMBED_MODEL, EMBED_NAMES, hit_json
+
+    api = APIRouter()
+
+    @api.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+        if body.model is not None and body.model not in EMBED_NAMES:
+            raise model_not_found(body.model, f"; the embedding model is {EMBED_MODEL!r}")
+        emb = await state.get_embedder()
+        if body.dimensions is not None and body.dimensions != emb.dim:
+            raise APIError(400, f"{EMBED_MODEL} has {emb.dim} dimensions; dimensions={body.dimensions} "
+                           "is not supported", param="dimensions")
+        inputs = body.inputs()
+        try:
+            if isinstance(inputs[0], str):
+                vecs, tokens = await run_in_threadpool(_embed_texts, emb, inputs)
+            else:
+                vecs = await run_in_threadpool(emb.embed_ids, inputs)
+                tokens = sum(min(len(ids), emb.max_seq_length) for ids in inputs)
+        except LLMDSError as exc:  # a token id outside the embedder's vocabulary
+            raise from_llmds_error(exc, "input") from None
+        data = []
+        for i, v in enumerate(vecs):
+            e = base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" \
+                else v.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": e})
+        return {"object": "list", "data": data, "model": EMBED_MODEL,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @api.post("/v1/retrieve")
+    async def retrieve(body: RetrieveRequest) -> dict[str, Any]:
+        hits = await retrieve_hits(state, body.query, body.top_k)
+        return {"object": "list", "data": [hit_json(h) for h in hits]}
+
+    return api
+
+
+def rag_status(state: ServerState) -> str:
+    """``off``, ``loading``, ``failed``, ``ready`` or ``no documents``."""
+    if not state.config.rag:
+        return "off"
+    if not state.rag_ready.is_set():
+        return "loading"
+    if state.rag_error is not None:
+        return "failed"
+    return "ready" if state.rag is not None else "no documents"
+
+
+async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:
+    """The ``top_k`` best chunks for ``query`` (``APIError`` when retrieval is off, loading or failed)."""
+    status = rag_status(state)
+    if status == "loading":
+        raise APIError(503, "retrieval is still loading; retry shortly", "service_unavailable",
+                       code="loading", headers=retry_after_header(2))
+    if status == "off":
+        raise APIError(404, "retrieval is off on this server (started with --no-rag)", "not_found_error",
+                       code="rag_disabled")
+    if status == "failed":
+        raise APIError(503, f"retrieval is unavailable: {state.rag_error}", "service_unavailable",
+                       code="rag_unavailable", headers=retry_after_header(60))
+    if state.rag is None:
+        raise APIError(404, "no documents are indexed (start with --docs DIR or --index PATH)",
+                       "not_found_error", code="no_documents")
+    hits, seconds = await run_in_threadpool(state.rag.search, query, top_k)
+    state.metrics.retrieval_latency_seconds.observe(seconds)
+    return hits
+
+
+def _embed_texts(emb, texts: list[str]):
+    return emb.embed_batch(texts), emb.count_tokens(texts)
