@@ -112,3 +112,78 @@ def test_omp_wait_env_bounded_spin_unless_the_user_chose():
     assert omp_wait_env({"OMP_WAIT_POLICY": "PASSIVE"}) == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert omp_wait_env({"GOMP_SPINCOUNT": "5"}) == {"GOMP_SPINCOUNT": "5"}
     assert OMP_WAIT_ENV["OMP_WAIT_POLICY"] == "ACTIVE" and int(OMP_WAIT_ENV["GOMP_SPINCOUNT"]) > 0
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["serve", "--port", "99999"], "99999 is not a TCP port"),
+    (["serve", "--port", "-1"], "is not a TCP port"),
+    (["serve", "--max-connections", "0"], "must be > 0"),
+    (["serve", "--body-timeout", "nan-ish"], "invalid float value"),
+])
+def test_bad_serve_options_fail_before_anything_loads(argv, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(cli, "_load_engine", lambda a: pytest.fail("the model must not load"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port), "--no-rag"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+
+
+def test_chat_template_from_a_file_or_inline(tmp_path, capsys):
+    a = cli.build_parser().parse_args(["generate", "hi", "--chat-template", "{{ messages[0]['content'] }}!"])
+    assert cli._engine_config(a).chat_template == "{{ messages[0]['content'] }}!"
+    f = tmp_path / "t.jinja"
+    f.write_text("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
+    a = cli.build_parser().parse_args(["chat", "--chat-template", str(f)])
+    assert cli._engine_config(a).chat_template == f.read_text()
+    assert cli.main(["generate", "hi", "--chat-template", str(tmp_path / "none.jinja")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["generate", "hi", "--chat-template", "{% for %}"]) == 2
+    assert "does not compile" in capsys.readouterr().err
+
+
+def test_chat_says_when_the_conversation_is_cleared(use_engine, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n/reset\n/exit\n"))
+    assert cli.main(["chat", *GREEDY]) == 0
+    assert "conversation cleared" in capsys.readouterr().err
+
+
+def test_a_chat_reply_stops_on_ctrl_c_and_the_chat_goes_on(use_engine, monkeypatch, capsys):
+    """On a terminal, SIGINT during a reply stops that reply (its request aborted), not the chat."""
+    import os
+    import signal
+
+    from llmds import terminal
+
+    lines = iter(["Count from one to a hundred.\n", "Hi\n", ""])
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(terminal, "terminal_input", lambda: lambda: next(lines))
+    real_stream = use_engine.stream
+    seen = []
+
+    def stream(prompt, params):
+        for i, o in enumerate(real_stream(prompt, params)):
+            seen.append(o)
+            if len(seen) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C during the first reply
+            yield o
+
+    monkeypatch.setattr(use_engine, "stream", stream)
+    long = ["--temperature", "0", "--max-tokens", "60"]
+    assert cli.main(["chat", *long]) == 0
+    err = capsys.readouterr().err
+    assert err.count("reply stopped") == 1
+    assert not use_engine.has_unfinished_requests()
+    assert use_engine.block_manager.num_free_blocks == use_engine.num_blocks

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("llmds.kv_arena",),
     ("cb_lab",),
     ("llmds.server",),
-    ("llmds.cli", "llmds.bench_runner"),
+    ("llmds.cli", "llmds.bench_runner", "llmds.terminal"),
 ]
 # The seed's import paths: one-line re-exports for users; nothing in src imports them.
 SEED_PATHS = {

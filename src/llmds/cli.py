@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
 
 import llmds
 
@@ -39,6 +38,8 @@ def _engine_args(p: argparse.ArgumentParser, dtype: str = "bfloat16") -> None:
     g.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output (default: the model's)")
     g.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
     g.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: all cores)")
+    g.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
+                   help="a Jinja2 chat template (a file, or the template itself) instead of the model's")
 
 
 def _engine_config(a: argparse.Namespace):
@@ -48,7 +49,47 @@ def _engine_config(a: argparse.Namespace):
                         max_num_batched_tokens=a.max_num_batched_tokens, num_blocks=a.num_blocks,
                         kv_cache_memory=max(1, int(a.kv_cache_gb * (1 << 30))), block_size=a.block_size,
                         max_model_len=a.max_model_len, enable_prefix_caching=not a.no_prefix_caching,
-                        threads=a.threads)
+                        threads=a.threads, chat_template=_chat_template(a.chat_template))
+
+
+def _chat_template(arg: str | None) -> str | None:
+    """``--chat-template``: a file's text when ``arg`` names a file (as vLLM), else ``arg`` itself;
+    checked to compile before any model loads."""
+    if arg is None:
+        return None
+    from pathlib import Path
+
+    from llmds.engine.text import check_chat_template
+
+    looks_like_path = "{" not in arg and "\n" not in arg
+    if looks_like_path and not Path(arg).is_file():
+        raise UserError(f"--chat-template: no such file: {arg} (give a file or the template's text)")
+    source = Path(arg).read_text(encoding="utf-8") if looks_like_path else arg
+    return check_chat_template(source)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0..65535; 0 picks a free one)")
+    return port
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -76,11 +117,7 @@ def _serve(a: argparse.Namespace) -> int:
     for path in (a.docs or []) + ([a.index] if a.index else []):
         if not os.path.exists(path):
             raise UserError(f"no such file or folder: {path}")
-    cfg = ServerConfig(model_name=a.served_model_name, api_key=a.api_key or os.environ.get("LLMDS_API_KEY") or None,
-                       max_body_bytes=a.max_body_bytes, max_qps=a.max_qps, max_token_rate=a.max_token_rate,
-                       max_waiting_requests=a.max_waiting_requests, max_waiting_tokens=a.max_waiting_tokens,
-                       docs=tuple(a.docs) if a.docs else None, index=a.index, rag=not a.no_rag)
-    ecfg = _engine_config(a)
+    cfg, ecfg = server_configs(a)
     _ensure_server_extra()
 
     def ready(url: str) -> None:
@@ -89,6 +126,21 @@ def _serve(a: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     return serve(ecfg, cfg, a.host, a.port, a.log_level, on_ready=ready, pin_threads=not a.no_pin_threads)
+
+
+def server_configs(a: argparse.Namespace):
+    """The ``ServerConfig`` and ``EngineConfig`` of parsed ``llmds serve`` arguments (what the
+    README's examples are checked against: ``tests/server/test_readme_examples.py``)."""
+    from llmds.server.state import ServerConfig
+
+    cfg = ServerConfig(model_name=a.served_model_name, api_key=a.api_key or os.environ.get("LLMDS_API_KEY") or None,
+                       public_metrics=a.public_metrics, allowed_origins=tuple(a.allowed_origins or ()),
+                       max_connections=a.max_connections, header_timeout=a.header_timeout,
+                       body_timeout=a.body_timeout, send_timeout=a.send_timeout,
+                       max_body_bytes=a.max_body_bytes, max_qps=a.max_qps, max_token_rate=a.max_token_rate,
+                       max_waiting_requests=a.max_waiting_requests, max_waiting_tokens=a.max_waiting_tokens,
+                       docs=tuple(a.docs) if a.docs else None, index=a.index, rag=not a.no_rag)
+    return cfg, _engine_config(a)
 
 
 def _ensure_server_extra() -> None:
@@ -110,49 +162,21 @@ def _messages(a: argparse.Namespace, history: list[dict[str, str]]) -> list[dict
     return ([{"role": "system", "content": a.system}] if a.system else []) + history
 
 
-def _stream(engine, prompt: Any, params, out) -> str:
-    text = []
-    for o in engine.stream(prompt, params):
-        if o.text:
-            out.write(o.text)
-            out.flush()
-            text.append(o.text)
-    out.write("\n")
-    out.flush()
-    return "".join(text)
-
-
 def _generate(a: argparse.Namespace) -> int:
+    from llmds.terminal import stream_reply
+
     params = _sampling(a)  # bad values fail before the model loads
     engine = _load_engine(a)
     prompt = a.prompt if a.raw else _messages(a, [{"role": "user", "content": a.prompt}])
-    _stream(engine, prompt, params, sys.stdout)
+    stream_reply(engine, prompt, params, sys.stdout)
     return 0
 
 
 def _chat(a: argparse.Namespace) -> int:
+    from llmds.terminal import chat
+
     params = _sampling(a)
-    engine = _load_engine(a)
-    history: list[dict[str, str]] = []
-    tty = sys.stdin.isatty()
-    if tty:
-        sys.stderr.write("llmds chat: /reset clears the history, /exit (or Ctrl-D) quits\n")
-    while True:
-        if tty:
-            sys.stderr.write("you> ")
-            sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line or line.strip() in ("/exit", "/quit"):
-            return 0
-        line = line.rstrip("\n")
-        if line.strip() == "/reset":
-            history.clear()
-            continue
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line})
-        reply = _stream(engine, _messages(a, history), params, sys.stdout)
-        history.append({"role": "assistant", "content": reply})
+    return chat(_load_engine(a), params, a.system)
 
 
 def _index(a: argparse.Namespace) -> int:
@@ -213,9 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the model over an OpenAI-compatible HTTP API with RAG, admission "
                        "control and Prometheus metrics.  Stop with SIGTERM or Ctrl-C.")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     s.add_argument("--served-model-name", default=None, help="the model id clients send (default: the file name)")
-    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set LLMDS_API_KEY)")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set LLMDS_API_KEY); "
+                   "/health never needs it")
+    s.add_argument("--public-metrics", action="store_true", help="serve /metrics without the API key")
+    s.add_argument("--allowed-origins", nargs="+", default=None, metavar="ORIGIN",
+                   help="origins browsers may call the API from (CORS; default: none, CORS off; '*' for any)")
     s.add_argument("--docs", nargs="+", default=None, metavar="PATH",
                    help="documents to index for RAG (folders of .md/.txt/.rst; "
                         "default: the project's README and docs/)")
@@ -232,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests waiting for their first token (default 256)")
     g.add_argument("--max-waiting-tokens", type=int, default=262_144, help="their prompt tokens (default 262144)")
     g.add_argument("--max-body-bytes", type=int, default=2 << 20, help="larger bodies get 413 (default 2 MiB)")
+    g = s.add_argument_group("connections")
+    g.add_argument("--max-connections", type=_positive(int), default=1024,
+                   help="open connections at most; more get 503 with Retry-After (default 1024)")
+    g.add_argument("--header-timeout", type=_positive(float), default=10.0,
+                   help="seconds to receive a request's headers (default 10; then 408)")
+    g.add_argument("--body-timeout", type=_positive(float), default=30.0,
+                   help="seconds to receive a request's body (default 30; then 408)")
+    g.add_argument("--send-timeout", type=_positive(float), default=60.0,
+                   help="seconds a client may read nothing of a response before it is dropped (default 60)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     _engine_args(s)
     s.set_defaults(func=_serve)
@@ -304,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in _MODEL_COMMANDS and "torch" not in sys.modules:  # read when OpenMP loads
         os.environ.update(omp_wait_env())
-    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
-                        format="%(levelname)s %(name)s: %(message)s")
+    from llmds.server.logs import LOG_FORMAT, RequestIdFilter  # standard library only
+
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(), format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
