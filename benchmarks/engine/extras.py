@@ -38,7 +38,7 @@ def linear_rates(eng, sizes=(1, 32, 512)) -> dict:
             x = torch.randn(T, m.embed.shape[1], dtype=m.dtype)
 
             def stack():
-                for _, w_qkv, w_o, _, w_gu, w_down in m.layers:
+                for w_qkv, w_o, w_gu, w_down in m.linears:
                     linear(x, w_qkv)
                     linear(x, w_o)
                     gu = linear(x, w_gu)

@@ -158,6 +158,10 @@ class EngineConfig:
     enable_prefix_caching : bool
     policy : {"fcfs", "priority", "edf"}
         Waiting-queue order (``edf``: earliest SLO deadline first).
+    prefill_first : bool
+        Prefill waiting prompts in steps of their own before decoding the running requests
+        again (see :class:`~llmds.engine.sched.step_plan.PlannerConfig`); False mixes every
+        decode into every step.
     hot_prefix_threshold : int
         Pin a prompt's prefix blocks once a Count-Min sketch has seen the prefix this often (0 = never).
     max_pinned_fraction : float
@@ -182,6 +186,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     policy: str = "fcfs"
+    prefill_first: bool = False
     hot_prefix_threshold: int = 4
     max_pinned_fraction: float = 0.25
     threads: int | None = None
@@ -209,6 +214,7 @@ class EngineConfig:
             check_int("max_model_len", self.max_model_len, 2)
         check_bool("enable_prefix_caching", self.enable_prefix_caching)
         check_choice("policy", self.policy, ("fcfs", "priority", "edf"))
+        check_bool("prefill_first", self.prefill_first)
         check_int("hot_prefix_threshold", self.hot_prefix_threshold, 0)
         check_float("max_pinned_fraction", self.max_pinned_fraction, 0.0, 1.0)
         if self.threads is not None:

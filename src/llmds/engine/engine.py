@@ -118,7 +118,7 @@ class LLMEngine:
         del loaded
         self.block_manager = BlockManager(num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
         self.planner = Planner(PlannerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.prefill_chunk_size,
-                                             cfg.policy), kv=self.block_manager)
+                                             cfg.policy, cfg.prefill_first), kv=self.block_manager)
         self.sampler = Sampler(cfg.seed)
         self.metrics = EngineMetrics()
         self.hot = None

@@ -174,25 +174,46 @@ class Planner:
         """Plan one step (see the module docstring for the policy)."""
         if self._in_flight is not None:
             raise StateError("schedule() called twice: pass the previous plan to update() first")
-        cfg, kv = self.config, self.kv
+        cfg = self.config
         preempted: list[RequestState] = []
-
-        # 1. decode: only the requests crossing a block boundary need KV work
-        need = self._batch.crossing()
-        if need:
-            if not kv.append_decode_slots(need):
-                for s in sorted(need, key=self._rank):
-                    if s.status is not _RUNNING:
-                        continue  # preempted as a victim above
-                    while not kv.append_slots(s, 1):
-                        if self._preempt_one(preempted) is s:
-                            break
-        decode = self._batch.members()
-        budget = cfg.max_num_batched_tokens - len(decode)
-        chunk = cfg.prefill_chunk_size
+        self._admit_base = self._admits
+        decode: list[RequestState] = []
         prefill: list[tuple[RequestState, int]] = []
+        budget = cfg.max_num_batched_tokens
+        if cfg.prefill_first and len(self._batch) and (
+                self._prefilling or (self._waiting and self.num_running < cfg.max_num_seqs)):
+            # a prefill-only step, keeping one free block per decoding request for its next step
+            budget = self._plan_prefills(prefill, decode, budget, preempted, reserve=len(self._batch))
+        if not prefill:
+            decode = self._plan_decodes(preempted)
+            budget = self._plan_prefills(prefill, decode, budget - len(decode), preempted, reserve=0)
+        plan = StepPlan(self._step, decode, prefill, preempted, cfg.max_num_batched_tokens - budget)
+        self._step += 1
+        self._in_flight = plan
+        return plan
 
-        # 2. running prefills, most urgent first
+    def _plan_decodes(self, preempted: list[RequestState]) -> list[RequestState]:
+        """1. Every decoding request, with a block for those crossing a block boundary."""
+        kv = self.kv
+        need = self._batch.crossing()
+        if need and not kv.append_decode_slots(need):
+            for s in sorted(need, key=self._rank):
+                if s.status is not _RUNNING:
+                    continue  # preempted as a victim above
+                while not kv.append_slots(s, 1):
+                    if self._preempt_one(preempted) is s:
+                        break
+        return self._batch.members()
+
+    def _plan_prefills(self, prefill: list, decode: list, budget: int, preempted: list[RequestState],
+                       reserve: int) -> int:
+        """2. running prefills and 3. admissions into ``prefill`` within ``budget``; the budget left.
+
+        Admissions stop where fewer than ``reserve`` blocks would stay free, and in a step
+        that had to preempt.  A victim preempted from ``decode`` is unscheduled.
+        """
+        cfg, kv = self.config, self.kv
+        chunk = cfg.prefill_chunk_size
         if self._prefilling:
             for s in sorted(self._prefilling, key=self._rank):  # a copy: preemption edits the list
                 if budget <= 0:
@@ -210,32 +231,30 @@ class Planner:
                 else:
                     prefill.append((s, n))
                     budget -= n
-
-        # 3. admissions (not in a step that had to preempt)
-        self._admit_base = self._admits
-        if not preempted:
-            waiting, requests = self._waiting, self._requests
-            room = cfg.max_num_seqs - len(self._batch) - sum(s.n for s in self._prefilling)  # n seats each
-            while budget > 0 and waiting and (s := requests[waiting.peek()]).n <= room:
-                if room == cfg.max_num_seqs:  # nothing runs, so nothing changed in this call yet
-                    self._check_still_fits(s)
-                hit = kv.match_prefix(s)
-                n = min(s.num_tokens - hit, chunk, budget)
-                if not kv.allocate(s, n):
-                    break
-                waiting.pop()
-                s.status = _RUNNING
-                s.admit_order = self._admits
-                self._admits += 1
-                self._prefilling.append(s)
-                prefill.append((s, n))
-                budget -= n
-                room -= s.n
-
-        plan = StepPlan(self._step, decode, prefill, preempted, cfg.max_num_batched_tokens - budget)
-        self._step += 1
-        self._in_flight = plan
-        return plan
+        if preempted:
+            return budget
+        waiting, requests = self._waiting, self._requests
+        room = cfg.max_num_seqs - len(self._batch) - sum(s.n for s in self._prefilling)  # n seats each
+        while budget > 0 and waiting and (s := requests[waiting.peek()]).n <= room:
+            if room == cfg.max_num_seqs:  # nothing runs, so nothing changed in this call yet
+                self._check_still_fits(s)
+            hit = kv.match_prefix(s)
+            n = min(s.num_tokens - hit, chunk, budget)
+            if not kv.allocate(s, n):
+                break
+            if reserve and kv.num_free_blocks() < reserve:
+                kv.rollback(s, release=True)
+                s.num_cached_tokens = 0
+                break
+            waiting.pop()
+            s.status = _RUNNING
+            s.admit_order = self._admits
+            self._admits += 1
+            self._prefilling.append(s)
+            prefill.append((s, n))
+            budget -= n
+            room -= s.n
+        return budget
 
     def update(self, plan: StepPlan, token_ids=None, finished_ids: Iterable[Hashable] = (),
                forks: dict[Hashable, list[tuple[RequestState, int]]] | None = None) -> list[RequestState]:
@@ -263,7 +282,7 @@ class Planner:
         for rid in stops:
             if rid not in self._requests and rid not in new:
                 raise NotFoundError(f"finished_ids: no live request with id {rid!r}")
-        assert nd == len(self._batch), "the decode batch changed between schedule() and update()"
+        assert nd in (0, len(self._batch)), "the decode batch changed between schedule() and update()"
 
         # decodes: one clock tick advances every batch member by one token
         decoded = None if token_ids is None or not nd else toks if len(toks) == nd else toks[:nd]

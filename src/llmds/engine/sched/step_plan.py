@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmds._checks import check_choice, check_int
+from llmds._checks import check_bool, check_choice, check_int
 from llmds.engine.request import RequestState
 from llmds.engine.sched.request_queue import POLICIES
 from llmds.errors import ValidationError
@@ -29,12 +29,18 @@ class PlannerConfig:
         Prompt tokens one request may prefill per step; None = the whole budget.
     policy : {"fcfs", "priority", "edf"}
         Waiting-queue order and preemption order (see module docstring).
+    prefill_first : bool
+        While prompts wait to be prefilled (and may be admitted), run prefill-only steps and
+        let the decoding requests wait; admissions then keep one free block per decoding
+        request.  False: every step decodes every running request and fills the rest of
+        the budget with prefill chunks (vLLM v1's decode-first mixing).
     """
 
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
     prefill_chunk_size: int | None = None
     policy: str = "fcfs"
+    prefill_first: bool = False
 
     def __post_init__(self) -> None:
         budget = check_int("max_num_batched_tokens", self.max_num_batched_tokens, 1)
@@ -47,6 +53,7 @@ class PlannerConfig:
         c = self.prefill_chunk_size
         chunk = budget if c is None else check_int("prefill_chunk_size", c, 1)
         check_choice("policy", self.policy, POLICIES)
+        check_bool("prefill_first", self.prefill_first)
         for name, value in (("max_num_batched_tokens", budget), ("max_num_seqs", seqs),
                             ("prefill_chunk_size", chunk)):
             object.__setattr__(self, name, value)
