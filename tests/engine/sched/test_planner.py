@@ -91,6 +91,41 @@ def test_chunked_prefill_then_decode_exact():
     ]
 
 
+def test_prefill_first_runs_prompts_before_decodes_exact():
+    """With prefill_first, a step that can prefill does only that; decodes run when no prompt waits."""
+    p = Planner(PlannerConfig(max_num_batched_tokens=8, max_num_seqs=4, prefill_chunk_size=5, prefill_first=True))
+    p.add(req("a", 12, max_new=3))
+    p.add(req("b", 3, max_new=2))
+    plans = []
+    while p.has_unfinished():
+        plan, fin = run_step(p)
+        plans.append(([s.request_id for s in plan.decode], [(s.request_id, n) for s, n in plan.prefill],
+                      ids(fin)))
+    assert plans == [
+        ([], [("a", 5), ("b", 3)], []),  # b completes its prompt and samples
+        ([], [("a", 5)], []),  # a still prefills: b waits
+        ([], [("a", 2)], []),  # a samples its first token
+        (["b", "a"], [], ["b"]),  # nothing left to prefill: decode everyone
+        (["a"], [], ["a"]),
+    ]
+
+
+def test_prefill_first_admissions_keep_a_block_per_decode():
+    """Admitting under prefill_first stops where fewer free blocks than running requests would remain."""
+    bm = BlockManager(7, 4, enable_prefix_caching=False)
+    p = Planner(PlannerConfig(max_num_batched_tokens=64, max_num_seqs=8, prefill_first=True), bm)
+    p.add(RequestState("a", list(range(4)), max_new_tokens=8))
+    p.add(RequestState("b", list(range(4)), max_new_tokens=8))
+    run_step(p, lambda s: 1)  # both prefill (2 blocks) and start decoding
+    p.add(RequestState("c", list(range(8)), max_new_tokens=8))  # takes 2 of the 5 free blocks: 3 stay, one each
+    plan, _ = run_step(p, lambda s: 1)
+    assert [(s.request_id, n) for s, n in plan.prefill] == [("c", 8)] and plan.decode == []
+    p.add(RequestState("d", list(range(8)), max_new_tokens=8))  # would leave 0 free for 3 decodes: not admitted
+    plan, _ = run_step(p, lambda s: 1)
+    assert plan.prefill == [] and ids(plan.decode) == ["a", "b", "c"]
+    assert "d" in ids(p.waiting())
+
+
 def test_decode_first_and_budget_split():
     p = Planner(PlannerConfig(max_num_batched_tokens=10, max_num_seqs=8, prefill_chunk_size=100))
     for i in range(4):
@@ -521,12 +556,13 @@ def test_update_accepts_numpy_tokens():
 @settings(max_examples=60, deadline=None)
 @given(work=st.lists(st.tuples(st.integers(1, 12), st.integers(1, 10), st.lists(st.integers(0, 5), max_size=2),
                                st.integers(0, 6)), min_size=1, max_size=10),
-       budget=st.integers(1, 12), blocks=st.integers(8, 40))
-def test_outputs_and_stops_independent_of_scheduling(work, budget, blocks):
+       budget=st.integers(1, 12), blocks=st.integers(8, 40), prefill_first=st.booleans())
+def test_outputs_and_stops_independent_of_scheduling(work, budget, blocks, prefill_first):
     """Request i samples token (i * 7 + k) % 6 at output k: its outputs must be exactly that
-    sequence cut at the first stop id (FINISHED_STOPPED) or at max_new (FINISHED_LENGTH)."""
-    p = Planner(PlannerConfig(max_num_batched_tokens=budget, max_num_seqs=min(3, budget), prefill_chunk_size=4),
-                BlockManager(blocks, 2))
+    sequence cut at the first stop id (FINISHED_STOPPED) or at max_new (FINISHED_LENGTH),
+    whichever step policy runs it, and every request finishes."""
+    p = Planner(PlannerConfig(max_num_batched_tokens=budget, max_num_seqs=min(3, budget), prefill_chunk_size=4,
+                              prefill_first=prefill_first), BlockManager(blocks, 2))
     reqs, step = [], 0
     arrivals = sorted(enumerate(work), key=lambda x: x[1][3])
     while arrivals or p.has_unfinished():

@@ -182,11 +182,11 @@ class Planner:
         budget = cfg.max_num_batched_tokens
         if cfg.prefill_first and len(self._batch) and (
                 self._prefilling or (self._waiting and self.num_running < cfg.max_num_seqs)):
-            # a prefill-only step, keeping one free block per decoding request for its next step
-            budget = self._plan_prefills(prefill, decode, budget, preempted, reserve=len(self._batch))
+            # a prefill-only step; admissions keep one free block per running request for its next one
+            budget = self._plan_prefills(prefill, decode, budget, preempted, reserve=True)
         if not prefill:
             decode = self._plan_decodes(preempted)
-            budget = self._plan_prefills(prefill, decode, budget - len(decode), preempted, reserve=0)
+            budget = self._plan_prefills(prefill, decode, budget - len(decode), preempted, reserve=False)
         plan = StepPlan(self._step, decode, prefill, preempted, cfg.max_num_batched_tokens - budget)
         self._step += 1
         self._in_flight = plan
@@ -206,11 +206,13 @@ class Planner:
         return self._batch.members()
 
     def _plan_prefills(self, prefill: list, decode: list, budget: int, preempted: list[RequestState],
-                       reserve: int) -> int:
+                       reserve: bool) -> int:
         """2. running prefills and 3. admissions into ``prefill`` within ``budget``; the budget left.
 
-        Admissions stop where fewer than ``reserve`` blocks would stay free, and in a step
-        that had to preempt.  A victim preempted from ``decode`` is unscheduled.
+        Admissions stop in a step that had to preempt and, with ``reserve``, where fewer free
+        blocks than running requests (the admitted one included) would remain: each can then
+        take its next block without preempting another.  A victim preempted from ``decode`` is
+        unscheduled.
         """
         cfg, kv = self.config, self.kv
         chunk = cfg.prefill_chunk_size
@@ -242,7 +244,7 @@ class Planner:
             n = min(s.num_tokens - hit, chunk, budget)
             if not kv.allocate(s, n):
                 break
-            if reserve and kv.num_free_blocks() < reserve:
+            if reserve and kv.num_free_blocks < self.num_running + 1:
                 kv.rollback(s, release=True)
                 s.num_cached_tokens = 0
                 break
