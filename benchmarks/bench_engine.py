@@ -64,7 +64,7 @@ def make_workload(n: int, repeats: int, seed: int = 0) -> tuple[list[list[list[i
     from llmds.engine.loader import load_model
     from llmds.engine.text import TextTokenizer
 
-    lm = load_model()
+    lm = load_model(weights=False)
     tok = TextTokenizer(lm.tokenizer_json, lm.chat_template, lm.special_tokens)
     rng = np.random.default_rng(seed)
 
@@ -83,6 +83,29 @@ def make_workload(n: int, repeats: int, seed: int = 0) -> tuple[list[list[list[i
     return reps, warmup
 
 
+def long_prompts(count: int = 3, length: int = 500, seed: int = 7) -> list[list[int]]:
+    """``count`` distinct plain-text prompts of exactly ``length`` tokens (no shared prefix)."""
+    from llmds.engine.loader import load_model
+    from llmds.engine.text import TextTokenizer
+
+    lm = load_model(weights=False)
+    tok = TextTokenizer(lm.tokenizer_json, lm.chat_template, lm.special_tokens)
+    rng = np.random.default_rng(seed)
+    return [tok.encode(f"Note {i}: " + " ".join(rng.choice(WORDS, size=length)))[:length] for i in range(count)]
+
+
+def perplexity_text_ids(limit: int = 2048) -> list[int]:
+    """The first ``limit`` tokens of the project's own docs (README, then docs/*.md): a fixed text."""
+    from llmds.engine.loader import load_model
+    from llmds.engine.text import TextTokenizer
+
+    lm = load_model(weights=False)
+    tok = TextTokenizer(lm.tokenizer_json, lm.chat_template, lm.special_tokens)
+    files = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    text = "\n\n".join(f.read_text(encoding="utf-8") for f in files if f.is_file())
+    return tok.encode(text)[:limit]
+
+
 def poisson_arrivals(n: int, rate: float, seed: int = 1) -> list[float]:
     gaps = np.random.default_rng(seed).exponential(1.0 / rate, n)
     gaps[0] = 0.0
@@ -91,7 +114,11 @@ def poisson_arrivals(n: int, rate: float, seed: int = 1) -> list[float]:
 
 # ------------------------------------------------------------------------ workers
 def run_worker(kind: str, spec: dict, timeout: float = 1800) -> dict | str:
-    """Run one engine in a fresh process; its result dict, or a note saying why it did not run."""
+    """Run one engine in a fresh process; its result dict, or a note saying why it did not run.
+
+    ``kind`` is the worker (``llmds``, ``vllm``, ``hf``, ``llamacpp``); ``llmds gguf`` runs ``llmds``
+    (its options are in ``spec``)."""
+    kind = kind.split()[0]
     with tempfile.TemporaryDirectory() as d:
         sp, op = Path(d) / "spec.json", Path(d) / "out.json"
         sp.write_text(json.dumps(spec))
@@ -157,7 +184,8 @@ def run(quick: bool, repeats: int, engines: set[str], rate: float) -> dict:
     n, max_tokens = (8, 32) if quick else (32, 128)
     reps, warmup = make_workload(n, repeats)
     base = {"repeats": reps[:repeats], "warmup": warmup, "max_tokens": max_tokens,
-            "poisson": {"prompts": reps[repeats], "arrivals": poisson_arrivals(n, rate)}}
+            "poisson": {"prompts": reps[repeats], "arrivals": poisson_arrivals(n, rate)},
+            "long_prompts": long_prompts(2 if quick else 3), "perplexity_ids": perplexity_text_ids(512 if quick else 2048)}
     prompt_tokens = statistics.mean(sum(map(len, r)) for r in reps[:repeats])
     res: dict = {"workload": {"requests": n, "max_tokens": max_tokens, "repeats": repeats, "poisson_rate": rate,
                               "prompt_tokens_mean": prompt_tokens, "prompt_len_min": min(map(len, reps[0])),
@@ -166,12 +194,14 @@ def run(quick: bool, repeats: int, engines: set[str], rate: float) -> dict:
                  "engines": {}, "notes": {}}
     ok, res["notes"] = peer_notes(engines - {"llmds"})
     outputs = {}
-    stepped = [("llmds", {})] if "llmds" in engines else []
-    stepped += [("vllm", ok["vllm"])] if "vllm" in ok else []
     for dtype in ("bfloat16", "float32"):
+        stepped = [("llmds", {})] if "llmds" in engines else []
+        if "llmds" in engines and dtype == "bfloat16":  # GGUF's 4-bit weights run bfloat16 activations
+            stepped.append(("llmds gguf", {"engine_options": {"quantization": "gguf"}}))
+        stepped += [("vllm", ok["vllm"])] if "vllm" in ok else []
         for name, r in stepped_rounds(stepped, base, dtype).items():
             _keep(res, outputs, f"{name} {dtype}", r)
-            if name == "llmds" and isinstance(r, dict):
+            if name.startswith("llmds") and isinstance(r, dict):
                 r["ceiling_tok_s"] = ceiling_tok_s(prompt_tokens, n * max_tokens, r["linear_tok_s"])
     if "hf" in ok:
         hf_spec = {**base, **ok["hf"], "dtypes": ["float32", "bfloat16"], "single": 2 if quick else 4}
@@ -181,6 +211,8 @@ def run(quick: bool, repeats: int, engines: set[str], rate: float) -> dict:
         _keep(res, outputs, "llama.cpp", run_worker("llamacpp", lc_spec))
     if "llmds bfloat16" in outputs and "llmds float32" in outputs:
         res["bf16_vs_fp32"] = first_divergence(outputs["llmds bfloat16"], outputs["llmds float32"])
+    if "llmds gguf bfloat16" in outputs and "llmds float32" in outputs:
+        res["gguf_vs_fp32"] = first_divergence(outputs["llmds gguf bfloat16"], outputs["llmds float32"])
     if "vllm float32" in outputs and "llmds float32" in outputs:
         res["llmds_fp32_vs_vllm_fp32"] = first_divergence(outputs["llmds float32"], outputs["vllm float32"])
     if "llmds" in engines:
@@ -208,7 +240,9 @@ def stepped_rounds(stepped: list[tuple[str, dict]], base: dict, dtype: str) -> d
             spec = {**base, **extra, "dtype": dtype, "repeats": [prompts]}
             if r:
                 spec.pop("poisson")
-            spec["ceiling"] = name == "llmds" and r == 0
+            spec["ceiling"] = name.startswith("llmds") and r == 0  # also: the step profile
+            if r or not name.startswith("llmds"):
+                spec.pop("perplexity_ids", None)
             out = run_worker(name, spec)
             if isinstance(out, str):
                 notes[name] = out

@@ -28,8 +28,6 @@ def linear_rates(eng, sizes=(1, 32, 512)) -> dict:
     the ceiling."""
     import torch
 
-    from llmds.engine.models.llama import linear
-
     m = eng.model
     f = m.config.intermediate_size
     out = {}
@@ -38,12 +36,12 @@ def linear_rates(eng, sizes=(1, 32, 512)) -> dict:
             x = torch.randn(T, m.embed.shape[1], dtype=m.dtype)
 
             def stack():
-                for w_qkv, w_o, w_gu, w_down in m.linears:
-                    linear(x, w_qkv)
-                    linear(x, w_o)
-                    gu = linear(x, w_gu)
-                    linear(gu[:, :f].contiguous(), w_down)
-                linear(x[:min(T, 32)], m.lm_head)  # logits only for the last position of each request
+                for qkv_proj, o_proj, gate_up_proj, down_proj in m.linears:
+                    qkv_proj(x)
+                    o_proj(x)
+                    gu = gate_up_proj(x)
+                    down_proj(gu[:, :f].contiguous())
+                m.lm_head(x[:min(T, 32)])  # logits only for the last position of each request
 
             out[str(T)] = T / _median_time(stack, 5 if T < 512 else 3)
     return out
@@ -146,3 +144,64 @@ def hot_prefix_hit_rates(dtype: str, requests: int = 240, prompts: int = 20, zip
     out["workload"] = {"requests": requests, "system_prompts": prompts, "zipf_s": zipf_s, "num_blocks": num_blocks,
                        "wave": wave}
     return out
+
+
+def step_profile(eng, run) -> dict:
+    """Share of step time per op group while ``run()`` drives ``eng``: the model's callables and
+    kernels wrapped with timers (linear, attention prefill / decode, element-wise), sampling, and
+    the rest of the step (planner, batch building, detokenizing: outside the forward)."""
+    import llmds.engine.models.llama as L
+
+    m, t = eng.model, {}
+
+    def timed(group, fn):
+        def w(*a, **k):
+            s = time.perf_counter()
+            r = fn(*a, **k)
+            t[group] = t.get(group, 0.0) + time.perf_counter() - s
+            return r
+        return w
+
+    saved = (m.linears, m.lm_head, m.embed, L.paged_decode_attention, L.paged_prefill_attention, L.pick,
+             eng.sampler)
+    m.linears = [tuple(timed("linear", f) for f in layer) for layer in m.linears]
+    m.lm_head, m.embed = timed("linear", m.lm_head), timed("element-wise", m.embed)
+    L.paged_decode_attention = timed("attention decode", saved[3])
+    L.paged_prefill_attention = timed("attention prefill", saved[4])
+    L.pick = lambda k, rows: timed("element-wise", saved[5](k, rows))
+    eng.sampler = timed("sampling", saved[6])
+    s0, f0 = eng.metrics.step_seconds, eng.metrics.forward_seconds
+    try:
+        run()
+    finally:
+        m.linears, m.lm_head, m.embed, L.paged_decode_attention, L.paged_prefill_attention, L.pick, eng.sampler = saved
+    step = eng.metrics.step_seconds - s0
+    fwd = eng.metrics.forward_seconds - f0
+    t["forward, other"] = fwd - sum(v for k, v in t.items() if k != "sampling")
+    t["outside the forward"] = step - fwd - t.get("sampling", 0.0)
+    return {k: v / step for k, v in sorted(t.items(), key=lambda kv: -kv[1])} | {"step_seconds": step}
+
+
+def perplexity(eng, ids: list[int], window: int = 512) -> float:
+    """exp(mean NLL) of ``ids`` (each token predicted from all before it), computed in chunks of
+    ``window`` tokens through the model's forward on blocks 0.. of a fresh engine's KV."""
+    import torch
+
+    from llmds.engine.models.llama import ForwardBatch
+
+    bs = eng.config.block_size
+    n = len(ids)
+    table = np.arange(-(-n // bs), dtype=np.int32)[None]
+    nll, count = 0.0, 0
+    for start in range(0, n - 1, window):
+        stop = min(n, start + window)
+        pos = np.arange(start, stop, dtype=np.int64)
+        batch = ForwardBatch(torch.tensor(ids[start:stop]), pos, pos.copy(), 0, np.zeros((0, 1), np.int32),
+                             np.zeros(0, np.int32), table, np.array([start]), np.array([stop - start]), np.array([0]),
+                             torch.arange(stop - start))
+        logp = torch.log_softmax(eng.model.forward(batch), -1)
+        nxt = torch.tensor(ids[start + 1:stop + 1])
+        k = len(nxt)
+        nll -= float(logp[torch.arange(k), nxt].sum())
+        count += k
+    return float(np.exp(nll / count))

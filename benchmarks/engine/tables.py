@@ -28,7 +28,7 @@ def format_tables(r: dict, ratio_rule) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for dtype in ("bfloat16", "float32"):
         mine = eng.get(f"llmds {dtype}")
-        for name in (f"llmds {dtype}", f"vllm {dtype}"):
+        for name in (f"llmds {dtype}", f"llmds gguf {dtype}", f"vllm {dtype}"):
             e = eng.get(name)
             if e is None:
                 continue
@@ -73,6 +73,35 @@ def format_tables(r: dict, ratio_rule) -> str:
             lines.append(f"| {n} | {1 - e['forward_fraction']:.1%} | {e['prefix_hit_rate']:.1%} | "
                          f"{lr['1']:.0f} / {lr['32']:.0f} / {lr['512']:.0f} | {e['ceiling_tok_s']:.0f} | "
                          f"{e['offline']['tok_s'] / e['ceiling_tok_s']:.0%} |")
+    ones = [(n, e) for n, e in eng.items() if "single_decode_tok_s" in e and ("llmds" in n or n == "llama.cpp")]
+    if ones:
+        lc = eng.get("llama.cpp")
+        lines += ["", "One request at a time (" + ratio_rule("llmds / llama.cpp") + "):", "",
+                  "| engine | decode tok/s | ratio | TTFT of a 500-token prompt ms | ratio | load s | RSS after load / "
+                  "at the end MB |", "|---|---|---|---|---|---|---|"]
+        for n, e in ones:
+            dec, ttft = e["single_decode_tok_s"], e.get("ttft_long_ms")
+            r1 = f"{dec / lc['single_decode_tok_s']:.2f}x" if lc and n != "llama.cpp" else ""
+            r2 = (f"{lc['ttft_long_ms'] / ttft:.2f}x" if lc and n != "llama.cpp" and ttft and lc.get("ttft_long_ms")
+                  else "")
+            after = e.get("rss_after_load", {}).get("tree_mb")
+            lines.append(f"| {n} | {dec:.1f} | {r1} | {_f(ttft, '{:.0f}')} | {r2} | {e['load_s']:.2f} | "
+                         f"{_f(after, '{:.0f}')} / {_mem(e)} |")
+    prof = [(n, e["profile"]) for n, e in eng.items() if "profile" in e]
+    if prof:
+        groups = ["linear", "attention prefill", "attention decode", "element-wise", "sampling", "forward, other",
+                  "outside the forward"]
+        lines += ["", "Where a step's time goes (one offline pass, share of step time):", "",
+                  "| llmds | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        for n, pr in prof:
+            lines.append(f"| {n} | " + " | ".join(f"{pr.get(g, 0.0):.1%}" for g in groups) + " |")
+    ppl = [(n, e["perplexity"]) for n, e in eng.items() if "perplexity" in e]
+    if ppl:
+        lines.append("\nPerplexity on the project's docs (2048 tokens): " + ", ".join(f"{n} {v:.3f}" for n, v in ppl))
+    if "gguf_vs_fp32" in r:
+        d = r["gguf_vs_fp32"]
+        lines.append(f"gguf (4-bit) vs fp32 (llmds, greedy): {d['identical']}/{d['requests']} outputs identical; first "
+                     f"differing token at median index {d['median_first_diff']}, earliest {d['min_first_diff']}")
     if "bf16_vs_fp32" in r:
         d = r["bf16_vs_fp32"]
         lines.append(f"\nbf16 vs fp32 (llmds, greedy): {d['identical']}/{d['requests']} outputs identical; first "

@@ -140,7 +140,7 @@ def run_llmds(spec: dict) -> dict:
 
     busy = eng.has_unfinished_requests
     m = eng.metrics
-    out = {"load_s": load_s}
+    out = {"load_s": load_s, "rss_after_load": rss_mb()}
     drive(add, step, busy, spec["warmup"], [0.0] * len(spec["warmup"]))
     m.step_seconds = m.forward_seconds = 0.0
     q0, h0, s0 = m.prefix_cache_queries, m.prefix_cache_hits, m.num_steps
@@ -151,11 +151,30 @@ def run_llmds(spec: dict) -> dict:
     out["rss"] = rss_mb()
     out["single_decode_tok_s"] = statistics.median(
         single_decode(add, step, busy, spec["repeats"][0][0]) for _ in range(3))
+    if spec.get("long_prompts"):
+        out["ttft_long_ms"] = statistics.median(first_token_ms(eng, ids) for ids in spec["long_prompts"])
     if spec.get("ceiling"):
-        from benchmarks.engine.extras import linear_rates
+        from benchmarks.engine.extras import linear_rates, step_profile
 
         out["linear_tok_s"] = linear_rates(eng)
+        prompts = spec["repeats"][0]
+        out["profile"] = step_profile(eng, lambda: drive(add, step, busy, prompts, [0.0] * len(prompts)))
+    if spec.get("perplexity_ids"):
+        from benchmarks.engine.extras import perplexity
+
+        out["perplexity"] = perplexity(eng, spec["perplexity_ids"])
     return out
+
+
+def first_token_ms(eng, ids: list[int]) -> float:
+    """Milliseconds from adding one request (alone, one output token) to its first token."""
+    from llmds.engine.config import SamplingParams
+
+    t = time.perf_counter()
+    eng.add_request(ids, SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+    while eng.has_unfinished_requests():
+        eng.step()
+    return (time.perf_counter() - t) * 1e3
 
 
 # ---------------------------------------------------------------------------- vLLM
@@ -267,6 +286,13 @@ def run_llamacpp(spec: dict) -> dict:
     out["single_decode_tok_s"] = statistics.median((r[3] - 1) / (r[2] - r[1]) for r in runs)
     out["ttft_p50_ms"] = _pct([(r[1] - r[0]) * 1e3 for r in runs], 50)
     out["requests"] = len(runs)
+    if spec.get("long_prompts"):
+        def ttft(ids):
+            llm.reset()
+            t = time.perf_counter()
+            for _ in llm.create_completion(ids, max_tokens=1, temperature=0.0, stream=True):
+                return (time.perf_counter() - t) * 1e3
+        out["ttft_long_ms"] = statistics.median(ttft(ids) for ids in spec["long_prompts"])
     out["rss"] = rss_mb()
     return out
 

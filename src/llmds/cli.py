@@ -30,6 +30,9 @@ def _engine_args(p: argparse.ArgumentParser, dtype: str = "bfloat16") -> None:
                    "(default: the embedded SmolLM2-135M-Instruct)")
     g.add_argument("--dtype", choices=("bfloat16", "float32"), default=dtype,
                    help=f"weights and activations (default {dtype}; float32 is token-identical to transformers)")
+    g.add_argument("--quantization", choices=("gguf",), default=None,
+                   help="gguf: serve a GGUF's 4-bit weights as they are (int4 kernel, bfloat16 only; fastest for "
+                        "one request at a time, slower for wide batches); default: dequantize into --dtype")
     g.add_argument("--max-num-seqs", type=int, default=64, help="running requests at most (default 64)")
     g.add_argument("--max-num-batched-tokens", type=int, default=512, help="tokens per engine step (default 512)")
     g.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: as many as --kv-cache-gb holds)")
@@ -45,7 +48,7 @@ def _engine_args(p: argparse.ArgumentParser, dtype: str = "bfloat16") -> None:
 def _engine_config(a: argparse.Namespace):
     from llmds.engine.config import EngineConfig
 
-    return EngineConfig(model=a.model, dtype=a.dtype, max_num_seqs=a.max_num_seqs,
+    return EngineConfig(model=a.model, dtype=a.dtype, quantization=a.quantization, max_num_seqs=a.max_num_seqs,
                         max_num_batched_tokens=a.max_num_batched_tokens, num_blocks=a.num_blocks,
                         kv_cache_memory=max(1, int(a.kv_cache_gb * (1 << 30))), block_size=a.block_size,
                         max_model_len=a.max_model_len, enable_prefix_caching=not a.no_prefix_caching,

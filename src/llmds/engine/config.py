@@ -139,6 +139,11 @@ class EngineConfig:
     dtype : {"float32", "bfloat16"}
         Weights and activations.  float32 is the exactness reference (token-identical to
         transformers); bfloat16 runs the linear layers about 2x faster on CPUs with AVX512-BF16 / AMX.
+    quantization : {None, "gguf"}
+        None dequantizes every weight into ``dtype`` at load.  ``"gguf"`` (vLLM's name) serves a
+        GGUF's 4-bit linear weights as they are, on torch's int4 kernel (bfloat16 activations:
+        ``dtype="bfloat16"``): a quarter of the weight bytes per decoded token; see
+        :mod:`llmds.engine.quantized`.
     kv_cache_dtype : {"auto", "float32", "bfloat16"}
         K/V storage; "auto" = ``dtype``.
     block_size : int
@@ -176,6 +181,7 @@ class EngineConfig:
 
     model: str | None = None
     dtype: str = "float32"
+    quantization: str | None = None
     kv_cache_dtype: str = "auto"
     block_size: int = 16
     num_blocks: int | None = None
@@ -198,6 +204,11 @@ class EngineConfig:
             _set(self, "model", str(self.model))
         check_choice("dtype", self.dtype, _DTYPES)
         check_choice("kv_cache_dtype", self.kv_cache_dtype, ("auto",) + _DTYPES)
+        if self.quantization is not None:
+            check_choice("quantization", self.quantization, ("gguf",))
+            if self.dtype != "bfloat16":
+                raise ValidationError("quantization='gguf' runs bfloat16 activations (torch's int4 kernel has no "
+                                      "fast float32 path): pass dtype='bfloat16'")
         check_int("block_size", self.block_size, 1, 1024)
         if self.num_blocks is not None:
             check_int("num_blocks", self.num_blocks, 1)

@@ -102,7 +102,14 @@ class LLMEngine:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
             numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
-        loaded = load_model(cfg.model)
+        self.quantization_report: dict | None = None
+        if cfg.quantization == "gguf":
+            from llmds.engine.models.quant import INT4_MAX_ROWS
+            from llmds.engine.quantized import load_quantized  # here: only quantized engines read GGUF blocks
+
+            loaded, self.quantization_report = load_quantized(cfg.model, cfg.torch_dtype, INT4_MAX_ROWS)
+        else:
+            loaded = load_model(cfg.model)
         mc = self.model_config = loaded.config
         self.tokenizer = TextTokenizer(loaded.tokenizer_json, cfg.chat_template or loaded.chat_template,
                                        loaded.special_tokens)

@@ -45,7 +45,8 @@ import torch
 
 from llmds.errors import CorruptFileError, NotFoundError, ValidationError
 
-__all__ = ["ModelConfig", "LayerWeights", "ModelWeights", "LoadedModel", "default_model_path", "load_model"]
+__all__ = ["ModelConfig", "LayerWeights", "ModelWeights", "LoadedModel", "default_model_path", "load_model",
+           "unpermute_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,14 @@ class LoadedModel:
     """What :func:`load_model` returns (weights float32; the runner casts them)."""
 
     config: ModelConfig
-    weights: ModelWeights
+    weights: ModelWeights | None
     tokenizer_json: str  # path of a tokenizers ``tokenizer.json``
     chat_template: str | None
     special_tokens: dict[str, str]  # bos_token / eos_token strings, for the chat template
     source: str
     load_seconds: float
     from_cache: bool
+    cache_entry: Path | None = None  # the cache folder, where a quantized load keeps its packed weights
 
 
 def default_model_path() -> Path:
@@ -133,8 +135,12 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "llmds"
 
 
-def load_model(model: str | os.PathLike | None = None, *, cache: bool = True) -> LoadedModel:
-    """Load config, float32 weights and tokenizer (see the module docstring)."""
+def load_model(model: str | os.PathLike | None = None, *, cache: bool = True, weights: bool = True) -> LoadedModel:
+    """Load config, float32 weights and tokenizer (see the module docstring).
+
+    ``weights=False`` reads only config and tokenizer from the cache (building the entry on a
+    miss) and returns ``weights=None``: what a quantized load needs besides the file's tensors.
+    """
     t0 = time.perf_counter()
     path = default_model_path() if model is None else Path(model).expanduser()
     if not path.exists():
@@ -152,23 +158,23 @@ def load_model(model: str | os.PathLike | None = None, *, cache: bool = True) ->
     entry = cache_root() / "models" / f"{path.stem}-{key}"
     if cache and (entry / "meta.json").is_file():
         try:
-            return _read_cache(entry, str(path), t0)
+            return _read_cache(entry, str(path), t0, weights)
         except (OSError, ValueError, KeyError) as exc:  # a damaged entry: rebuild it
             log.warning("model cache %s unreadable (%s); rebuilding", entry, exc)
     if path.is_dir():
         config, tensors, tok_json, template, special = _read_hf_folder(path)
     else:
         config, tensors, tok_json, template, special = _read_gguf(path)
-    weights = _fuse(config, tensors)
+    fused = _fuse(config, tensors)
     if cache:
-        _write_cache(entry, config, weights, tok_json, template, special)
+        _write_cache(entry, config, fused, tok_json, template, special)
         tok_path = str(entry / "tokenizer.json")
     else:
         tmp = Path(tempfile.mkdtemp(prefix="llmds-tok-"))
         (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
         tok_path = str(tmp / "tokenizer.json")
-    return LoadedModel(config, weights, tok_path, template, special, str(path),
-                       time.perf_counter() - t0, False)
+    return LoadedModel(config, fused if weights else None, tok_path, template, special, str(path),
+                       time.perf_counter() - t0, False, entry if cache else None)
 
 
 # ----------------------------------------------------------------- GGUF
@@ -193,9 +199,9 @@ def _read_gguf(path: Path):
         w = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         w = w.reshape([int(d) for d in reversed(t.shape)]) if w.ndim != len(t.shape) else w
         if ".attn_q." in t.name:
-            w = _unpermute(w, n_heads)
+            w = unpermute_rows(w, n_heads)
         elif ".attn_k." in t.name:
-            w = _unpermute(w, n_kv)
+            w = unpermute_rows(w, n_kv)
         tensors[t.name] = w
     vocab = tensors["token_embd.weight"].shape[0]
     eos = field("tokenizer.ggml.eos_token_id")
@@ -233,7 +239,7 @@ def _read_gguf(path: Path):
     return config, named, tok_json, template, special
 
 
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's interleaving of the rotary halves in Q/K rows (as transformers does)."""
     dim = w.shape[0] // n_head // 2
     return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
@@ -386,7 +392,7 @@ def _write_cache(entry: Path, config, w: ModelWeights, tok_json: str, template, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_cache(entry: Path, source: str, t0: float) -> LoadedModel:
+def _read_cache(entry: Path, source: str, t0: float, weights: bool = True) -> LoadedModel:
     from safetensors.torch import load_file  # here, as in _read_hf_folder
 
     meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
@@ -395,13 +401,16 @@ def _read_cache(entry: Path, source: str, t0: float) -> LoadedModel:
     cfg = meta["config"]
     cfg["eos_token_ids"] = tuple(cfg["eos_token_ids"])
     config = ModelConfig(**cfg)
+    if not weights:
+        return LoadedModel(config, None, str(entry / "tokenizer.json"), meta["chat_template"],
+                           meta["special_tokens"], source, time.perf_counter() - t0, True, entry)
     flat = load_file(str(entry / "weights.safetensors"))
     layers = [LayerWeights(**{f: flat[f"{i}.{f}"] for f in _LAYER_FIELDS}) for i in range(config.num_layers)]
     embed = flat["embed"]
     w = ModelWeights(embed=embed, layers=layers, norm=flat["norm"], lm_head=flat.get("lm_head", embed))
     _check_shapes(config, w)
     return LoadedModel(config, w, str(entry / "tokenizer.json"), meta["chat_template"],
-                       meta["special_tokens"], source, time.perf_counter() - t0, True)
+                       meta["special_tokens"], source, time.perf_counter() - t0, True, entry)
 
 
 def _replace(config: ModelConfig, **changes) -> ModelConfig:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from llmds.engine.kv.storage import KVStorage
 from llmds.engine.loader import ModelConfig, ModelWeights
@@ -36,6 +35,7 @@ from llmds.engine.models import _fused_kernels as fk
 from llmds.engine.models._attn_kernels import paged_decode_attention, paged_prefill_attention
 from llmds.engine.models._fused_kernels import pick
 from llmds.engine.models._simd import as_kernel_array as A
+from llmds.engine.models.linear import as_embedding, as_linear
 from llmds.errors import ValidationError
 
 __all__ = ["ForwardBatch", "LlamaModel"]
@@ -70,39 +70,6 @@ class ForwardBatch:
 _LINEAR = ("qkv", "o", "gate_up", "down")
 
 
-def _onednn_packing() -> bool:
-    """Whether this torch build can prepack linear weights for oneDNN (CPU builds with mkldnn)."""
-    try:
-        w = torch.ones(8, 8)
-        x = torch.ones(2, 8)
-        y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 32), None, "none",
-                                               [], "")
-        return bool(torch.equal(y, F.linear(x, w)))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_PACKED = torch.backends.mkldnn.is_available() and _onednn_packing()
-
-
-def pack_linear(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` ``[out, in]`` in oneDNN's blocked layout when available, else as is.
-
-    Prepacking is what torch's own inductor does for CPU inference: without it, each call
-    reorders the weight (bf16) or runs MKL's sgemm (fp32).  Measured on the 2-core machine,
-    per call: 1.7-4x faster at 1-32 rows, 1.0-1.4x at 512 (lm_head: 4x at one row); bf16 results
-    identical, fp32 within 2e-4 of F.linear (different blocking of the same sums).
-    """
-    return torch.ops.mkldnn._reorder_linear_weight(weight, 32) if _PACKED else weight
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T`` for a weight from :func:`pack_linear`."""
-    if _PACKED:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-    return F.linear(x, weight)
-
-
 class LlamaModel:
     """The forward pass.  Owns the (cast) weights; reads and writes the K/V block tensors it is given.
 
@@ -119,10 +86,11 @@ class LlamaModel:
         self.config = config
         self.dtype = dtype
         cast = (lambda t: t) if dtype == torch.float32 else (lambda t: t.to(dtype))
-        self.embed = cast(weights.embed)
-        # linear weights prepacked for oneDNN (see `pack_linear`); the tied lm_head gets its own packed copy
-        self.lm_head = pack_linear(cast(weights.lm_head))
-        self.linears = [tuple(pack_linear(cast(getattr(lw, f))) for f in _LINEAR) for lw in weights.layers]
+        # callables (see .linear): dense weights prepacked for oneDNN (the tied lm_head gets its own
+        # packed copy), or weights a quantized loader prepared
+        self.embed = as_embedding(weights.embed, dtype)
+        self.lm_head = as_linear(weights.lm_head, dtype)
+        self.linears = [tuple(as_linear(getattr(lw, f), dtype) for f in _LINEAR) for lw in weights.layers]
         # RMSNorm weights in the order the forward applies them: attn_norm 0, ffn_norm 0, attn_norm 1, ...,
         # ffn_norm L-1, the final norm (kernel arrays: float32 or bfloat16 bits)
         norms = [t for lw in weights.layers for t in (lw.attn_norm, lw.ffn_norm)] + [weights.norm]
@@ -161,7 +129,7 @@ class LlamaModel:
         eps = self.eps
         norm, add_norm = pick(fk.rms_norm, T), pick(fk.add_rms_norm, T)
         silu_mul, rope_cache = pick(fk.silu_mul, T), pick(fk.rope_cache, T)
-        h = F.embedding(batch.input_ids, self.embed)  # the residual stream [T, hidden]
+        h = self.embed(batch.input_ids)  # the residual stream [T, hidden]
         x = torch.empty_like(h)  # a norm's output: the next linear's input
         attn = torch.empty((T, nh * hd), dtype=dt)
         act = torch.empty((T, c.intermediate_size), dtype=dt)
@@ -171,8 +139,8 @@ class LlamaModel:
         pos, slots = batch.positions, batch.slot_mapping
         norms = self.norms_np
         norm(h_np, norms[0], eps, x_np)
-        for li, (w_qkv, w_o, w_gate_up, w_down) in enumerate(self.linears):
-            rope_cache(A(linear(x, w_qkv)), pos, self.cos, self.sin, slots, nh, nkv, q,
+        for li, (qkv_proj, o_proj, gate_up_proj, down_proj) in enumerate(self.linears):
+            rope_cache(A(qkv_proj(x)), pos, self.cos, self.sin, slots, nh, nkv, q,
                        self.k_flat[li], self.v_flat[li])
             if nd:
                 paged_decode_attention(q[:nd], self.k_np[li], self.v_np[li], batch.decode_block_tables,
@@ -181,8 +149,8 @@ class LlamaModel:
                 paged_prefill_attention(q, self.k_np[li], self.v_np[li], batch.prefill_block_tables,
                                         batch.prefill_starts, batch.prefill_lens, batch.prefill_offsets,
                                         self.scale, attn3)
-            add_norm(h_np, A(linear(attn, w_o)), norms[2 * li + 1], eps, x_np)
-            silu_mul(A(linear(x, w_gate_up)), act_np)
-            add_norm(h_np, A(linear(act, w_down)), norms[2 * li + 2], eps, x_np)  # the last: the final norm
+            add_norm(h_np, A(o_proj(attn)), norms[2 * li + 1], eps, x_np)
+            silu_mul(A(gate_up_proj(x)), act_np)
+            add_norm(h_np, A(down_proj(act)), norms[2 * li + 2], eps, x_np)  # the last: the final norm
         last = x.index_select(0, batch.logits_indices)
-        return linear(last, self.lm_head).float()
+        return self.lm_head(last).float()
