@@ -40,6 +40,8 @@ def _engine_args(p: argparse.ArgumentParser, dtype: str = "bfloat16") -> None:
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
     g.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output (default: the model's)")
     g.add_argument("--no-prefix-caching", action="store_true", help="turn prefix caching off")
+    g.add_argument("--no-prefill-first", action="store_true",
+                   help="mix prompt chunks into every decode step instead of prefilling waiting prompts first")
     g.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: all cores)")
     g.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
                    help="a Jinja2 chat template (a file, or the template itself) instead of the model's")
@@ -52,6 +54,7 @@ def _engine_config(a: argparse.Namespace):
                         max_num_batched_tokens=a.max_num_batched_tokens, num_blocks=a.num_blocks,
                         kv_cache_memory=max(1, int(a.kv_cache_gb * (1 << 30))), block_size=a.block_size,
                         max_model_len=a.max_model_len, enable_prefix_caching=not a.no_prefix_caching,
+                        prefill_first=not a.no_prefill_first,
                         threads=a.threads, chat_template=_chat_template(a.chat_template))
 
 
