@@ -31,7 +31,7 @@ from llmds.engine.config import EngineConfig, SamplingParams
 from llmds.engine.kv.block_manager import BlockManager
 from llmds.engine.kv.hot_prefix import HotPrefixes
 from llmds.engine.kv.storage import KVStorage
-from llmds.engine.loader import load_model
+from llmds.engine.quantized import load_for_engine
 from llmds.engine.metrics import EngineMetrics
 from llmds.engine.models.llama import LlamaModel
 from llmds.engine.request import RequestOutput, RequestState
@@ -102,14 +102,7 @@ class LLMEngine:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
             numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
-        self.quantization_report: dict | None = None
-        if cfg.quantization == "gguf":
-            from llmds.engine.models.quant import INT4_MAX_ROWS
-            from llmds.engine.quantized import load_quantized  # here: only quantized engines read GGUF blocks
-
-            loaded, self.quantization_report = load_quantized(cfg.model, cfg.torch_dtype, INT4_MAX_ROWS)
-        else:
-            loaded = load_model(cfg.model)
+        loaded, self.quantization_report = load_for_engine(cfg.model, cfg.torch_dtype, cfg.quantization)
         mc = self.model_config = loaded.config
         self.tokenizer = TextTokenizer(loaded.tokenizer_json, cfg.chat_template or loaded.chat_template,
                                        loaded.special_tokens)

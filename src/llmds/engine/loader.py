@@ -417,3 +417,4 @@ def _replace(config: ModelConfig, **changes) -> ModelConfig:
     d = asdict(config)
     d.update(changes)
     return ModelConfig(**d)
+

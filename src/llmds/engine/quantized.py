@@ -27,16 +27,24 @@ import torch
 
 from llmds.engine.loader import LayerWeights, LoadedModel, ModelWeights, load_model, unpermute_rows
 from llmds.engine.models.linear import Q8Embedding
-from llmds.engine.models.quant import GROUP, Int4Linear, gguf_int4
+from llmds.engine.models.quant import GROUP, INT4_MAX_ROWS, Int4Linear, gguf_int4
 from llmds.errors import ValidationError
 
-__all__ = ["load_quantized"]
+__all__ = ["load_for_engine", "load_quantized"]
 
 log = logging.getLogger(__name__)
 
 _VERSION = 2
 _PARTS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o": ("attn_output",), "gate_up": ("ffn_gate", "ffn_up"),
           "down": ("ffn_down",)}
+
+
+def load_for_engine(model, dtype: torch.dtype, quantization: str | None) -> tuple[LoadedModel, dict | None]:
+    """The engine's load: dequantized weights (``quantization=None``, :func:`load_model`), or the
+    GGUF's 4-bit weights as they are (``"gguf"``) with the report of :func:`load_quantized`."""
+    if quantization is None:
+        return load_model(model), None
+    return load_quantized(model, dtype, INT4_MAX_ROWS)
 
 
 def load_quantized(model: str | os.PathLike | None, dtype: torch.dtype, max_rows: int) -> tuple[LoadedModel, dict]:

@@ -1,6 +1,41 @@
 """The planner's small data objects: its step budget (``PlannerConfig``) and one step's work (``StepPlan``).
 
 Both are re-exported by :mod:`llmds.engine.sched.planner`, the module that reads them.
+
+Step policy (vLLM v1 style):
+
+1. **Decode first.**  Every running request that has finished its prefill
+   decodes one token (``max_num_batched_tokens >= max_num_seqs`` is enforced,
+   so decodes always fit the budget).  A decode needs a KV call only when it
+   crosses a block boundary (``num_computed_tokens % kv.block_size == 0``),
+   i.e. once every ``block_size`` steps; if the pool has fewer free blocks
+   than boundary-crossing decodes, requests are served most urgent first and
+   the least urgent running request is **preempted**: its blocks are freed,
+   ``num_computed_tokens`` is reset to 0 and it goes back to the waiting
+   queue at its original position, to be recomputed (never lost).
+2. **Running prefills** continue in urgency order, one chunk each of at most
+   ``prefill_chunk_size`` tokens, within the remaining token budget (same
+   preemption rule when blocks run out).
+3. **Admission.**  If nothing was preempted this step, waiting requests are
+   admitted in queue order while budget, ``max_num_seqs`` and blocks allow;
+   the first one that does not fit blocks the queue (no overtaking).  A
+   request with ``n > 1`` takes ``n`` seats (:mod:`~llmds.engine.sched.fork`).
+
+With ``prefill_first`` (the engine's default), a step in which running prefills continue or
+waiting requests can be admitted is a prefill-only step (2. and 3. without 1.), and its
+admissions keep one free block per decoding request for that request's next block; otherwise
+the step is 1. to 3. as above.  The decodes wait one step per prefill chunk, and no decode step
+carries a prompt chunk: ITL stays one decode step except while prompts arrive.
+
+Orders (:mod:`llmds.engine.sched.request_queue`): queue order by ``policy``
+(``"fcfs"``, ``"priority"``, ``"edf"``); among running requests the same key
+with the admission counter in place of arrival, so the preemption victim is
+the lowest-priority, most recently admitted request.
+
+Costs: a decode step is one loop over the running requests' counters plus
+C-level list operations (see ``decode_batch``), and per-request work only for
+requests with an event (a block boundary, finishing, preemption).  Admissions
+cost one prefix lookup each; the waiting queue is O(log n) per operation.
 """
 
 from __future__ import annotations
