@@ -33,7 +33,7 @@ def linear_rates(eng, sizes=(1, 32, 512)) -> dict:
     out = {}
     with torch.inference_mode():
         for T in sizes:
-            x = torch.randn(T, m.embed.shape[1], dtype=m.dtype)
+            x = torch.randn(T, m.config.hidden_size, dtype=m.dtype)
 
             def stack():
                 for qkv_proj, o_proj, gate_up_proj, down_proj in m.linears:
