@@ -80,8 +80,8 @@ def run(repeats: int, max_tokens: int, dtype: str) -> dict:
                "off": LLMEngine(dtype=dtype, hot_prefix_threshold=0, enable_prefix_caching=False)}
     runs: dict[str, list[dict]] = {w: [] for w in WAYS}
     for r in range(-1, repeats):  # repeat -1 warms both engines up
-        for w in WAYS:
-            res = run_way(engines["off" if "no prefix" in w else "on"], w, f"run {r} {w}", max_tokens, 1000 + r)
+        for j, w in enumerate(WAYS):  # same-length nonces: every way's prompt has the same length
+            res = run_way(engines["off" if "no prefix" in w else "on"], w, f"run {r:02d}-{j}", max_tokens, 1000 + r)
             if r >= 0:
                 runs[w].append(res)
     med = {w: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for w, rs in runs.items()}
