@@ -48,6 +48,8 @@ bench: install-bench
 	$(PY) -m benchmarks.bench_retrieval $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_engine $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_server $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_parallel $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_bursts $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -26,8 +26,8 @@ BENCHMARKS = {
     "kv": ["bench_kv_cache", "bench_kv_arena"],
     "planner": ["bench_planner"],
     "retrieval": ["bench_retrieval"],
-    "engine": ["bench_engine"],
-    "server": ["bench_server"],
+    "engine": ["bench_engine", "bench_parallel"],
+    "server": ["bench_server", "bench_bursts"],
 }
 
 

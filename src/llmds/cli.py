@@ -145,7 +145,8 @@ def server_configs(a: argparse.Namespace):
                        body_timeout=a.body_timeout, send_timeout=a.send_timeout,
                        max_body_bytes=a.max_body_bytes, max_qps=a.max_qps, max_token_rate=a.max_token_rate,
                        max_waiting_requests=a.max_waiting_requests, max_waiting_tokens=a.max_waiting_tokens,
-                       docs=tuple(a.docs) if a.docs else None, index=a.index, rag=not a.no_rag)
+                       docs=tuple(a.docs) if a.docs else None, index=a.index, rag=not a.no_rag,
+                       trim_delay=None if a.no_memory_trim else 1.0)
     return cfg, _engine_config(a)
 
 
@@ -258,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-pin-threads", action="store_true",
                    help="leave the engine's threads unpinned (default: its stepping thread on one CPU, "
                         "its OpenMP workers on the others; Linux)")
+    s.add_argument("--no-memory-trim", action="store_true",
+                   help="keep glibc's allocator defaults and never trim (default: freed memory goes back to "
+                        "the system once the server has been idle for 1 s; Linux)")
     g = s.add_argument_group("admission control")
     g.add_argument("--max-qps", type=float, default=50.0, help="requests per second (10 s window; default 50)")
     g.add_argument("--max-token-rate", type=float, default=200_000.0,
@@ -347,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in _MODEL_COMMANDS and "torch" not in sys.modules:  # read when OpenMP loads
         os.environ.update(omp_wait_env())
+    if args.command == "serve" and not args.no_memory_trim:  # before threads allocate
+        from llmds.server.memory import tune_allocator  # standard library only
+
+        tune_allocator()
     from llmds.server.logs import LOG_FORMAT, RequestIdFilter  # standard library only
 
     logging.basicConfig(level=getattr(args, "log_level", "warning").upper(), format=LOG_FORMAT)

@@ -21,6 +21,7 @@ from llmds.engine.request import RequestOutput
 from llmds.errors import CapacityError, LLMDSError
 from llmds.server.admission import AdmissionGate, Rejection, Ticket
 from llmds.server.errors import APIError, from_llmds_error, model_not_found, retry_after_header
+from llmds.server.memory import IdleTrimmer
 from llmds.server.metrics import ServerMetrics
 
 __all__ = ["ServerConfig", "ServerState", "Generation"]
@@ -38,6 +39,8 @@ class ServerConfig:
     :mod:`llmds.server.admission`.  ``docs`` / ``index``: what RAG retrieves from (None: the
     project's README and docs); ``rag=False`` serves no retrieval and no embeddings.
     ``hot_threshold``: hits that make a chunk "hot" in ``llmds:retrieval_hot_documents``.
+    ``trim_delay``: seconds of idleness (no request in flight) after which freed memory is
+    returned to the system (:mod:`llmds.server.memory`); None: never.
     ``public_metrics``: serve ``/metrics`` without the API key (``/health`` never needs it).
     ``allowed_origins``: origins allowed by CORS (none: CORS off; ``"*"``: any).
     Connections (:mod:`llmds.server.connections`): ``max_connections`` open at once (more get 503
@@ -64,6 +67,7 @@ class ServerConfig:
     index: str | None = None
     rag: bool = True
     hot_threshold: int = 8
+    trim_delay: float | None = 1.0
 
     def __post_init__(self) -> None:
         check_int("max_body_bytes", self.max_body_bytes, 1024)
@@ -71,6 +75,8 @@ class ServerConfig:
         check_int("max_connections", self.max_connections, 1)
         for name in ("header_timeout", "body_timeout", "send_timeout"):
             check_float(name, getattr(self, name), 0.0, low_open=True)
+        if self.trim_delay is not None:
+            check_float("trim_delay", self.trim_delay, 0.0)
 
 
 class ServerState:
@@ -98,6 +104,7 @@ class ServerState:
         self.context_limit = min(engine.max_model_len, engine.num_blocks * engine.config.block_size)
         self.created = int(time.time())
         self._idle = threading.Condition()
+        self.trimmer = None if cfg.trim_delay is None else IdleTrimmer(cfg.trim_delay, run=self._in_executor)
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -108,6 +115,8 @@ class ServerState:
             threading.Thread(target=self._load_rag, name="llmds-rag", daemon=True).start()
         else:
             self.rag_ready.set()
+        if self.trimmer is not None:  # idle from the start: what loading the model freed goes back
+            self._trim_when_idle()
 
     def stop(self) -> None:
         """Abort every request, free all blocks, join the engine thread (idempotent)."""
@@ -137,6 +146,8 @@ class ServerState:
             log.error("retrieval is unavailable: %s", self.rag_error)
         finally:
             self.rag_ready.set()
+            if self.trimmer is not None:  # what embedding the documents freed goes back
+                self.loop.call_soon_threadsafe(self._trim_when_idle)
 
     # ------------------------------------------------------------------- requests
     async def generate(self, prompt_ids: list[int], params, priority: int = 0, param: str = "messages") -> Generation:
@@ -224,12 +235,27 @@ class ServerState:
         """Count one admitted request in flight (``leave`` when it closes)."""
         with self._idle:
             self.metrics.in_flight += 1
+            if self.trimmer is not None:
+                self.trimmer.busy()
 
     def leave(self) -> None:
         with self._idle:
             self.metrics.in_flight -= 1
             if self.metrics.in_flight == 0:
                 self._idle.notify_all()
+                if self.trimmer is not None and self.loop is not None:
+                    self.trimmer.idle(self._call_later)
+
+    def _trim_when_idle(self) -> None:
+        with self._idle:
+            if self.metrics.in_flight == 0:
+                self.trimmer.idle(self._call_later)
+
+    def _call_later(self, delay: float, callback) -> None:
+        self.loop.call_soon_threadsafe(self.loop.call_later, delay, callback)
+
+    def _in_executor(self, fn) -> None:
+        self.loop.run_in_executor(None, fn)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block (another thread) until no request is in flight; False on timeout."""
