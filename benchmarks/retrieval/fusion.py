@@ -46,6 +46,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -347,8 +349,24 @@ def run_fusion(quick: bool = False, verbose: bool = False) -> dict:
         "table": table,
         "study": study,
         "latency_ms": _latency(ir, 2 if quick else 10),
+        "cpu": _cpu(),
         "seconds": time.perf_counter() - t,
     }
+
+
+def _cpu() -> dict:
+    """Which CPU the figures came from: model name and whether it has AMX."""
+    name, flags = platform.processor(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    return {"model": name, "amx": "amx_bf16" in flags, "cpus": os.cpu_count()}
 
 
 def format_table(res: dict) -> str:
@@ -379,6 +397,7 @@ def format_table(res: dict) -> str:
         lines.append(f"  {est:<30} " + " ".join(f"{res['study'][c][est]['ndcg@10']:.3f}"
                                                 for c in names))
     lt = res["latency_ms"]
+    lines.append(f"CPU: {res['cpu']['model']} (AMX: {res['cpu']['amx']})")
     lines.append(f"search top_k=10 on MS MARCO (median of {lt['samples']}): default "
                  f"{lt['default']:.3f} ms, tmm {lt['tmm']:.3f} ms "
                  f"(default / tmm {lt['default_over_tmm']:.3f})")
