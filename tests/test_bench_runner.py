@@ -43,8 +43,15 @@ def test_plots_are_written_from_the_results(tmp_path):
     (tmp_path / "bench_server.json").write_text(json.dumps(RESULT))
     (tmp_path / "bench_structures.json").write_text(json.dumps(
         {"rows": [{"structure": "TokenLRU", "op": "get", "speed_ratio": 1.5}]}))
+    fusion = {"table": {name: {"weights": [0.1, 0.9, 0.5], "dense_minus_bm25": [-0.3, 0.2, 0.0],
+                               "mean_weight": 0.5, "within_tolerance": ok}
+                        for name, ok in (("msmarco", True), ("arcd", False))}}
+    (tmp_path / "retrieval_fusion.json").write_text(json.dumps(fusion))
     pngs = plot_results(tmp_path)
-    assert sorted(p.name for p in pngs) == ["server_latency.png", "server_throughput.png", "structures_ratio.png"]
+    assert sorted(p.name for p in pngs) == ["retrieval_fusion_weights.png", "server_latency.png",
+                                            "server_throughput.png", "structures_ratio.png"]
+    assert [p.name for p in plot_results(tmp_path, only=("retrieval_fusion",))] == \
+        ["retrieval_fusion_weights.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
 
 

@@ -229,12 +229,12 @@ def test_pipeline_fusion_weight_default_deviation():
 
     p = inspect.signature(RetrievalPipeline.search).parameters["fusion_weight"]
     # DEVIATION (deliberate): documented default 0.5; ours is ``None`` = the pipeline's
-    # configured weight: theoretical-min-max fusion with dense share 0.9, chosen by
-    # measurement on two collections (benchmarks/retrieval/fusion.py).
+    # configured weight: by default none, the "adaptive" fusion estimates the dense share
+    # of each query (theoretical-min-max fusion; benchmarks/retrieval/fusion.py measures it).
     # Passing ``fusion_weight=0.5`` explicitly still works (see the pipeline test below).
     assert p.default is None
     st_ = RetrievalPipeline(embedding_dim=8).stats()
-    assert (st_["fusion"], st_["fusion_weight"]) == ("tmm", pytest.approx(0.9))
+    assert (st_["fusion"], st_["fusion_weight"]) == ("adaptive", None)
 
 
 def test_paged_allocator_return_shapes():

@@ -6,8 +6,9 @@ precomputed all-MiniLM-L6-v2 embeddings (``<data>/ir/msmarco``, see ``benchmarks
 Quality (nDCG@10 from ``top_k=10`` searches, Recall@100 from ``top_k=100``
 searches, each side retrieving ``max(5 * top_k, 50)`` candidates as the
 pipeline does by default) for: BM25 alone, dense alone (HNSW; exact numpy
-search as a reference row), the default theoretical-min-max fusion (TMM, scores
-filled in; see ``benchmarks.retrieval.fusion`` for how it was chosen), min-max
+search as a reference row), the default adaptive fusion (theoretical-min-max
+fusion, TMM, with scores filled in and a dense share estimated per query; see
+``benchmarks.retrieval.fusion`` for how it was chosen), TMM at fixed weights, min-max
 weighted fusion at several dense weights and reciprocal-rank fusion (plain, and
 weighted).  Every row is computed twice in
 the same run: by the llmds pipeline and by the peer, bm25s (``method="lucene"``,
@@ -86,6 +87,7 @@ class _Peer:
         self.hnsw.add_items(X, np.arange(len(X)), num_threads=1)
         self.hnsw.set_ef(EF_SEARCH)
         self.X = X / np.linalg.norm(X, axis=1, keepdims=True)  # for filled-in cosines
+        self.mean_dir = self.X.astype(np.float64).mean(0)  # for the adaptive share
 
     def lexical(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         toks = self._tok([query])
@@ -105,9 +107,26 @@ class _Peer:
         cand = _candidates(top_k)
         li, ls = self.lexical(query, cand) if query else (np.zeros(0, np.int64), np.zeros(0))
         di, ds = self.dense(q, cand) if q is not None else (np.zeros(0, np.int64), np.zeros(0))
-        if fusion == "tmm":
+        if fusion == "adaptive" and w is None:
+            w = self._adaptive(q, ds, ls)
+        if fusion in ("tmm", "adaptive"):
             return self._tmm(query, q, di, ds, li, ls, w)[:top_k]
         return _fuse_reference(di, ds, li, ls, w, fusion)[:top_k]
+
+    def _adaptive(self, q, ds, ls) -> float | None:
+        """The adaptive dense share (``llmds.retrieval.fusion`` docstring), redone in numpy."""
+        m = self.mean_dir
+        prior = 0.9 * min(1.0, max(0.0, 1.0 - float(m @ m)))
+        d, lx = np.sort(ds)[::-1][:50], np.sort(ls)[::-1][:50]
+        if d.size < 2 or lx.size < 2:
+            return prior
+        floor = float(q.astype(np.float64) @ m) / float(np.linalg.norm(q))
+        span = d[0] - floor
+        if span <= 0:
+            return 0.0
+        rd = prior * d.std() / span * min(1.0, span / (1.0 - floor))
+        rl = (1 - prior) * lx.std() / lx[0] * min(1.0, lx[0] / np.log(1 + (self.n - 0.5) / 1.5))
+        return rd / (rd + rl) if rd + rl > 0 else prior
 
     def _tmm(self, query, q, di, ds, li, ls, w) -> list[int]:
         """TMM with every union document's BM25 and cosine filled in (bm25s full scores,
@@ -156,6 +175,7 @@ def _fuse_reference(di, ds, li, ls, w, fusion) -> list[int]:
 def _methods():
     """(name, fusion, weight, use_text, use_vector)."""
     rows = [("bm25", "weighted", 0.0, True, False), ("dense (hnsw)", "weighted", 1.0, False, True)]
+    rows += [("adaptive (default)", "adaptive", None, True, True)]
     rows += [(f"tmm w={w}", "tmm", w, True, True) for w in (0.8, 0.9)]
     rows += [(f"weighted w={w}", "weighted", w, True, True) for w in WEIGHTS]
     rows += [

@@ -1,7 +1,7 @@
 """IR collections and metrics shared by the retrieval benchmarks (and the embedding test).
 
 Data: the BEIR-layout collections under ``<data>/ir/`` (``msmarco``,
-``business-reports``; see ``shared/data/README.md``), read in place, where
+``business-reports``, ``arcd``; see ``shared/data/README.md``), read in place, where
 ``<data>`` is ``$LLMDS_DATA_DIR`` if set, else ``../shared/data`` next to the
 repository root (:func:`data_dir`).  Metrics follow the TREC / BEIR
 (pytrec_eval) conventions:
@@ -13,7 +13,9 @@ repository root (:func:`data_dir`).  Metrics follow the TREC / BEIR
 * :func:`evaluate` averages over the queries that have at least one relevant
   document in the qrels (43 of the 50 MS MARCO queries here); queries without
   judgments have an undefined ideal DCG and are skipped, as pytrec_eval does.
-  A judged query missing from the run counts as 0.
+  A judged query missing from the run counts as 0.  Judgments of queries that
+  ``queries.jsonl`` does not hold are dropped on loading (arcd's qrels judge
+  702 questions, its query file holds 50 of them).
 
 Importing this module has no side effects; data is read on first call and cached.
 """
@@ -45,7 +47,7 @@ __all__ = [
     "recall_at_k",
 ]
 
-COLLECTIONS = ("msmarco", "business-reports")
+COLLECTIONS = ("msmarco", "business-reports", "arcd")
 DATA_ENV = "LLMDS_DATA_DIR"
 
 
@@ -117,13 +119,15 @@ def _load(
             obj = json.loads(line)
             query_ids.append(str(obj["_id"]))
             query_texts.append(obj["text"])
+    asked = set(query_ids)  # judgments of queries not in queries.jsonl are dropped
     qrels: Qrels = {}
     with open(base / "qrels" / "test.tsv", encoding="utf-8") as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 3 or parts[0] in ("query-id", "query_id"):
                 continue  # tolerate a header line
-            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+            if parts[0] in asked:
+                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
     return tuple(doc_ids), tuple(texts), tuple(query_ids), tuple(query_texts), json.dumps(qrels)
 
 

@@ -2,7 +2,8 @@
 
 Plots (PNG, beside the JSON in ``plots/``): server throughput vs concurrent clients and latency
 percentiles; engine throughput vs batch size (when its benchmark is present); retrieval recall@10
-vs queries/s (dense, MS MARCO); llmds/peer speed ratios of the structures.  Benchmarks run as
+vs queries/s (dense, MS MARCO); the hybrid default's dense share per query against which side won
+it, per collection; llmds/peer speed ratios of the structures.  Benchmarks run as
 ``python -m benchmarks.<module>`` from the checkout's root, so they are the same programs
 ``make bench`` runs.
 """
@@ -85,18 +86,20 @@ def _benchmarks_common(root: Path):
     return module
 
 
-def plot_results(results: Path, since: float = 0.0) -> list[Path]:
+def plot_results(results: Path, since: float = 0.0,
+                 only: tuple[str, ...] | None = None) -> list[Path]:
     """Every plot the JSON files in ``results`` written at or after ``since`` (a ``time.time()``)
-    allow; returns the PNG paths written."""
+    allow (``only``: of these file stems); returns the PNG paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
     out = results / "plots"
     written: list[Path] = []
     for name, fn in (("bench_server", _server), ("bench_engine", _engine), ("bench_retrieval", _retrieval),
-                     ("bench_structures", _structures)):
+                     ("retrieval_fusion", _fusion), ("bench_structures", _structures)):
         path = results / f"{name}.json"
-        if not path.is_file() or path.stat().st_mtime < since:
+        if (not path.is_file() or path.stat().st_mtime < since
+                or (only is not None and name not in only)):
             continue
         try:
             written += fn(json.loads(path.read_text()), out)
@@ -155,10 +158,12 @@ def _engine(r: dict, out: Path) -> list[Path]:
 def _retrieval(r: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
+    fusion = r["parts"].get("fusion", {})
+    paths = _fusion(fusion, out) if "table" in fusion else []
     dense = r["parts"].get("dense", {})
     data = next((dense[k] for k in ("msmarco", "synthetic") if "rows" in dense.get(k, {})), None)
     if data is None:  # the part was skipped or failed
-        return []
+        return paths
     rows = data["rows"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for lib in sorted({row["library"] for row in rows}):
@@ -168,7 +173,32 @@ def _retrieval(r: dict, out: Path) -> list[Path]:
     ax.set(xlabel="recall@10", ylabel="queries/s (single query)", title=f"HNSW recall vs QPS ({data['n']:,} vectors)",
            yscale="log")
     ax.legend()
-    return [_save(fig, out, "retrieval_recall_qps")]
+    return [*paths, _save(fig, out, "retrieval_recall_qps")]
+
+
+def _fusion(r: dict, out: Path) -> list[Path]:
+    """One panel per collection: each query's dense share under the default fusion against
+    nDCG@10 dense minus BM25 (blue: dense won, red: BM25 won), the mean share dashed."""
+    import matplotlib.pyplot as plt
+
+    names = list(r["table"])
+    cols = 4
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.5 * nrows), sharey=True, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        t = r["table"][name]
+        x = t["dense_minus_bm25"]
+        ax.scatter(x, t["weights"], s=9,
+                   c=["tab:blue" if v > 0 else "tab:red" if v < 0 else "0.6" for v in x])
+        ax.axhline(t["mean_weight"], color="k", lw=0.8, ls="--")
+        ax.set_title(f"{name}{'' if t['within_tolerance'] else ' (below best)'}", fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.supxlabel("nDCG@10 dense - BM25, per query", fontsize=9)
+    fig.supylabel("dense share of the default fusion", fontsize=9)
+    return [_save(fig, out, "retrieval_fusion_weights")]
 
 
 def _structures(r: dict, out: Path) -> list[Path]:

@@ -8,6 +8,7 @@ the fusion formulas written out again in plain Python.
 from __future__ import annotations
 
 import math
+import statistics
 import threading
 
 import numpy as np
@@ -82,9 +83,9 @@ def _hand_pipeline(**kw):
 
 
 def test_pipeline_tmm_hand_computed():
-    """Default fusion: cosine scaled from -1 to its best, BM25 / its best, scores filled in."""
-    p = _hand_pipeline()
-    assert p.config.fusion == "tmm" and p.config.weight("tmm") == 0.9
+    """TMM: cosine scaled from -1 to its best, BM25 / its best, scores filled in."""
+    p = _hand_pipeline(fusion="tmm")
+    assert p.config.weight("tmm") == 0.9
     ref = InvertedIndex()
     ref.add_documents([(1, "apple apple"), (2, "cherry"), (3, "zebra"), (4, "apple kiwi kiwi kiwi")])
     bm = dict(ref.search("apple"))
@@ -394,6 +395,26 @@ def test_removed_id_can_be_added_again():
 WORDS = ["ant", "bee", "cat", "dog", "eel", "fox"]
 
 
+def _adaptive_reference(docs, qvec, dense, lex):
+    """The adaptive dense share (llmds.retrieval.fusion docstring), in plain Python."""
+    units = [v / np.linalg.norm(v) for _, v in docs.values() if v is not None]
+    m = [math.fsum(float(u[j]) for u in units) / len(units) for j in range(DIM)] if units else [0.0] * DIM
+    prior = 0.9 * min(1.0, max(0.0, 1.0 - math.fsum(x * x for x in m)))
+    if len(dense) < 2 or len(lex) < 2:
+        return prior
+    d = [c for _, c in dense[:50]]
+    lx = [b for _, b in lex[:50]]
+    q = qvec / np.linalg.norm(qvec)
+    floor = math.fsum(float(q[j]) * m[j] for j in range(DIM))
+    span = d[0] - floor
+    if span <= 0:
+        return 0.0
+    rd = prior * statistics.pstdev(d) / span * min(1.0, span / (1.0 - floor))
+    unit = math.log(1 + (len(docs) - 0.5) / 1.5)
+    rl = (1 - prior) * statistics.pstdev(lx) / lx[0] * min(1.0, lx[0] / unit)
+    return rd / (rd + rl) if rd + rl > 0 else prior
+
+
 def _reference(docs, query, qvec, top_k, w, fusion, rrf_k=60):
     """Plain-Python hybrid search over ``docs`` {id: (text, vec | None)}."""
     idx = InvertedIndex()
@@ -406,10 +427,12 @@ def _reference(docs, query, qvec, top_k, w, fusion, rrf_k=60):
             if v is not None:
                 dense.append((d, float(q @ (v / np.linalg.norm(v)))))
         dense.sort(key=lambda t: (-t[1], t[0]))
+    if fusion == "adaptive":
+        w = _adaptive_reference(docs, qvec, dense, lex) if dense and lex else 0.5
     both = bool(dense) and bool(lex)
     wd, wl = (w, 1 - w) if both else ((1.0, 0.0) if dense else (0.0, 1.0))
     score: dict[int, float] = {}
-    if fusion == "tmm":  # every candidate scored on both sides; the lists are complete here
+    if fusion in ("tmm", "adaptive"):  # every candidate scored on both sides; lists complete here
         if dense:
             top = dense[0][1]
             for d, c in dense:
@@ -466,10 +489,10 @@ class PipelineMachine(RuleBasedStateMachine):
         qv=st.one_of(st.none(), st.sampled_from([0, 1, 2, 3])),
         top_k=st.integers(1, 15),
         w=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
-        fusion=st.sampled_from(["tmm", "weighted", "rrf"]),
+        fusion=st.sampled_from(["adaptive", "tmm", "weighted", "rrf"]),
     )
     def search(self, words, qv, top_k, w, fusion):
-        self._check_search(" ".join(words), qv, top_k, w, fusion)
+        self._check_search(" ".join(words), qv, top_k, None if fusion == "adaptive" else w, fusion)
 
     @precondition(lambda self: self.history)
     @rule(data=st.data())

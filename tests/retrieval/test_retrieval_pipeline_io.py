@@ -42,9 +42,10 @@ QUERIES = ["paged attention", "kv cache prefix", "graph rag token", "nothing mat
 
 def results(p: RetrievalPipeline, qv: np.ndarray) -> list:
     out = []
-    for fusion in ("tmm", "weighted", "rrf"):
+    for fusion in ("adaptive", "tmm", "weighted", "rrf"):
         out.append(p.search_many(QUERIES, qv, top_k=7, fusion=fusion))
         out.append(p.search_many(QUERIES, None, top_k=5, fusion=fusion))
+    out.append(p.fusion_weights(QUERIES, qv))  # the adaptive shares, float for float
     return out
 
 

@@ -129,6 +129,7 @@ def hybrid_from_arrays(docs: HybridIndex, arrays: dict[str, np.ndarray], meta: d
     docs.slot_doc[slots] = doc_ids
     docs.n_slots = n_slots
     docs.doc_slot = dict(zip(doc_ids.tolist(), s))
+    docs.recount_directions()
     if docs.config.store_texts:
         docs.texts = dict(zip(s, texts))
         try:

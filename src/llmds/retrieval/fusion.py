@@ -6,15 +6,18 @@ similarities).  ``weight`` is the **dense** share; ``1 - weight`` goes to the
 lexical side.  Outputs are ``(ids ascending, scores)`` over the union of both
 lists.
 
-* :func:`tmm_fusion` (the default): convex combination with *theoretical*
-  min-max normalisation (Bruch, Gai & Ingber, "An Analysis of Fusion Functions
-  for Hybrid Retrieval", TOIS 2023): each side is scaled by ``(s - lo) / (max -
+* :func:`tmm_fusion`: convex combination with *theoretical* min-max
+  normalisation (Bruch, Gai & Ingber, "An Analysis of Fusion Functions for
+  Hybrid Retrieval", TOIS 2023): each side is scaled by ``(s - lo) / (max -
   lo)`` where ``max`` is the side's best retrieved score and ``lo`` the score
   function's lower bound (0 for BM25, -1 for cosine), not the lowest retrieved
   score, so the scale does not depend on how deep each side retrieved.  The
   caller fills in the exact score of every union document on both sides (a
   document one side did not retrieve still has a BM25 score and a cosine), so
   a document's fused score is a function of the query and the document only.
+* ``"adaptive"`` (the pipeline's default): :func:`tmm_fusion` with a dense share
+  :func:`adaptive_weight` estimates for each query from the two candidate lists
+  and one statistic of the index (below).
 * :func:`weighted_fusion`: per-query min-max normalisation of each side to
   [0, 1] (all-equal or single scores map to 1.0: they are that side's best),
   then ``weight * dense + (1 - weight) * lexical``.
@@ -25,10 +28,55 @@ lists.
 A side without candidates takes no part: the other side gets weight 1 (its own
 normalised score, or ``1 / (k + rank)``), so a lexical-only query ranks exactly
 as BM25 does whatever the weight.
+
+The adaptive weight
+-------------------
+A fixed dense share cannot suit every collection: TMM with ``w = 0.9`` is right
+on MS MARCO, and a third of BM25's nDCG@10 on Arabic passages embedded by an
+English model (the dense side is nearly blind there).  The share of each query is
+
+``w = w_c R_d / (w_c R_d + (1 - w_c) R_l)``,   ``w_c = 0.9 (1 - |m|^2)``
+
+* ``w_c``, the collection's prior: ``0.9`` is the TMM share on a collection the
+  embedder reads (chosen on MS MARCO, ``DEFAULT_WEIGHTS["tmm"]``), scaled by the
+  *isotropy* of the document vectors, ``1 - |m|^2`` with ``m`` the mean of the
+  unit document vectors (``|m|^2`` is the mean cosine of two random documents).
+  An embedder that cannot read a collection's language maps all its documents
+  close to one direction: ``|m|^2`` is 0.82 on the Arabic ARCD passages under
+  English MiniLM, 0.03 on MS MARCO, 0.25 on business reports.  Anisotropy of
+  embedding spaces: Ethayarajh (EMNLP 2019); the common mean direction carries
+  no ranking information: Mu & Viswanath, "All-but-the-Top" (ICLR 2018).
+* ``R_d``, ``R_l``, each side's reliability for this query, from its own
+  candidates (the top ``QPP_DEPTH`` = 50, so it does not depend on ``top_k``),
+  as a product of two query-performance predictors:
+
+  - *commitment*, NQC (Shtok, Kurland, Carmel, Raiber & Markovits, "Predicting
+    Query Performance by Query-Drift Estimation", TOIS 2012): the standard
+    deviation of the side's top scores, here in units of "best score minus what
+    a random document scores" (BM25: 0; cosine: ``q . m``, the query's mean
+    cosine to the collection), so both sides are on one scale.  A side whose
+    50th candidate scores nearly as well as its first has not singled anything out.
+  - *match strength*, a max-score predictor (cf. WIG, Zhou & Croft, SIGIR 2007):
+    dense ``(cos_1 - q . m) / (1 - q . m)``, the share of the way from a random
+    document to a perfect match the best document goes; BM25
+    ``min(1, s_1 / idf_1)``, the best score in units of one term that only one
+    document has (``idf_1 = log(1 + (N - 0.5) / 1.5)``).
+
+  Combining the side predictors into fusion weights follows QPP-weighted linear
+  fusion (Markovits, Shtok, Kurland & Carmel, CIKM 2012): each side's prior odds
+  scaled by its predicted quality.
+
+``w`` is in [0, 1], a deterministic function of the two lists and the index (no
+labels, nothing learned from queries served), and costs a few vector operations
+(``benchmarks/retrieval/fusion.py`` measures it and how it was chosen among
+other estimators).  For the ``"ip"`` and ``"l2"`` metrics, where similarities
+are not cosines, the dense floor is the lowest of its top candidates and the
+dense match strength is 1.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -36,13 +84,15 @@ import numpy as np
 from llmds._checks import check_choice, check_float
 
 __all__ = [
-    "DEFAULT_WEIGHTS", "FUSIONS", "check_fusion", "check_weight", "rrf_fusion", "tmm_fusion",
-    "weighted_fusion",
+    "DEFAULT_WEIGHTS", "FUSIONS", "QPP_DEPTH", "adaptive_weight", "check_fusion", "check_weight",
+    "collection_prior", "rrf_fusion", "tmm_fusion", "weighted_fusion",
 ]
 
-FUSIONS = ("tmm", "weighted", "rrf")
-# Dense share used when none is given, per fusion (measured: benchmarks/retrieval/fusion.py).
-DEFAULT_WEIGHTS = {"tmm": 0.9, "weighted": 0.7, "rrf": 0.5}
+FUSIONS = ("adaptive", "tmm", "weighted", "rrf")
+# Dense share used when none is given, per fusion (measured: benchmarks/retrieval/fusion.py);
+# None: estimated per query (adaptive_weight).  A weight given to "adaptive" fixes it: plain TMM.
+DEFAULT_WEIGHTS: dict[str, float | None] = {"adaptive": None, "tmm": 0.9, "weighted": 0.7, "rrf": 0.5}
+QPP_DEPTH = 50  # candidates per side the adaptive weight reads (the pipeline's least depth)
 
 
 def check_weight(w: Any) -> float:
@@ -143,3 +193,46 @@ def rrf_fusion(
             ranks = np.arange(1, side.size + 1, dtype=np.float64)
             scores[np.searchsorted(ids, side)] += scale * ws / (rrf_k + ranks)
     return ids, scores
+
+
+def collection_prior(mean_dir: np.ndarray) -> float:
+    """``0.9 * (1 - |m|^2)``: the dense share before looking at a query (module docstring);
+    ``mean_dir`` is the mean of the unit document vectors."""
+    iso = 1.0 - float(mean_dir @ mean_dir)
+    return DEFAULT_WEIGHTS["tmm"] * min(1.0, max(0.0, iso))
+
+
+def adaptive_weight(dense_sim: np.ndarray, lex_score: np.ndarray, prior: float,
+                    dense_floor: float | None, lex_unit: float) -> float:
+    """The dense share for one query (module docstring), in [0, 1].
+
+    ``dense_sim`` float64: the dense candidates' similarities, best first (cosine:
+    ``dense_floor`` is the query's mean cosine to the collection; None for other
+    metrics: the floor is the lowest of the top candidates and the match
+    strength 1); ``lex_score`` float64: BM25 candidate scores, best first, > 0;
+    ``prior``: :func:`collection_prior`; ``lex_unit``: ``idf_1``.  A side with
+    fewer than two candidates gives no reading: the prior is returned.
+    """
+    d = dense_sim[:QPP_DEPTH]
+    lx = lex_score[:QPP_DEPTH]
+    if d.shape[0] < 2 or lx.shape[0] < 2:
+        return prior
+    top = float(d[0])
+    floor = float(d[-1]) if dense_floor is None else dense_floor
+    span = top - floor
+    if span <= 0.0:  # the best document is no closer than a random one
+        return 0.0
+    r_dense = prior * _std(d) / span
+    if dense_floor is not None and span < 1.0 - dense_floor:  # else a perfect match: 1
+        r_dense *= span / (1.0 - dense_floor)
+    best = float(lx[0])
+    r_lex = (1.0 - prior) * _std(lx) / best * min(1.0, best / lex_unit) if best > 0.0 else 0.0
+    total = r_dense + r_lex
+    return r_dense / total if total > 0.0 else prior
+
+
+def _std(x: np.ndarray) -> float:
+    """Population standard deviation (two dot products: cheaper than ``np.std`` at this size)."""
+    n = x.shape[0]
+    mean = float(x.sum()) / n
+    return math.sqrt(max(0.0, float(x @ x) / n - mean * mean))

@@ -8,21 +8,19 @@ stored text and metadata (for RAG prompts).
 
 Fusion (:mod:`llmds.retrieval.fusion`; ``fusion_weight`` = w is the **dense** share):
 
-* ``"tmm"`` (default, w = 0.9): convex combination with theoretical min-max
-  normalisation (BM25 / its best retrieved score; cosine scaled from its lower
-  bound -1 to its best retrieved score), every document of the union scored
-  exactly on both sides (the BM25 of a document only the dense side found, the
-  cosine of one only BM25 found).  Chosen on MS MARCO and checked on the
-  business-reports collection (``benchmarks/retrieval/fusion.py``): within
-  0.005 nDCG@10 of the better single retriever on both, with each of three BM25
-  tokenizers, where the previous default (min-max, w = 0.7) lost 0.006 on
-  business-reports with stemming.
+* ``"adaptive"`` (default): ``"tmm"`` with a dense share estimated for each query
+  from the two candidate lists and the index, no labels (formula and sources in
+  :mod:`llmds.retrieval.fusion`; measured in ``benchmarks/retrieval/fusion.py``);
+  :meth:`RetrievalPipeline.fusion_weights` shows it.  A ``fusion_weight`` given
+  with it fixes the share (plain TMM).
+* ``"tmm"`` (w = 0.9, the default before ``"adaptive"``): convex combination with
+  theoretical min-max normalisation (BM25 / its best; cosine scaled from -1 to its
+  best), every document of the union scored exactly on both sides.
 * ``"weighted"``: per-query min-max normalisation of each candidate list (w = 0.7).
 * ``"rrf"``: ``2w / (rrf_k + rank_dense) + 2(1 - w) / (rrf_k + rank_lexical)`` (w = 0.5).
 
 A side with no candidates (no query vector, empty dense index, no known query
-term) takes no part.  ``fusion_weight=None`` (config and ``search``) means the
-fusion's own default weight above.
+term) takes no part.  ``fusion_weight=None`` means the fusion's default above.
 
 The two indexes, the texts and the fused search are a
 :class:`~llmds.retrieval.hybrid.HybridIndex` (documents under internal slots, so a
@@ -53,12 +51,12 @@ from llmds.retrieval._pipeline_io import hybrid_from_arrays, read_pipeline, save
 from llmds.retrieval._result_cache import ResultCache
 from llmds.retrieval.embeddings import EmbedderAdapter
 from llmds.retrieval.fusion import (
-    FUSIONS, check_fusion, check_weight, rrf_fusion, tmm_fusion, weighted_fusion,
+    FUSIONS, rrf_fusion, tmm_fusion, weighted_fusion,
 )
 from llmds.retrieval.hybrid import HybridIndex
 from llmds.retrieval.pipeline_config import (
-    DEFAULT_FUSION, DEFAULT_FUSION_WEIGHT, Hit, PipelineConfig, check_metadata, check_vector,
-    check_vectors,
+    DEFAULT_FUSION, DEFAULT_FUSION_WEIGHT, Hit, PipelineConfig, check_metadata, check_queries,
+    check_vector, check_vectors,
 )
 from llmds.retrieval.tokenizer import Tokenizer
 
@@ -229,8 +227,9 @@ class RetrievalPipeline:
             Number of results (>= 1).
         fusion_weight : float in [0, 1], optional
             Share of the dense side (``1 - w`` goes to BM25); ``None`` uses the
-            configured weight (the fusion's default unless set, see the module docstring).
-        fusion : {"tmm", "weighted", "rrf"}, optional
+            configured weight (the fusion's default unless set: for ``"adaptive"``
+            estimated per query; see the module docstring).
+        fusion : {"adaptive", "tmm", "weighted", "rrf"}, optional
             Overrides ``config.fusion`` for this call.
 
         Returns
@@ -252,15 +251,21 @@ class RetrievalPipeline:
         Cache misses are answered with one batched HNSW search, one batched
         BM25 search and, when embeddings are missing, one embedder batch call.
         """
-        if isinstance(queries, str):
-            raise ValidationError("search_many takes a list of query strings; use search for one")
-        queries = list(queries)
-        for q in queries:
-            if not isinstance(q, str):
-                raise ValidationError(f"query must be str, got {type(q).__name__}")
-        vecs = (None if query_embeddings is None
-                else check_vectors(self.config, query_embeddings, len(queries), "query_embeddings"))
+        queries, vecs = check_queries(self.config, queries, query_embeddings, "search_many")
         return self._search_many(queries, vecs, top_k, fusion_weight, fusion)
+
+    def fusion_weights(self, queries: Sequence[str], query_embeddings: Any = None,
+                       fusion_weight: float | None = None, *,
+                       fusion: str | None = None) -> list[float]:
+        """The dense share (0: BM25 only, 1: dense only) :meth:`search_many` with these
+        arguments gives each query: the fixed weight or ``"adaptive"``'s estimate; 1.0 / 0.0
+        when one side has no candidates.  For inspection: searches again, caches nothing."""
+        queries, vecs = check_queries(self.config, queries, query_embeddings, "fusion_weights")
+        fusion, w = self.config.choose(fusion, fusion_weight)
+        if vecs is None and self._embedder is not None and len(self._docs.dense) and queries:
+            vecs = self._embed(queries)
+        with self._lock:
+            return self._docs.dense_shares(queries, vecs, w)
 
     def retrieve(self, query: str, query_embedding: Any = None, top_k: int = 10,
                  fusion_weight: float | None = None, *, fusion: str | None = None) -> list[Hit]:
@@ -294,8 +299,7 @@ class RetrievalPipeline:
         """Queries/vectors already validated: check knobs, then cache -> search -> cache."""
         if type(top_k) is not int or top_k < 1:
             top_k = check_int("top_k", top_k, 1)
-        fusion = self.config.fusion if fusion is None else check_fusion(fusion)
-        w = self.config.weight(fusion) if fusion_weight is None else check_weight(fusion_weight)
+        fusion, w = self.config.choose(fusion, fusion_weight)
         n = len(queries)
         with self._lock:
             gen = self._generation

@@ -13,10 +13,10 @@ from llmds.errors import ValidationError
 from llmds.retrieval.fusion import DEFAULT_WEIGHTS, check_fusion, check_weight
 
 __all__ = ["DEFAULT_FUSION", "DEFAULT_FUSION_WEIGHT", "Hit", "PipelineConfig", "check_metadata",
-           "check_vector", "check_vectors"]
+           "check_queries", "check_vector", "check_vectors"]
 
-DEFAULT_FUSION = "tmm"
-DEFAULT_FUSION_WEIGHT = DEFAULT_WEIGHTS[DEFAULT_FUSION]  # dense share (retrieval_pipeline docstring)
+DEFAULT_FUSION = "adaptive"
+DEFAULT_FUSION_WEIGHT = DEFAULT_WEIGHTS[DEFAULT_FUSION]  # None: estimated per query (fusion docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,8 @@ class PipelineConfig:
 
     HNSW: ``M``, ``ef_construction``, ``ef_search``, ``seed``, ``metric``
     (``"cosine"`` | ``"ip"`` | ``"l2"``). BM25: ``k1``, ``b``. Fusion:
-    ``fusion``, ``fusion_weight`` (dense share; ``None`` = the fusion's default),
+    ``fusion``, ``fusion_weight`` (dense share; ``None`` = the fusion's default, which
+    for ``"adaptive"`` is estimated per query; a number fixes it),
     ``rrf_k`` (>= 1), ``candidate_k`` (per side; ``None`` means
     ``max(5 * top_k, 50)``; never below ``top_k``). Result cache:
     ``cache_token_budget`` (0 disables; an entry costs ``1 + len(results)``).
@@ -67,11 +68,16 @@ class PipelineConfig:
         check_choice("metric", self.metric, ("cosine", "ip", "l2"))
         check_bool("store_texts", self.store_texts)
 
-    def weight(self, fusion: str) -> float:
-        """The dense share used for ``fusion`` when a search passes none."""
+    def weight(self, fusion: str) -> float | None:
+        """The dense share used for ``fusion`` when a search passes none (None: per query)."""
         if self.fusion_weight is not None and fusion == self.fusion:
             return self.fusion_weight
         return DEFAULT_WEIGHTS[fusion]
+
+    def choose(self, fusion: Any, fusion_weight: Any) -> tuple[str, float | None]:
+        """A search's ``(fusion, dense share)`` from its arguments (None: the configured ones)."""
+        fusion = self.fusion if fusion is None else check_fusion(fusion)
+        return fusion, self.weight(fusion) if fusion_weight is None else check_weight(fusion_weight)
 
     def candidates(self, top_k: int) -> int:
         """How many candidates each side retrieves for a ``top_k`` query."""
@@ -107,6 +113,18 @@ def check_vectors(cfg: PipelineConfig, vecs: Any, n: int, what: str) -> np.ndarr
     if cfg.metric == "cosine" and n and not sq.all():
         raise ValidationError(f"{what} contains an all-zero vector; cosine needs a direction")
     return x
+
+def check_queries(cfg: PipelineConfig, queries: Any, embeddings: Any,
+                  what: str) -> tuple[list[str], np.ndarray | None]:
+    """A list of query strings and their validated ``[n, dim]`` vectors (or None)."""
+    if isinstance(queries, str):
+        raise ValidationError(f"{what} takes a list of query strings; use search for one")
+    queries = list(queries)
+    for q in queries:
+        if not isinstance(q, str):
+            raise ValidationError(f"query must be str, got {type(q).__name__}")
+    return queries, (None if embeddings is None
+                     else check_vectors(cfg, embeddings, len(queries), "query_embeddings"))
 
 def check_vector(cfg: PipelineConfig, vec: Any, what: str) -> np.ndarray:
     """One vector as a validated float32 [1, dim] matrix."""
