@@ -5,8 +5,9 @@ ids, body size and time limits) and, when origins are allowed, CORS.
 Routes: ``GET``/``HEAD /health``, ``GET /metrics``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream``, ``n``, ``logprobs``, ``logit_bias``, the ``rag``
 extension), ``POST /v1/embeddings`` (all-MiniLM-L6-v2), ``POST /v1/retrieve`` (hybrid search over
-the indexed documents), ``POST /tokenize`` and ``POST /detokenize`` (vLLM's).  To add a route group,
-write a module with ``router(state)`` and include it in :func:`create_app`.
+the indexed documents), ``POST /v1/documents`` (index one more), ``POST /tokenize`` and
+``POST /detokenize`` (vLLM's).  To add a route group, write a module with ``router(state)`` and
+include it in :func:`create_app`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """``POST /v1/embeddings`` (all-MiniLM-L6-v2; texts or its token ids; served with ``--no-rag`` too,
-the model then loading on first use) and ``POST /v1/retrieve`` (hybrid search of the indexed chunks)."""
+the model then loading on first use), ``POST /v1/retrieve`` (hybrid search of the indexed chunks)
+and ``POST /v1/documents`` (index one more document, searched at once)."""
 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -11,10 +13,10 @@ from starlette.concurrency import run_in_threadpool
 
 from llmds.errors import LLMDSError
 from llmds.server.errors import APIError, from_llmds_error, model_not_found, retry_after_header
-from llmds.server.protocol import EmbeddingRequest, RetrieveRequest
+from llmds.server.protocol import DocumentRequest, EmbeddingRequest, RetrieveRequest
 from llmds.server.state import ServerState
 
-__all__ = ["router", "retrieve_hits", "rag_status"]
+__all__ = ["router", "ready_rag", "retrieve_hits", "rag_status"]
 
 
 def router(state: ServerState) -> APIRouter:
@@ -52,6 +54,24 @@ def router(state: ServerState) -> APIRouter:
         hits = await retrieve_hits(state, body.query, body.top_k)
         return {"object": "list", "data": [hit_json(h) for h in hits]}
 
+    @api.post("/v1/documents")
+    async def add_document(body: DocumentRequest) -> dict[str, Any]:
+        """Index one more document (chunked and embedded as at start-up); every later search and
+        RAG answer sees it."""
+        from llmds.server.rag import RagIndex
+
+        ready_rag(state, need_index=False)
+        emb = await state.get_embedder()
+        source = body.source or f"document-{int(time.time() * 1000)}"
+        try:
+            if state.rag is None:  # the first document of a server started without any
+                state.rag = RagIndex.empty(emb)
+            added = await run_in_threadpool(state.rag.add_text, body.text, source, emb)
+        except LLMDSError as exc:
+            raise from_llmds_error(exc, "text") from None
+        return {"object": "list", "data": [{"id": i, "source": c.source, "start": c.start, "end": c.end}
+                                           for i, c in added]}
+
     return api
 
 
@@ -66,8 +86,9 @@ def rag_status(state: ServerState) -> str:
     return "ready" if state.rag is not None else "no documents"
 
 
-async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:
-    """The ``top_k`` best chunks for ``query`` (``APIError`` when retrieval is off, loading or failed)."""
+def ready_rag(state: ServerState, need_index: bool = True) -> None:
+    """Raise the API's error when retrieval is off, loading or failed (or, with ``need_index``,
+    has no documents)."""
     status = rag_status(state)
     if status == "loading":
         raise APIError(503, "retrieval is still loading; retry shortly", "service_unavailable",
@@ -78,9 +99,14 @@ async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:
     if status == "failed":
         raise APIError(503, f"retrieval is unavailable: {state.rag_error}", "service_unavailable",
                        code="rag_unavailable", headers=retry_after_header(60))
-    if state.rag is None:
-        raise APIError(404, "no documents are indexed (start with --docs DIR or --index PATH)",
-                       "not_found_error", code="no_documents")
+    if need_index and state.rag is None:
+        raise APIError(404, "no documents are indexed (start with --docs DIR or --index PATH, or add one: "
+                       "POST /v1/documents)", "not_found_error", code="no_documents")
+
+
+async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:
+    """The ``top_k`` best chunks for ``query`` (``APIError`` when retrieval is off, loading or failed)."""
+    ready_rag(state)
     hits, seconds = await run_in_threadpool(state.rag.search, query, top_k)
     state.metrics.retrieval_latency_seconds.observe(seconds)
     return hits
