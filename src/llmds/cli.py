@@ -128,7 +128,8 @@ def _serve(a: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         sys.stdout.write(f"llmds serving {cfg.model_name or 'the default model'} on {url} "
-                         f"(OpenAI API at {url}/v1; metrics at {url}/metrics)\n")
+                         f"(OpenAI API at {url}/v1; metrics at {url}/metrics"
+                         f"{'' if a.no_ui else f'; web page at {url}/'})\n")
         sys.stdout.flush()
 
     return serve(ecfg, cfg, a.host, a.port, a.log_level, on_ready=ready, pin_threads=not a.no_pin_threads)
@@ -145,7 +146,7 @@ def server_configs(a: argparse.Namespace):
                        body_timeout=a.body_timeout, send_timeout=a.send_timeout,
                        max_body_bytes=a.max_body_bytes, max_qps=a.max_qps, max_token_rate=a.max_token_rate,
                        max_waiting_requests=a.max_waiting_requests, max_waiting_tokens=a.max_waiting_tokens,
-                       docs=tuple(a.docs) if a.docs else None, index=a.index, rag=not a.no_rag)
+                       docs=tuple(a.docs) if a.docs else None, index=a.index, rag=not a.no_rag, ui=not a.no_ui)
     return cfg, _engine_config(a)
 
 
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the project's README and docs/)")
     s.add_argument("--index", default=None, metavar="PATH", help="a saved index (`llmds index`) instead of --docs")
     s.add_argument("--no-rag", action="store_true", help="no retrieval, no embeddings (starts faster)")
+    s.add_argument("--no-ui", action="store_true", help="no web page at / (the JSON routes stay)")
     s.add_argument("--no-pin-threads", action="store_true",
                    help="leave the engine's threads unpinned (default: its stepping thread on one CPU, "
                         "its OpenMP workers on the others; Linux)")
