@@ -1,0 +1,171 @@
+"""The web page in a real browser: Playwright for Python driving Debian's chromium, against the
+session's server (``live``: an API key, three small documents).  One browser for the module;
+every test leaves the server idle.
+
+Skipped, saying why, only where chromium or Playwright is missing (``make test`` installs both).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+from server_helpers import API_KEY
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright for Python (the dev extra)")
+
+CHROMIUM = os.environ.get("LLMDS_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run"]
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None,
+                                reason=f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+T = 60_000  # ms: Playwright's waits (the model answers in a few seconds; a loaded CI machine is slower)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def context(browser, live):
+    ctx = browser.new_context(viewport={"width": 1100, "height": 800})
+    ctx.set_default_timeout(T)
+    ctx.requests = []  # every URL the pages ask for
+    ctx.on("request", lambda r: ctx.requests.append(r.url))
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def page(context, live):
+    """The page, with the API key entered once in its dialog (test_a_401_prompts_for_the_key)."""
+    p = context.new_page()
+    p.goto(live.url + "/")
+    return p
+
+
+def _settle_page(page):
+    page.locator("#send").wait_for(state="visible")  # no answer streaming
+
+
+def test_a_401_prompts_for_the_key(page, live):
+    dialog = page.locator("#keydialog")
+    dialog.wait_for(state="visible")  # GET /v1/models answered 401
+    page.fill("#keyinput", API_KEY)
+    page.click("#keyform button.primary")
+    sync_api.expect(page.locator("#model")).to_have_text(live.state.model_name)
+    assert page.evaluate("localStorage.getItem('llmds.apiKey')") == f'"{API_KEY}"'
+
+
+def test_the_page_loads_fast_and_asks_only_this_server(context, page, live):
+    p = context.new_page()
+    p.goto(live.url + "/")
+    nav = p.evaluate("JSON.stringify(performance.getEntriesByType('navigation')[0])")
+    import json
+
+    timing = json.loads(nav)
+    assert timing["loadEventEnd"] < 2000, timing  # <= 200 ms measured on loopback; slack for a busy CI
+    p.close()
+    assert context.requests and all(u.startswith(live.url + "/") for u in context.requests), context.requests
+
+
+def test_a_message_streams_an_answer_with_usage_and_speed(page):
+    page.fill("#max_tokens", "48")
+    page.fill("#temperature", "0")
+    page.fill("#input", "Write a short poem about the sea.")
+    page.press("#input", "Enter")
+    answer = page.locator(".msg.assistant").last
+    page.locator("#stop").wait_for(state="visible")
+    sync_api.expect(answer.locator(".body")).not_to_have_text("")  # text arrives while it streams
+    streaming = page.locator("#stop").is_visible()
+    _settle_page(page)
+    assert streaming, "the answer ended before any of it was shown"
+    sync_api.expect(answer.locator(".usage")).to_contain_text("tokens")
+    sync_api.expect(answer.locator(".ttft")).to_contain_text("TTFT")
+    sync_api.expect(answer.locator(".tps")).to_contain_text("tok/s")
+    assert page.locator(".msg.user").last.inner_text() == "Write a short poem about the sea."
+
+
+def test_shift_enter_breaks_the_line_and_the_conversation_is_kept(page, live):
+    page.fill("#input", "first line")
+    page.press("#input", "Shift+Enter")
+    page.type("#input", "second line")
+    assert page.input_value("#input") == "first line\nsecond line"
+    page.fill("#input", "")
+    page.reload()
+    page.locator(".msg.assistant").first.wait_for()  # the conversation came back from localStorage
+    assert page.locator("#convlist li").count() == 1
+
+
+def test_the_block_map_fills_while_an_answer_streams_and_returns_to_idle(context, page, live):
+    eng = context.new_page()
+    eng.goto(live.url + "/")
+    eng.click("button[data-view=engine]")
+    held = "[data-state=running], [data-state=shared]"
+    eng.wait_for_function(f"document.querySelectorAll('{held}').length == 2")
+    before = eng.eval_on_selector("#blockmap", "c => c.toDataURL()")
+    page.fill("#input", "Count from one to thirty in words.")
+    page.press("#input", "Enter")
+    eng.wait_for_function(f"[...document.querySelectorAll('{held}')].some(e => +e.dataset.count > 0)")
+    during = eng.eval_on_selector("#blockmap", "c => c.toDataURL()")
+    assert during != before
+    _settle_page(page)
+    eng.wait_for_function(f"[...document.querySelectorAll('{held}')].every(e => +e.dataset.count == 0)")
+    sync_api.expect(eng.locator("#nrun")).to_have_text("(0)")
+    free = int(eng.get_attribute("[data-state=free]", "data-count"))
+    cached = int(eng.get_attribute("[data-state=cached]", "data-count"))
+    assert free + cached == live.idle_free_blocks  # every block back (cached prefixes stay reusable)
+    assert eng.locator("#chart-tput").is_visible()
+    eng.close()
+
+
+def test_rag_answers_show_their_sources(page):
+    page.check("#rag")
+    page.fill("#max_tokens", "8")
+    page.fill("#input", "How are KV blocks shared between requests?")
+    page.press("#input", "Enter")
+    _settle_page(page)
+    sources = page.locator(".msg.assistant").last.locator(".sources li")
+    assert sources.count() >= 1
+    text = sources.first.inner_text()
+    assert re.search(r"\.(md|txt) \[\d+–\d+\] score \d", text), text
+    page.uncheck("#rag")
+
+
+def test_a_pasted_document_is_found_by_search(page, live):
+    page.click("button[data-view=docs]")
+    page.fill("#docsource", "zorblax.md")
+    page.fill("#doctext", "The zorblax festival pairs quasar pickles with violet bread every spring.")
+    page.click("#addform button.primary")
+    sync_api.expect(page.locator("#addinfo")).to_contain_text("indexed 1 chunk")
+    added = int(re.search(r"ids (\d+)", page.inner_text("#addinfo")).group(1))
+    try:
+        page.fill("#query", "quasar pickles zorblax")
+        page.press("#query", "Enter")
+        first = page.locator("#hits tr").first
+        sync_api.expect(first.locator(".source")).to_have_text("zorblax.md")
+        assert float(first.locator(".bm25").inner_text()) > 0
+        assert float(first.locator(".dense").inner_text()) > 0
+    finally:  # the other tests expect the corpus they made
+        live.state.rag.pipeline.remove_document(added)
+    page.click("button[data-view=chat]")
+
+
+def test_usable_at_400_px_and_in_dark_mode(browser, page, live):
+    ctx = browser.new_context(viewport={"width": 400, "height": 800}, color_scheme="dark")
+    try:
+        p = ctx.new_page()
+        p.goto(live.url + "/")
+        p.locator("#keydialog").wait_for(state="visible")
+        assert p.evaluate("document.documentElement.scrollWidth") <= 400
+        assert p.locator("#input").is_visible() and p.locator("#send").is_visible()
+        bg = p.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert sum(map(int, re.findall(r"\d+", bg)[:3])) < 150, bg  # dark
+    finally:
+        ctx.close()
