@@ -52,7 +52,7 @@ install-bench: $(VENV)/.installed-bench
 BENCH_ARGS ?=
 
 # every benchmark; `make bench BENCH_ARGS=--quick` is a smoke run (results/quick/, not committed)
-bench: install-bench
+bench: install-bench chromium
 	$(PY) -m benchmarks.bench_structures $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_kv_cache $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_kv_arena $(BENCH_ARGS)
@@ -60,6 +60,7 @@ bench: install-bench
 	$(PY) -m benchmarks.bench_retrieval $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_engine $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_server $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_ui $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

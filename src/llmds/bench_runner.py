@@ -28,6 +28,7 @@ BENCHMARKS = {
     "retrieval": ["bench_retrieval"],
     "engine": ["bench_engine"],
     "server": ["bench_server"],
+    "ui": ["bench_ui"],
 }
 
 
