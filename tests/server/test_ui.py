@@ -44,9 +44,13 @@ def context(browser, live):
 
 @pytest.fixture(scope="module")
 def page(context, live):
-    """The page, with the API key entered once in its dialog (test_a_401_prompts_for_the_key)."""
+    """The page, the API key entered in the dialog it opened on its first 401 (``asked_for_key``)."""
     p = context.new_page()
     p.goto(live.url + "/")
+    p.locator("#keydialog").wait_for(state="visible")  # GET /v1/models answered 401
+    p.asked_for_key = True
+    p.fill("#keyinput", API_KEY)
+    p.click("#keyform button.primary")
     return p
 
 
@@ -55,11 +59,8 @@ def _settle_page(page):
 
 
 def test_a_401_prompts_for_the_key(page, live):
-    dialog = page.locator("#keydialog")
-    dialog.wait_for(state="visible")  # GET /v1/models answered 401
-    page.fill("#keyinput", API_KEY)
-    page.click("#keyform button.primary")
-    sync_api.expect(page.locator("#model")).to_have_text(live.state.model_name)
+    assert page.asked_for_key
+    sync_api.expect(page.locator("#model")).to_have_text(live.state.model_name)  # asked again with the key
     assert page.evaluate("localStorage.getItem('llmds.apiKey')") == f'"{API_KEY}"'
 
 
@@ -75,7 +76,7 @@ def test_the_page_loads_fast_and_asks_only_this_server(context, page, live):
     assert context.requests and all(u.startswith(live.url + "/") for u in context.requests), context.requests
 
 
-def test_a_message_streams_an_answer_with_usage_and_speed(page):
+def test_a_message_streams_an_answer_with_usage_and_speed_and_is_kept(page):
     page.fill("#max_tokens", "48")
     page.fill("#temperature", "0")
     page.fill("#input", "Write a short poem about the sea.")
@@ -89,18 +90,42 @@ def test_a_message_streams_an_answer_with_usage_and_speed(page):
     sync_api.expect(answer.locator(".usage")).to_contain_text("tokens")
     sync_api.expect(answer.locator(".ttft")).to_contain_text("TTFT")
     sync_api.expect(answer.locator(".tps")).to_contain_text("tok/s")
-    assert page.locator(".msg.user").last.inner_text() == "Write a short poem about the sea."
+    text = answer.locator(".body").inner_text()
+    page.reload()  # the conversation comes back from localStorage
+    sync_api.expect(page.locator(".msg.user .body").last).to_have_text("Write a short poem about the sea.")
+    assert page.locator(".msg.assistant").last.locator(".body").inner_text() == text
+    assert page.locator("#convlist li.current").count() == 1
 
 
-def test_shift_enter_breaks_the_line_and_the_conversation_is_kept(page, live):
+def test_enter_sends_and_shift_enter_breaks_the_line(page):
     page.fill("#input", "first line")
     page.press("#input", "Shift+Enter")
     page.type("#input", "second line")
     assert page.input_value("#input") == "first line\nsecond line"
     page.fill("#input", "")
-    page.reload()
-    page.locator(".msg.assistant").first.wait_for()  # the conversation came back from localStorage
-    assert page.locator("#convlist li").count() == 1
+
+
+def test_stop_regenerate_and_edit(page, live):
+    page.fill("#max_tokens", "400")
+    page.fill("#input", "Tell me a long story about a lighthouse keeper.")
+    page.press("#input", "Enter")
+    answer = page.locator(".msg.assistant").last
+    sync_api.expect(answer.locator(".body")).not_to_have_text("")
+    page.click("#stop")  # the stream is cut: the server aborts the request (the idle check frees its blocks)
+    _settle_page(page)
+    sync_api.expect(page.locator(".msg.assistant").last.locator(".meta")).to_contain_text("stopped")
+    page.fill("#max_tokens", "8")
+    n = page.locator(".msg").count()
+    page.locator(".msg.assistant").last.get_by_role("button", name="regenerate").click()
+    _settle_page(page)
+    assert page.locator(".msg").count() == n  # the answer was replaced, not added
+    sync_api.expect(page.locator(".msg.assistant").last.locator(".usage")).to_contain_text("tokens")
+    page.locator(".msg.user").last.get_by_role("button", name="edit").click()
+    page.fill(".msg textarea.edit", "Name one lighthouse.")
+    page.get_by_role("button", name="Save & send").click()
+    _settle_page(page)
+    assert page.locator(".msg").count() == n
+    sync_api.expect(page.locator(".msg.user .body").last).to_have_text("Name one lighthouse.")
 
 
 def test_the_block_map_fills_while_an_answer_streams_and_returns_to_idle(context, page, live):
