@@ -54,6 +54,14 @@ def page(context, live):
     return p
 
 
+def _settings(page, **values):
+    """Open the Settings (a closed ``<details>`` at first) and fill them."""
+    if not page.locator("#settings").evaluate("d => d.open"):
+        page.click("#settings summary")
+    for name, value in values.items():
+        page.fill("#" + name, str(value))
+
+
 def _settle_page(page):
     page.locator("#send").wait_for(state="visible")  # no answer streaming
 
@@ -77,8 +85,7 @@ def test_the_page_loads_fast_and_asks_only_this_server(context, page, live):
 
 
 def test_a_message_streams_an_answer_with_usage_and_speed_and_is_kept(page):
-    page.fill("#max_tokens", "48")
-    page.fill("#temperature", "0")
+    _settings(page, max_tokens=48, temperature=0)
     page.fill("#input", "Write a short poem about the sea.")
     page.press("#input", "Enter")
     answer = page.locator(".msg.assistant").last
@@ -106,7 +113,7 @@ def test_enter_sends_and_shift_enter_breaks_the_line(page):
 
 
 def test_stop_regenerate_and_edit(page, live):
-    page.fill("#max_tokens", "400")
+    _settings(page, max_tokens=400)
     page.fill("#input", "Tell me a long story about a lighthouse keeper.")
     page.press("#input", "Enter")
     answer = page.locator(".msg.assistant").last
@@ -114,7 +121,7 @@ def test_stop_regenerate_and_edit(page, live):
     page.click("#stop")  # the stream is cut: the server aborts the request (the idle check frees its blocks)
     _settle_page(page)
     sync_api.expect(page.locator(".msg.assistant").last.locator(".meta")).to_contain_text("stopped")
-    page.fill("#max_tokens", "8")
+    _settings(page, max_tokens=8)
     n = page.locator(".msg").count()
     page.locator(".msg.assistant").last.get_by_role("button", name="regenerate").click()
     _settle_page(page)
@@ -132,16 +139,19 @@ def test_the_block_map_fills_while_an_answer_streams_and_returns_to_idle(context
     eng = context.new_page()
     eng.goto(live.url + "/")
     eng.click("button[data-view=engine]")
-    held = "[data-state=running], [data-state=shared]"
-    eng.wait_for_function(f"document.querySelectorAll('{held}').length == 2")
+    held = eng.locator("[data-state=running], [data-state=shared]")
+    holding = eng.locator('[data-state=running]:not([data-count="0"]), [data-state=shared]:not([data-count="0"])')
+    sync_api.expect(held).to_have_count(2)  # the first event arrived (the page's CSP forbids wait_for_function)
+    sync_api.expect(holding).to_have_count(0)
     before = eng.eval_on_selector("#blockmap", "c => c.toDataURL()")
+    _settings(page, max_tokens=48)  # long enough for the feed (4 events a second) to see it
     page.fill("#input", "Count from one to thirty in words.")
     page.press("#input", "Enter")
-    eng.wait_for_function(f"[...document.querySelectorAll('{held}')].some(e => +e.dataset.count > 0)")
+    holding.first.wait_for(state="attached")
     during = eng.eval_on_selector("#blockmap", "c => c.toDataURL()")
     assert during != before
     _settle_page(page)
-    eng.wait_for_function(f"[...document.querySelectorAll('{held}')].every(e => +e.dataset.count == 0)")
+    sync_api.expect(holding).to_have_count(0)
     sync_api.expect(eng.locator("#nrun")).to_have_text("(0)")
     free = int(eng.get_attribute("[data-state=free]", "data-count"))
     cached = int(eng.get_attribute("[data-state=cached]", "data-count"))
@@ -152,7 +162,7 @@ def test_the_block_map_fills_while_an_answer_streams_and_returns_to_idle(context
 
 def test_rag_answers_show_their_sources(page):
     page.check("#rag")
-    page.fill("#max_tokens", "8")
+    _settings(page, max_tokens=8)
     page.fill("#input", "How are KV blocks shared between requests?")
     page.press("#input", "Enter")
     _settle_page(page)
@@ -163,7 +173,7 @@ def test_rag_answers_show_their_sources(page):
     page.uncheck("#rag")
 
 
-def test_a_pasted_document_is_found_by_search(page, live):
+def test_a_pasted_document_is_found_by_search_and_by_rag_answers(page, live):
     page.click("button[data-view=docs]")
     page.fill("#docsource", "zorblax.md")
     page.fill("#doctext", "The zorblax festival pairs quasar pickles with violet bread every spring.")
@@ -177,9 +187,61 @@ def test_a_pasted_document_is_found_by_search(page, live):
         sync_api.expect(first.locator(".source")).to_have_text("zorblax.md")
         assert float(first.locator(".bm25").inner_text()) > 0
         assert float(first.locator(".dense").inner_text()) > 0
+        page.click("button[data-view=chat]")
+        page.check("#rag")
+        _settings(page, max_tokens=4)
+        page.fill("#input", "What does the zorblax festival pair with violet bread?")
+        page.press("#input", "Enter")
+        _settle_page(page)
+        sync_api.expect(page.locator(".msg.assistant").last.locator(".sources li .source").first).to_have_text("zorblax.md")
     finally:  # the other tests expect the corpus they made
         live.state.rag.pipeline.remove_document(added)
+        page.uncheck("#rag")
+        page.click("button[data-view=chat]")
+
+
+def test_an_uploaded_file_fills_the_form(page):
+    page.click("button[data-view=docs]")
+    page.fill("#docsource", "")
+    text = "# Notes\n\nA note uploaded from a file."
+    page.set_input_files("#docfile", files=[{"name": "notes.md", "mimeType": "text/markdown", "buffer": text.encode()}])
+    sync_api.expect(page.locator("#doctext")).to_have_value(text)
+    sync_api.expect(page.locator("#docsource")).to_have_value("notes.md")
+    page.fill("#doctext", "")
+    page.fill("#docsource", "")
     page.click("button[data-view=chat]")
+
+
+UNSAFE = ('Here:\n\n```python\ndef f(x):\n    return x + 1\n```\n\n**bold** <img src=x onerror="window.pwned=1">'
+          '<script>window.pwned=2</script> [a link](javascript:window.pwned=3)')
+
+
+def test_answers_render_markdown_with_highlighted_code_and_nothing_unsafe_and_conversations_switch(browser, live):
+    ctx = browser.new_context()  # storage of its own
+    try:
+        p = ctx.new_page()
+        p.goto(live.url + "/")
+        p.locator("#keydialog").wait_for(state="visible")
+        convs = [{"id": "a", "title": "markdown", "messages": [{"role": "user", "content": "show me"},
+                                                                {"role": "assistant", "content": UNSAFE}]},
+                 {"id": "b", "title": "other", "messages": [{"role": "user", "content": "the other one"}]}]
+        p.evaluate("c => { localStorage.setItem('llmds.conversations', JSON.stringify(c)); "
+                   "localStorage.setItem('llmds.currentConversation', '\"a\"'); }", convs)
+        p.reload()
+        p.locator("#keydialog").wait_for(state="visible")  # no key in this context
+        p.click("#keycancel")
+        body = p.locator(".msg.assistant .body")
+        sync_api.expect(body.locator("pre code.hljs .hljs-keyword").first).to_have_text("def")
+        sync_api.expect(body.locator("strong")).to_have_text("bold")
+        assert body.locator("script").count() == 0
+        assert body.locator("img").get_attribute("onerror") is None
+        assert not (body.locator("a").get_attribute("href") or "").startswith("javascript")
+        assert p.evaluate("window.pwned") is None
+        p.locator("#convlist li span", has_text="other").click()
+        sync_api.expect(p.locator(".msg.user .body")).to_have_text("the other one")
+        sync_api.expect(p.locator("#convlist li.current")).to_have_text(re.compile("other"))
+    finally:
+        ctx.close()
 
 
 def test_usable_at_400_px_and_in_dark_mode(browser, page, live):
