@@ -2,9 +2,9 @@
 
 One ``llmds serve`` (as ``bench_server`` starts it: ``--no-rag --dtype bfloat16``), warmed up, then
 ``--repeats`` pairs of ``--duration``-second runs of ``--clients`` closed-loop streaming clients,
-alternating *without* and *with* one page open in headless Debian chromium (Playwright for Python)
-on its Engine tab, whose event stream draws the KV block map, the batch and the charts live the
-whole run.  Reported: the medians, their ratio (with / without; the goal is >= 0.98) and each
+one *without* and one *with* (odd pairs: with first) one page open in headless Debian chromium
+(Playwright for Python) on its Engine tab, whose event stream draws the KV block map, the batch
+and the charts live the whole run.  Reported: the medians, their ratio (with / without; the goal is >= 0.98) and each
 pair's.  Then the page load: ``--loads`` fresh loads of ``/`` (navigation timing: response end,
 DOMContentLoaded, load event; new browser context each, so nothing is cached), and every URL the
 page asked for, which must all be this server's.
@@ -30,6 +30,21 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_ui.json"
 CHROMIUM = os.environ.get("LLMDS_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
+
+
+def _cpu() -> dict:
+    """The CPU's name and whether it has AMX (figures differ a lot with and without)."""
+    name, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    return {"machine": name, "amx": "amx_bf16" in flags}
 
 
 def page_loads(browser, url: str, n: int) -> dict:
@@ -74,7 +89,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.clients, args.duration, args.repeats, args.loads = 8, 8.0, 1, 3
     result = {"clients": args.clients, "duration": args.duration, "repeats": args.repeats,
-              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+              **_cpu(), "cpus": os.cpu_count()}
     server = llmds_server(_free_port())
     try:
         server.start()
@@ -83,14 +98,17 @@ def main(argv=None) -> dict:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             result["page_load"] = page_loads(browser, server.url, args.loads)
             without, with_page, shown = [], [], []
-            for _ in range(args.repeats):
-                without.append(asyncio.run(load(server.url, args.clients, args.duration))["tok_s"])
-                ctx, page = watching_page(browser, server.url)
-                seen = page.evaluate("engine.last.counters.generation_tokens")
-                with_page.append(asyncio.run(load(server.url, args.clients, args.duration))["tok_s"])
-                page.wait_for_timeout(500)  # the last event of the run
-                shown.append(page.evaluate("engine.last.counters.generation_tokens") - seen)
-                ctx.close()
+            for i in range(args.repeats):  # odd pairs run the page first: no order bias
+                for watched in ((False, True) if i % 2 == 0 else (True, False)):
+                    if not watched:
+                        without.append(asyncio.run(load(server.url, args.clients, args.duration))["tok_s"])
+                        continue
+                    ctx, page = watching_page(browser, server.url)
+                    seen = page.evaluate("engine.last.counters.generation_tokens")
+                    with_page.append(asyncio.run(load(server.url, args.clients, args.duration))["tok_s"])
+                    page.wait_for_timeout(500)  # the last event of the run
+                    shown.append(page.evaluate("engine.last.counters.generation_tokens") - seen)
+                    ctx.close()
                 print(f"  {args.clients} clients: {without[-1]:.1f} tok/s without the page, "
                       f"{with_page[-1]:.1f} with it", flush=True)
             browser.close()
@@ -110,7 +128,8 @@ def main(argv=None) -> dict:
 def format_table(r: dict) -> str:
     pl = r["page_load"]
     return "\n".join([
-        f"bench_ui: {r['clients']} streaming clients, {r['duration']} s runs, {r['repeats']} pairs (medians)",
+        f"bench_ui: {r['clients']} streaming clients, {r['duration']} s runs, {r['repeats']} pairs (medians); "
+        f"{r['machine']}, {r['cpus']} CPUs{', AMX' if r.get('amx') else ''}",
         ratio_rule("tok/s with the page open / without it (the goal: >= 0.98)", "the run with the page"),
         f"without the page {r['without_page_tok_s']:.1f} tok/s, with the Engine tab live {r['with_page_tok_s']:.1f} "
         f"tok/s: ratio {r['ratio']:.3f} (pairs {', '.join(f'{x:.3f}' for x in r['pair_ratios'])})",
