@@ -59,7 +59,8 @@ def page_loads(browser, url: str, n: int) -> dict:
                                      "return [t.responseEnd, t.domContentLoadedEventEnd, t.loadEventEnd]; })()"))
         ctx.close()
     cols = list(zip(*timings))
-    return {"loads": n, "response_end_ms": statistics.median(cols[0]), "dom_content_loaded_ms": statistics.median(cols[1]),
+    return {"loads": n, "response_end_ms": statistics.median(cols[0]),
+            "dom_content_loaded_ms": statistics.median(cols[1]),
             "load_event_ms": statistics.median(cols[2]), "load_event_max_ms": max(cols[2]),
             "urls": sorted(urls), "only_this_server": all(u.startswith(url + "/") for u in urls)}
 

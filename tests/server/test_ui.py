@@ -193,7 +193,8 @@ def test_a_pasted_document_is_found_by_search_and_by_rag_answers(page, live):
         page.fill("#input", "What does the zorblax festival pair with violet bread?")
         page.press("#input", "Enter")
         _settle_page(page)
-        sync_api.expect(page.locator(".msg.assistant").last.locator(".sources li .source").first).to_have_text("zorblax.md")
+        first_source = page.locator(".msg.assistant").last.locator(".sources li .source").first
+        sync_api.expect(first_source).to_have_text("zorblax.md")
     finally:  # the other tests expect the corpus they made
         live.state.rag.pipeline.remove_document(added)
         page.uncheck("#rag")

@@ -5,10 +5,9 @@ ids, body size and time limits) and, when origins are allowed, CORS.
 Routes: ``GET``/``HEAD /health``, ``GET /metrics``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream``, ``n``, ``logprobs``, ``logit_bias``, the ``rag``
 extension), ``POST /v1/embeddings`` (all-MiniLM-L6-v2), ``POST /v1/retrieve`` (hybrid search over
-the indexed documents), ``POST /v1/documents`` (index one more), ``POST /tokenize`` and
+the indexed documents), ``POST /v1/documents`` (index one more document), ``POST /tokenize`` and
 ``POST /detokenize`` (vLLM's).  To add a route group, write a module with ``router(state)`` and
-include it in :func:`create_app`.  The web page at ``/``, the engine view's routes and the
-documents search: :mod:`llmds.server.ui`.
+include it in :func:`create_app`.
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ CORS_HEADERS = {"allow_methods": ["GET", "HEAD", "POST", "OPTIONS"],
 
 def create_app(state: ServerState):
     """The ASGI app (FastAPI inside :class:`~llmds.server.http.Guard`, inside CORS when
-    ``state.config.allowed_origins``); ``app.state.llmds`` of the FastAPI app is ``state``."""
+    ``state.config.allowed_origins``); ``app.state.llmds`` of the FastAPI app is ``state``.  The web
+    page at ``/``, the engine view's routes and the documents search: :mod:`llmds.server.ui`."""
     from llmds.server import ui
     from llmds.server.routes import generation, ops, retrieval, tokens
 

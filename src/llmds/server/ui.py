@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def router(state, feed: EngineFeed) -> APIRouter:
     from starlette.concurrency import run_in_threadpool
 
     from llmds.server.rag import hit_json
-    from llmds.server.routes.retrieval import ready_rag
+    from llmds.server.routes.retrieval import retrieve_hits
 
     api = APIRouter()
 
@@ -78,8 +79,10 @@ def router(state, feed: EngineFeed) -> APIRouter:
     async def search_documents(body: DocumentSearchRequest) -> dict[str, Any]:
         """Hybrid search of the indexed documents, with each hit's BM25 and dense scores beside
         the fused one."""
-        ready_rag(state)
-        hits, bm25, dense, seconds = await run_in_threadpool(_explained, state.rag, body.query, body.top_k)
+        t0 = time.perf_counter()
+        hits = await retrieve_hits(state, body.query, body.top_k)
+        seconds = time.perf_counter() - t0
+        bm25, dense = await run_in_threadpool(state.rag.pipeline.side_scores, body.query, [h.doc_id for h in hits])
         data = [{**hit_json(h), "bm25": float(b), "dense": None if d != d else float(d)}
                 for h, b, d in zip(hits, bm25, dense)]
         return {"object": "list", "data": data, "seconds": seconds}
@@ -88,12 +91,6 @@ def router(state, feed: EngineFeed) -> APIRouter:
         for path, f in _assets().items():
             api.add_api_route(path, _Asset(f).get, methods=["GET"], include_in_schema=False)
     return api
-
-
-def _explained(rag, query: str, top_k: int):
-    hits, seconds = rag.search(query, top_k)
-    bm25, dense = rag.pipeline.side_scores(query, [h.doc_id for h in hits])
-    return hits, bm25, dense, seconds
 
 
 class _Asset:

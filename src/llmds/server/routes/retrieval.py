@@ -1,6 +1,7 @@
 """``POST /v1/embeddings`` (all-MiniLM-L6-v2; texts or its token ids; served with ``--no-rag`` too,
-the model then loading on first use), ``POST /v1/retrieve`` (hybrid search of the indexed chunks)
-and ``POST /v1/documents`` (index one more document, searched at once)."""
+the model then loading on first use), ``POST /v1/retrieve`` (hybrid search of the indexed chunks) and
+``POST /v1/documents`` (index one more document: every later search sees it; with ``--replicas N``
+retrieval runs in the one ingress, so every replica's requests see it too)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from llmds.server.errors import APIError, from_llmds_error, model_not_found, ret
 from llmds.server.protocol import DocumentRequest, EmbeddingRequest, RetrieveRequest
 from llmds.server.state import ServerState
 
-__all__ = ["router", "ready_rag", "retrieve_hits", "rag_status"]
+__all__ = ["router", "retrieve_hits", "rag_status"]
 
 
 def router(state: ServerState) -> APIRouter:
@@ -56,11 +57,9 @@ def router(state: ServerState) -> APIRouter:
 
     @api.post("/v1/documents")
     async def add_document(body: DocumentRequest) -> dict[str, Any]:
-        """Index one more document (chunked and embedded as at start-up); every later search and
-        RAG answer sees it."""
         from llmds.server.rag import RagIndex
 
-        ready_rag(state, need_index=False)
+        _check_rag(state)
         emb = await state.get_embedder()
         source = body.source or f"document-{int(time.time() * 1000)}"
         try:
@@ -86,9 +85,19 @@ def rag_status(state: ServerState) -> str:
     return "ready" if state.rag is not None else "no documents"
 
 
-def ready_rag(state: ServerState, need_index: bool = True) -> None:
-    """Raise the API's error when retrieval is off, loading or failed (or, with ``need_index``,
-    has no documents)."""
+async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:
+    """The ``top_k`` best chunks for ``query`` (``APIError`` when retrieval is off, loading or failed)."""
+    _check_rag(state)
+    if state.rag is None:
+        raise APIError(404, "no documents are indexed (start with --docs DIR or --index PATH)",
+                       "not_found_error", code="no_documents")
+    hits, seconds = await run_in_threadpool(state.rag.search, query, top_k)
+    state.metrics.retrieval_latency_seconds.observe(seconds)
+    return hits
+
+
+def _check_rag(state: ServerState) -> None:
+    """``APIError`` unless retrieval is on and loaded (it may hold no documents yet)."""
     status = rag_status(state)
     if status == "loading":
         raise APIError(503, "retrieval is still loading; retry shortly", "service_unavailable",
@@ -99,17 +108,6 @@ def ready_rag(state: ServerState, need_index: bool = True) -> None:
     if status == "failed":
         raise APIError(503, f"retrieval is unavailable: {state.rag_error}", "service_unavailable",
                        code="rag_unavailable", headers=retry_after_header(60))
-    if need_index and state.rag is None:
-        raise APIError(404, "no documents are indexed (start with --docs DIR or --index PATH, or add one: "
-                       "POST /v1/documents)", "not_found_error", code="no_documents")
-
-
-async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:
-    """The ``top_k`` best chunks for ``query`` (``APIError`` when retrieval is off, loading or failed)."""
-    ready_rag(state)
-    hits, seconds = await run_in_threadpool(state.rag.search, query, top_k)
-    state.metrics.retrieval_latency_seconds.observe(seconds)
-    return hits
 
 
 def _embed_texts(emb, texts: list[str]):
