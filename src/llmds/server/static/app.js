@@ -92,11 +92,25 @@ function setTheme(theme) {
 }
 
 // ------------------------------------------------------------------ markdown
+let highlighter = null;  // highlight.js (the largest script), loaded when the first code block shows
+
+function highlight(blocks) {
+  if (!highlighter) {
+    highlighter = new Promise((resolve) => {
+      const s = el("script", { src: "/ui/vendor/highlight.min.js" });
+      s.onload = s.onerror = () => resolve(window.hljs || null);
+      document.head.append(s);
+    });
+  }
+  highlighter.then((hljs) => { if (hljs) for (const c of blocks) if (c.isConnected) hljs.highlightElement(c); });
+}
+
 function renderMarkdown(target, text, final) {
   const html = window.marked ? marked.parse(text, { gfm: true, breaks: false }) : text;
   target.innerHTML = window.DOMPurify ? DOMPurify.sanitize(html) : "";
   if (!window.DOMPurify) target.textContent = text;
-  if (final && window.hljs) for (const c of target.querySelectorAll("pre code")) hljs.highlightElement(c);
+  const blocks = final ? target.querySelectorAll("pre code") : [];
+  if (blocks.length) highlight(blocks);
 }
 
 // ------------------------------------------------------------------ chat
