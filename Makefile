@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 TORCH_PIP_ARGS := $(if $(strip $(TORCH_INDEX_URL)),--index-url $(TORCH_INDEX_URL))
 
-.PHONY: test serve bench install install-bench clean
+.PHONY: test serve bench install install-bench chromium clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,7 +21,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# Debian's chromium, which the web page's browser tests drive (tests/server/test_ui.py) through
+# Playwright for Python (the dev extra; never `playwright install`, which downloads a browser).
+# Installed with apt-get when missing; where that cannot be done (not root, no apt-get) the
+# browser tests are skipped and say why.
+CHROMIUM ?= /usr/bin/chromium
+export LLMDS_CHROMIUM := $(CHROMIUM)
+
+chromium:
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "make: cannot install chromium here (needs root and apt-get): the browser tests will be skipped"
+
+test: install chromium
 	$(PY) -m pytest tests
 
 # the OpenAI-compatible server on 127.0.0.1:8000 (SERVE_ARGS: any `llmds serve` option, e.g. --port 9000)
@@ -40,7 +52,7 @@ install-bench: $(VENV)/.installed-bench
 BENCH_ARGS ?=
 
 # every benchmark; `make bench BENCH_ARGS=--quick` is a smoke run (results/quick/, not committed)
-bench: install-bench
+bench: install-bench chromium
 	$(PY) -m benchmarks.bench_structures $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_kv_cache $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_kv_arena $(BENCH_ARGS)
@@ -50,6 +62,7 @@ bench: install-bench
 	$(PY) -m benchmarks.bench_server $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_parallel $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_bursts $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_ui $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

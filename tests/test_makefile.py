@@ -51,6 +51,12 @@ def test_make_test_installs_what_the_tests_need_then_runs_pytest_in_the_venv(tmp
     assert lines.index(runs[0]) > max(lines.index(line) for line in installs(lines))
 
 
+def test_make_test_installs_chromium_before_the_tests_where_it_is_missing(tmp_path):
+    text = "\n".join(dry_run("test", f"VENV={tmp_path / 'v'}", "CHROMIUM=/nonexistent/chromium"))
+    assert "test -x /nonexistent/chromium" in text and "apt-get install -y -qq chromium" in text
+    assert text.index("apt-get install") < text.index(" -m pytest")
+
+
 def test_torch_spec_pins_torch_in_every_install_of_the_project(tmp_path):
     lines = installs(dry_run("install-bench", f"VENV={tmp_path / 'v'}", "TORCH_SPEC=torch==9.9.9+cpu"))
     assert any(extras(line) >= {"bench"} for line in lines)

@@ -29,6 +29,7 @@ BENCHMARKS = {
     "retrieval": ["bench_retrieval"],
     "engine": ["bench_engine", "bench_parallel"],
     "server": ["bench_server", "bench_bursts"],
+    "ui": ["bench_ui"],
 }
 
 

@@ -128,7 +128,8 @@ def _serve(a: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         sys.stdout.write(f"llmds serving {cfg.model_name or 'the default model'} on {url} "
-                         f"(OpenAI API at {url}/v1; metrics at {url}/metrics)\n")
+                         f"(OpenAI API at {url}/v1; metrics at {url}/metrics"
+                         f"{'' if a.no_ui else f'; web page at {url}/'})\n")
         sys.stdout.flush()
 
     return serve(ecfg, cfg, a.host, a.port, a.log_level, on_ready=ready, pin_threads=not a.no_pin_threads)
@@ -146,7 +147,7 @@ def server_configs(a: argparse.Namespace):
                        max_body_bytes=a.max_body_bytes, max_qps=a.max_qps, max_token_rate=a.max_token_rate,
                        max_waiting_requests=a.max_waiting_requests, max_waiting_tokens=a.max_waiting_tokens,
                        docs=tuple(a.docs) if a.docs else None, index=a.index, rag=not a.no_rag,
-                       trim_delay=None if a.no_memory_trim else 1.0)
+                       trim_delay=None if a.no_memory_trim else 1.0, ui=not a.no_ui)
     return cfg, _engine_config(a)
 
 
@@ -256,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the project's README and docs/)")
     s.add_argument("--index", default=None, metavar="PATH", help="a saved index (`llmds index`) instead of --docs")
     s.add_argument("--no-rag", action="store_true", help="no retrieval, no embeddings (starts faster)")
+    s.add_argument("--no-ui", action="store_true", help="no web page at / (the JSON routes stay)")
     s.add_argument("--no-pin-threads", action="store_true",
                    help="leave the engine's threads unpinned (default: its stepping thread on one CPU, "
                         "its OpenMP workers on the others; Linux)")
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run benchmarks, write JSON and PNG plots",
                        description="Run benchmarks from a source checkout; extra arguments after -- go to each.")
     b.add_argument("which", nargs="*", default=[], metavar="NAME",
-                   help="structures, kv, planner, retrieval, engine, server (default: all)")
+                   help="structures, kv, planner, retrieval, engine, server, ui (default: all)")
     b.add_argument("--args", nargs=argparse.REMAINDER, default=[], help="arguments for every benchmark (e.g. --quick)")
     b.set_defaults(func=_bench)
 

@@ -207,3 +207,29 @@ def test_build_raises_what_the_factory_raised_and_shutdown_before_start_ends_the
     thread = a._thread
     a.shutdown(timeout=30)
     assert not thread.is_alive()
+
+
+def test_call_runs_between_steps_on_the_engine_thread(eng):
+    import threading
+
+    async def body(a):
+        where = await a.call(lambda e: (e is eng, threading.get_ident()))
+        assert where == (True, a._thread.ident)
+        with pytest.raises(ZeroDivisionError):
+            await a.call(lambda e: 1 / 0)  # what the function raised, raised here; the engine goes on
+        gen = a.generate("The sun is", SamplingParams(temperature=0, max_tokens=6))
+        await gen.__anext__()
+        held = await a.call(lambda e: e.block_manager.num_free_blocks)  # mid-request, between two steps
+        assert held < eng.num_blocks
+        async for _ in gen:
+            pass
+        return await a.call(lambda e: e.block_manager.num_free_blocks)
+
+    assert run(_with_engine(eng, body)) == eng.num_blocks
+
+
+def test_call_refuses_when_the_engine_is_not_running(eng):
+    from llmds.errors import StateError
+
+    with pytest.raises(StateError):
+        run(AsyncLLMEngine(eng).call(lambda e: None))

@@ -134,6 +134,19 @@ def test_retrieve(http):
     assert src[data[0]["start"]:data[0]["end"]] == data[0]["text"]
 
 
+def test_an_added_document_is_searched_at_once(http, live):
+    text = "The zorblax festival pairs quasar pickles with violet bread every spring."
+    r = http.post("/v1/documents", json={"text": text, "source": "zorblax.md"})
+    assert r.status_code == 200, r.text
+    (added,) = r.json()["data"]
+    try:
+        hits = http.post("/v1/retrieve", json={"query": "quasar pickles zorblax", "top_k": 1}).json()["data"]
+        assert hits[0]["id"] == added["id"] and hits[0]["source"] == "zorblax.md" and hits[0]["text"] == text
+        assert http.post("/v1/documents", json={"text": ""}).status_code == 400
+    finally:  # the other tests expect the corpus they made
+        live.state.rag.pipeline.remove_document(added["id"])
+
+
 def test_rag_shares_the_chunks_kv_through_the_prefix_cache(openai_client, http, live):
     before = http.get("/metrics").text
     answers = []

@@ -63,6 +63,20 @@ def test_serving_python_examples_run(live):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_curl_examples_run(live):
     (readme,) = _blocks(README, "bash", "## First request")
-    (serving,) = _blocks(SERVING, "bash")
+    serving, _engine = _blocks(SERVING, "bash")
     for code in (readme, serving):
         assert _run_curl(code, live)["object"] == "chat.completion"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_engine_view_curl_examples_run(live):
+    _chat, engine = _blocks(SERVING, "bash")
+    state, events = (line.split("#")[0] for line in engine.splitlines())
+    key = f"-H 'Authorization: Bearer {API_KEY}' "
+    r = subprocess.run(["bash", "-c", _local(state, live).replace("curl -s ", "curl -s " + key, 1)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and '"num_blocks":' in r.stdout, r.stderr
+    # the event stream never ends: read it for a second
+    cmd = _local(events, live).replace("curl -sN ", "curl -sN --max-time 1 " + key, 1)
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert r.stdout.startswith("event: state\ndata: {"), (r.returncode, r.stdout[:200])

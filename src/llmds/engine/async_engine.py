@@ -2,8 +2,9 @@
 
 The engine is single-threaded by design (planner, block manager and model are never touched
 concurrently).  Other threads talk to it only through a command queue drained between steps:
-``add`` (its result, a request id or the validation error, comes back through a future) and
-``abort``.  Each step's outputs are handed to the event loop in one ``call_soon_threadsafe`` and
+``add`` (its result, a request id or the validation error, comes back through a future),
+``abort``, and ``call`` (a function of the engine run between two steps: a read-only look at its
+state, e.g. the web page's KV block map, without racing the step).  Each step's outputs are handed to the event loop in one ``call_soon_threadsafe`` and
 fanned out to the requests' ``asyncio.Queue``.  HTTP handlers therefore never run model code.
 
 The next step starts once the loop has run the readers woken by those outputs (at most
@@ -179,6 +180,16 @@ class AsyncLLMEngine:
         self._wake.set()
         await fut
 
+    async def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
+        """``fn(engine)`` run on the engine thread between two steps; its result (or what it raised).
+        For short reads of the engine's state: the next step waits for it."""
+        if not self.is_running or self._stopping:
+            raise StateError("the engine is not running")
+        fut = asyncio.get_running_loop().create_future()
+        self._commands.put(("call", fn, fut))
+        self._wake.set()
+        return await fut
+
     def abort(self, request_id: Hashable) -> None:
         """Abort from any thread; takes effect before the next step."""
         self._commands.put(("abort", request_id, None))
@@ -219,6 +230,14 @@ class AsyncLLMEngine:
                 continue
             if kind == "barrier":
                 loop.call_soon_threadsafe(_settle, fut, None, None)
+                continue
+            if kind == "call":
+                try:
+                    result = arg(eng)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    loop.call_soon_threadsafe(_settle, fut, None, exc)
+                else:
+                    loop.call_soon_threadsafe(_settle, fut, result, None)
                 continue
             prompt, params, rid, priority, deadline = arg
             try:

@@ -119,6 +119,10 @@ class PagedAllocator:
         """Boolean ``[max_pages]`` array, True where the page is free.  O(max_pages), vectorized."""
         return np.asarray(self._ref, dtype=np.int64) == 0
 
+    def refcounts(self) -> np.ndarray:
+        """Int32 ``[max_pages]`` array of every page's reference count (a copy).  O(max_pages)."""
+        return np.asarray(self._ref, dtype=np.int32)
+
     def cached_mask(self) -> np.ndarray:
         """Boolean ``[max_pages]`` array, True where the page is marked cached."""
         return np.frombuffer(bytes(self._cached), dtype=np.uint8).astype(bool)

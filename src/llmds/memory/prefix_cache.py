@@ -209,6 +209,10 @@ class PrefixCache:
     def is_pinned(self, page_id: int) -> bool:
         return page_id in self._pins
 
+    def pinned_pages(self) -> list[int]:
+        """Ids of the pinned pages, in no order."""
+        return list(self._pins)
+
     @property
     def num_pinned(self) -> int:
         return len(self._pins)

@@ -235,6 +235,14 @@ class HybridIndex:
                             float(ls.max()) if li.size else None, low, w)
         return ids, scores
 
+    def side_scores(self, query: str, q: np.ndarray | None, doc_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 and dense similarity of each of ``doc_ids`` (present) for the query, exactly as
+        the two sides score them before fusion; dense is NaN without a query vector ``q``."""
+        slots = np.fromiter((self.doc_slot[d] for d in doc_ids), np.int64, len(doc_ids))
+        lex = self.lexical.score_documents(query, slots.tolist()).astype(np.float64)
+        dense = self._similarities(q, slots) if q is not None else np.full(slots.shape[0], np.nan)
+        return lex, dense
+
     def _similarities(self, q: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Similarity (as the dense side ranks) of query ``q`` to documents at ``slots``;
         NaN for a document without a vector."""

@@ -278,6 +278,15 @@ class RetrievalPipeline:
         with self._lock:
             return [self._docs.hit(d, s) for d, s in res if d in self._docs]
 
+    def side_scores(self, query: str, doc_ids: Sequence[int], query_embedding: Any = None):
+        """``(bm25, dense)`` float64 arrays for ``doc_ids``: the two scores fusion combines (dense
+        NaN without vectors; the query embedded if not given); ``NotFoundError`` for an unknown id."""
+        vec = None if query_embedding is None else check_vector(self.config, query_embedding, "query_embedding")
+        if vec is None and self._embedder is not None and len(self._docs.dense) and isinstance(query, str):
+            vec = self._embed([query])[0]
+        with self._lock:
+            return self._docs.side_scores(query, vec, [self._known(d) for d in doc_ids])
+
     def get_text(self, doc_id: int) -> str | None:
         """Stored text of ``doc_id`` (None when ``store_texts=False``); ``NotFoundError`` if unknown."""
         with self._lock:

@@ -213,6 +213,11 @@ class EmbeddingRequest(_Strict):
         return list(x)
 
 
+class DocumentRequest(_Strict):
+    text: str = Field(min_length=1)
+    source: str | None = None
+
+
 class RetrieveRequest(_Strict):
     query: _NonEmpty
     top_k: int = Field(4, ge=1, le=100)

@@ -89,10 +89,27 @@ class RagIndex:
         return cls(pipeline)
 
     @classmethod
+    def empty(cls, embedder: Any) -> RagIndex:
+        from llmds.retrieval.pipeline import RetrievalPipeline
+
+        return cls(RetrievalPipeline(embedding_dim=embedder.dim, embedder=embedder, seed=0))
+
+    @classmethod
     def from_paths(cls, paths: Iterable[str | os.PathLike], embedder: Any,
                    progress: Callable[[int, int], None] | None = None) -> RagIndex:
         """Chunk every document under ``paths`` (see :func:`collect_chunks`) and index them."""
         return cls.build(collect_chunks(paths), embedder, progress)
+
+    def add_text(self, text: str, source: str, embedder: Any) -> list:
+        """Chunk, embed and index one more document (searches see it once this returns);
+        its chunks."""
+        from llmds.retrieval.chunking import chunk_text
+
+        chunks = chunk_text(text, source)
+        if not chunks:
+            raise ValidationError("the document has no words to index")
+        ids = self.pipeline.add_chunks(chunks, embedder.embed_batch([c.text for c in chunks]))
+        return list(zip(ids, chunks))
 
     def save(self, path: str | os.PathLike) -> None:
         self.pipeline.save(path)

@@ -47,6 +47,7 @@ class ServerConfig:
     with ``Retry-After``), ``header_timeout`` / ``body_timeout`` seconds to receive a request's
     headers / body (then 408), ``send_timeout`` seconds a client may read nothing of a response
     before it is dropped (its request aborted).
+    ``ui``: serve the web page at ``/`` (:mod:`llmds.server.ui`).
     """
 
     model_name: str | None = None
@@ -68,6 +69,7 @@ class ServerConfig:
     rag: bool = True
     hot_threshold: int = 8
     trim_delay: float | None = 1.0
+    ui: bool = True
 
     def __post_init__(self) -> None:
         check_int("max_body_bytes", self.max_body_bytes, 1024)
@@ -123,6 +125,13 @@ class ServerState:
         self.aengine.shutdown()
         bm = self.engine.block_manager
         log.info("engine stopped: %d of %d KV blocks free", bm.num_free_blocks, self.engine.num_blocks)
+
+    async def engine_state(self, detail: bool = True) -> dict[str, Any]:
+        """The engine's KV blocks, batch and counters (:func:`llmds.server.engine_state.snapshot`),
+        read on the engine thread between two steps."""
+        from llmds.server.engine_state import snapshot
+
+        return await self.aengine.call(lambda engine: snapshot(engine, detail))
 
     def _load_rag(self) -> None:
         from llmds.retrieval.embeddings import MiniLMEmbedder

@@ -2,7 +2,7 @@
 
 * :mod:`~llmds.server.routes.generation`: ``/v1/chat/completions``, ``/v1/completions``;
 * :mod:`~llmds.server.routes.tokens`: ``/v1/models``, ``/tokenize``, ``/detokenize``;
-* :mod:`~llmds.server.routes.retrieval`: ``/v1/embeddings``, ``/v1/retrieve``;
+* :mod:`~llmds.server.routes.retrieval`: ``/v1/embeddings``, ``/v1/retrieve``, ``/v1/documents``;
 * :mod:`~llmds.server.routes.ops`: ``/health``, ``/metrics``.
 
 Handlers never run the LLM: they validate (:mod:`llmds.server.protocol`), tokenize, pass the

@@ -40,7 +40,7 @@ def router(state: ServerState) -> APIRouter:
                 raise APIError(400, "rag needs a non-empty user message or rag.query", param="rag.query")
             hits = await retrieve_hits(state, query, body.rag.top_k)
             messages = rag_messages(messages, hits)
-            extra["rag"] = {"chunks": [{k: v for k, v in hit_json(h).items() if k in ("id", "source", "score")}
+            extra["rag"] = {"chunks": [{k: v for k, v in hit_json(h).items() if k != "text"}
                                        for h in hits]}
         ids = state.encode_chat(messages)
         max_tokens = body.requested_max_tokens() or state.default_max_tokens(len(ids))

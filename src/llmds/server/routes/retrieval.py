@@ -1,9 +1,12 @@
 """``POST /v1/embeddings`` (all-MiniLM-L6-v2; texts or its token ids; served with ``--no-rag`` too,
-the model then loading on first use) and ``POST /v1/retrieve`` (hybrid search of the indexed chunks)."""
+the model then loading on first use), ``POST /v1/retrieve`` (hybrid search of the indexed chunks) and
+``POST /v1/documents`` (index one more document: every later search sees it; with ``--replicas N``
+retrieval runs in the one ingress, so every replica's requests see it too)."""
 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -11,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmds.errors import LLMDSError
 from llmds.server.errors import APIError, from_llmds_error, model_not_found, retry_after_header
-from llmds.server.protocol import EmbeddingRequest, RetrieveRequest
+from llmds.server.protocol import DocumentRequest, EmbeddingRequest, RetrieveRequest
 from llmds.server.state import ServerState
 
 __all__ = ["router", "retrieve_hits", "rag_status"]
@@ -52,6 +55,22 @@ def router(state: ServerState) -> APIRouter:
         hits = await retrieve_hits(state, body.query, body.top_k)
         return {"object": "list", "data": [hit_json(h) for h in hits]}
 
+    @api.post("/v1/documents")
+    async def add_document(body: DocumentRequest) -> dict[str, Any]:
+        from llmds.server.rag import RagIndex
+
+        _check_rag(state)
+        emb = await state.get_embedder()
+        source = body.source or f"document-{int(time.time() * 1000)}"
+        try:
+            if state.rag is None:  # the first document of a server started without any
+                state.rag = RagIndex.empty(emb)
+            added = await run_in_threadpool(state.rag.add_text, body.text, source, emb)
+        except LLMDSError as exc:
+            raise from_llmds_error(exc, "text") from None
+        return {"object": "list", "data": [{"id": i, "source": c.source, "start": c.start, "end": c.end}
+                                           for i, c in added]}
+
     return api
 
 
@@ -68,6 +87,17 @@ def rag_status(state: ServerState) -> str:
 
 async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:
     """The ``top_k`` best chunks for ``query`` (``APIError`` when retrieval is off, loading or failed)."""
+    _check_rag(state)
+    if state.rag is None:
+        raise APIError(404, "no documents are indexed (start with --docs DIR or --index PATH)",
+                       "not_found_error", code="no_documents")
+    hits, seconds = await run_in_threadpool(state.rag.search, query, top_k)
+    state.metrics.retrieval_latency_seconds.observe(seconds)
+    return hits
+
+
+def _check_rag(state: ServerState) -> None:
+    """``APIError`` unless retrieval is on and loaded (it may hold no documents yet)."""
     status = rag_status(state)
     if status == "loading":
         raise APIError(503, "retrieval is still loading; retry shortly", "service_unavailable",
@@ -78,12 +108,6 @@ async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:
     if status == "failed":
         raise APIError(503, f"retrieval is unavailable: {state.rag_error}", "service_unavailable",
                        code="rag_unavailable", headers=retry_after_header(60))
-    if state.rag is None:
-        raise APIError(404, "no documents are indexed (start with --docs DIR or --index PATH)",
-                       "not_found_error", code="no_documents")
-    hits, seconds = await run_in_threadpool(state.rag.search, query, top_k)
-    state.metrics.retrieval_latency_seconds.observe(seconds)
-    return hits
 
 
 def _embed_texts(emb, texts: list[str]):
