@@ -61,6 +61,7 @@ bench: install-bench chromium
 	$(PY) -m benchmarks.bench_engine $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_server $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_ui $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_routing $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

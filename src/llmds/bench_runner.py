@@ -29,6 +29,7 @@ BENCHMARKS = {
     "engine": ["bench_engine"],
     "server": ["bench_server"],
     "ui": ["bench_ui"],
+    "routing": ["bench_routing"],
 }
 
 

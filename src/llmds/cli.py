@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run benchmarks, write JSON and PNG plots",
                        description="Run benchmarks from a source checkout; extra arguments after -- go to each.")
     b.add_argument("which", nargs="*", default=[], metavar="NAME",
-                   help="structures, kv, planner, retrieval, engine, server, ui (default: all)")
+                   help="structures, kv, planner, retrieval, engine, server, ui, routing (default: all)")
     b.add_argument("--args", nargs=argparse.REMAINDER, default=[], help="arguments for every benchmark (e.g. --quick)")
     b.set_defaults(func=_bench)
 

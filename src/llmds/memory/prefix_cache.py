@@ -250,6 +250,10 @@ class PrefixCache:
         """Unindex every free cached page (live pages stay indexed)."""
         self.allocator.evict_cached()
 
+    def __contains__(self, key: int) -> bool:
+        """Is a page indexed under chain key ``key`` (see :func:`prefix_keys`)?"""
+        return key in self._page_of
+
     def __len__(self) -> int:
         return len(self._key_of)
 

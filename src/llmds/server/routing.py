@@ -14,7 +14,11 @@ keys, from two sources:
 :func:`choose_replica` is the policy, a pure function of the matched leading blocks and the
 loads: the replica with the longest match (ties: the lower load, then the lower index), unless
 nothing matches or its load exceeds the least loaded replica's by more than ``max_queue_gap``;
-then the less loaded of two random replicas (power of two choices).  No Ray here: the Ray Serve
+then the less loaded of two random replicas (power of two choices).  A replica's load
+(:class:`LoadBook`) is its requests in flight plus ``waiting_weight`` per request that has no
+first token yet: a queue of prompts to prefill delays a new request's first token far more than
+the same number of decoding requests (in ``bench_routing`` this weighting cut the TTFT p99 at 64
+replicas from ~0.95 s to ~0.7 s at the same hit rate).  No Ray here: the Ray Serve
 adapter (:mod:`llmds.server.ray_router`) and the simulation (``benchmarks/bench_routing.py``)
 both call these.
 """
@@ -26,10 +30,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Sequence
 
-from llmds._checks import check_int
+from llmds._checks import check_float, check_int
 from llmds.memory.prefix_cache import prefix_keys
 
-__all__ = ["RouterConfig", "PrefixTable", "choose_replica", "prompt_keys"]
+__all__ = ["RouterConfig", "PrefixTable", "LoadBook", "choose_replica", "prompt_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,16 +41,23 @@ class RouterConfig:
     """``block_size``: tokens per KV block (the engine's).  ``max_queue_gap``: requests in
     flight by which the best-matching replica may exceed the least loaded one before the
     router falls back to power of two choices.  ``max_routed``: keys remembered per replica
-    from routing decisions between two reports (oldest dropped first)."""
+    from routing decisions between two reports (oldest dropped first).  ``stats_period_s``:
+    seconds between two reports of a replica (Ray Serve's ``request_routing_stats_period_s``).
+    ``waiting_weight``: a request still waiting for its first token counts this much more than
+    one that decodes (see :class:`LoadBook`)."""
 
     block_size: int = 16
     max_queue_gap: int = 8
     max_routed: int = 65_536
+    stats_period_s: float = 1.0
+    waiting_weight: float = 2.0
 
     def __post_init__(self) -> None:
         check_int("block_size", self.block_size, 1)
         check_int("max_queue_gap", self.max_queue_gap, 0)
         check_int("max_routed", self.max_routed, 1)
+        check_float("stats_period_s", self.stats_period_s, 0.0, low_open=True)
+        check_float("waiting_weight", self.waiting_weight, 0.0)
 
 
 def prompt_keys(token_ids: Sequence[int], block_size: int) -> list[int]:
@@ -147,3 +158,35 @@ class PrefixTable:
             s.discard(replica)
             if not s:
                 del self.holders[key]
+
+
+class LoadBook:
+    """Requests in flight and requests waiting for their first token, per replica, as the
+    router's own process sees them (it sends every request and reads every stream)."""
+
+    __slots__ = ("in_flight", "waiting", "waiting_weight")
+
+    def __init__(self, waiting_weight: float = 2.0) -> None:
+        self.waiting_weight = check_float("waiting_weight", waiting_weight, 0.0)
+        self.in_flight: dict[Hashable, int] = {}
+        self.waiting: dict[Hashable, int] = {}
+
+    def accepted(self, replica: Hashable) -> None:
+        """A request started on ``replica`` (no output yet)."""
+        self.in_flight[replica] = self.in_flight.get(replica, 0) + 1
+        self.waiting[replica] = self.waiting.get(replica, 0) + 1
+
+    def first_token(self, replica: Hashable) -> None:
+        self.waiting[replica] -= 1
+
+    def finished(self, replica: Hashable, had_first_token: bool) -> None:
+        self.in_flight[replica] -= 1
+        if not had_first_token:
+            self.waiting[replica] -= 1
+
+    def load(self, replica: Hashable) -> float:
+        return self.in_flight.get(replica, 0) + self.waiting_weight * self.waiting.get(replica, 0)
+
+    def forget(self, replica: Hashable) -> None:
+        self.in_flight.pop(replica, None)
+        self.waiting.pop(replica, None)
