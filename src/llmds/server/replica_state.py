@@ -33,7 +33,7 @@ from llmds.server.admission import Ticket
 from llmds.server.errors import APIError, retry_after_header
 from llmds.server.prometheus import label_families
 from llmds.server.routing import LoadBook, prompt_keys
-from llmds.server.state import ServerConfig, ServerState
+from llmds.server.state import Generation, ServerConfig, ServerState
 
 __all__ = ["EngineView", "ReplicaSetState", "RemoteGeneration", "BOOK", "ROUTERS", "replica_reports"]
 
@@ -150,10 +150,10 @@ def _no_replica() -> APIError:
                     headers=retry_after_header(2))
 
 
-class RemoteGeneration:
-    """One request's outputs, streamed from its replica (the interface of ``Generation``)."""
+class RemoteGeneration(Generation):
+    """One request's outputs, streamed from its replica."""
 
-    def __init__(self, state: ReplicaSetState, stream, replica: str, ticket: Ticket) -> None:
+    def __init__(self, state: ReplicaSetState, stream, replica: str, ticket: Ticket) -> None:  # noqa: D107
         self.state, self.stream, self.replica, self.ticket = state, stream, replica, ticket
         self.request_id = None
         self._first = False
@@ -182,15 +182,11 @@ class RemoteGeneration:
             self._done = True
         return out
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if not self._done:
-                self.stream.cancel()  # the replica's generator is cancelled: it aborts the request
-        finally:
-            self.state.book.finished(self.replica, self._first)
-            self.ticket.close()
-            self.state.leave()
+    async def _stop(self) -> None:
+        if not self._done:
+            self.stream.cancel()  # the replica's generator is cancelled: it aborts the request
+
+    def _release(self) -> None:
+        self.state.book.finished(self.replica, self._first)
+        super()._release()
 

@@ -313,18 +313,25 @@ class Generation:
         return out
 
     async def close(self) -> None:
+        """Stop the stream (aborting an unfinished request) and release the ticket; idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
-            if self._next is not None:
-                self._next.cancel()
-                with suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await self._next
-            await self._agen.aclose()
+            await self._stop()
         finally:
-            self.ticket.close()
-            self.state.leave()
+            self._release()
+
+    async def _stop(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            with suppress(asyncio.CancelledError, StopAsyncIteration):
+                await self._next
+        await self._agen.aclose()
+
+    def _release(self) -> None:
+        self.ticket.close()
+        self.state.leave()
 
 
 def rejection_error(rej: Rejection) -> APIError:
