@@ -187,7 +187,7 @@ class Llmds(Policy):
         weighted = [self.book.load(r) for r in range(self.n)]
         i, _ = choose_replica(self.matches(req, now, replicas), weighted, self.config.max_queue_gap, self.rng)
         self.table.routed(i, req.keys)
-        self.book.accepted(i)
+        self.book.sent(i)
         return i
 
     def started(self, replica: int, req) -> None:
@@ -216,7 +216,7 @@ class Oracle(Llmds):
     def route(self, req, loads, now, replicas) -> int:
         weighted = [self.book.load(r) for r in range(self.n)]
         i, _ = choose_replica(self.matches(req, now, replicas), weighted, self.config.max_queue_gap, self.rng)
-        self.book.accepted(i)
+        self.book.sent(i)
         return i
 
 

@@ -62,6 +62,7 @@ class FakeHandle:
 
     def remote(self, *args, **kwargs):
         self.sent.append(kwargs["prefix_keys"])
+        assert kwargs["route_token"]
         return self.streams.pop(0)
 
 

@@ -67,6 +67,13 @@ class LlmdsRequestRouter(RequestRouter):
         self.decisions[why] += 1
         if keys:
             self.table.routed(names[i], keys)
+        token = pending_request.kwargs.get("route_token") if pending_request is not None else None
+        if token is not None:  # counted now: a burst routed before any acceptance sees its own load
+            before = shared.ROUTED.get(token)
+            if before is not None:  # routed again (the first pick refused or died)
+                shared.BOOK.finished(before, False)
+            shared.BOOK.sent(names[i])
+            shared.ROUTED[token] = names[i]
         rest = sorted((j for j in range(len(names)) if j != i), key=lambda j: loads[j])
         ranks = [[candidate_replicas[i]]]
         if rest:  # tried only if the chosen replica refuses (at max_ongoing_requests)

@@ -24,6 +24,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from typing import Any, Callable
 
 from ray.exceptions import RayError
@@ -40,8 +41,11 @@ __all__ = ["EngineView", "ReplicaSetState", "RemoteGeneration", "BOOK", "ROUTERS
 log = logging.getLogger(__name__)
 
 # Shared between the ingress and the routers of its deployment handle (llmds.server.ray_router),
-# in the same process: the loads it keeps, the routers that hold the replicas' reports.
+# in the same process: the loads (the router counts a request when it picks its replica, the
+# ingress as the stream starts, reads and ends), which replica the router picked for each open
+# request ({route token: replica}), and the routers, which hold the replicas' reports.
 BOOK = LoadBook()
+ROUTED: dict[str, str] = {}
 ROUTERS: list = []
 
 
@@ -111,14 +115,21 @@ class ReplicaSetState(ServerState):
         keys = prompt_keys(prompt_ids, self.engine.config.block_size)
         deadline = self.clock() + self.accept_timeout
         while True:
-            stream = self.handle.generate.remote(prompt_ids, params, priority, prefix_keys=keys)
+            token = uuid.uuid4().hex
+            stream = self.handle.generate.remote(prompt_ids, params, priority, prefix_keys=keys, route_token=token)
             try:
                 kind, payload = await asyncio.wait_for(stream.__anext__(), max(0.1, deadline - self.clock()))
             except asyncio.TimeoutError:
                 stream.cancel()
+                self._unsend(token)
                 raise _no_replica() from None
+            except asyncio.CancelledError:  # the client left while its request was routed
+                stream.cancel()
+                self._unsend(token)
+                raise
             except RayError as exc:  # the replica died before it accepted: try another
                 stream.cancel()
+                self._unsend(token)
                 if self.clock() >= deadline:
                     raise _no_replica() from None
                 self.retries += 1
@@ -126,9 +137,18 @@ class ReplicaSetState(ServerState):
                             type(exc).__name__)
                 continue
             if kind == "refused":
+                self._unsend(token)
                 raise payload
-            self.book.accepted(payload)
+            if ROUTED.pop(token, None) != payload:  # not where the router counted it (or uncounted)
+                self._unsend(token, payload)
+                self.book.sent(payload)
             return RemoteGeneration(self, stream, payload, ticket)
+
+    def _unsend(self, token: str, picked: str | None = None) -> None:
+        """Take back the router's count of a request that did not start where it picked."""
+        picked = ROUTED.pop(token, picked)
+        if picked is not None:
+            self.book.finished(picked, False)
 
     async def health(self) -> dict[str, Any]:
         reports = self.reports()

@@ -79,9 +79,9 @@ class EngineReplica:
                 "max_model_len": self.engine.max_model_len, "num_blocks": self.engine.num_blocks,
                 "name": self.name, "model": Path(self.engine.config.model).stem if self.engine.config.model else None}
 
-    async def generate(self, prompt_ids: list[int], params, priority: int = 0, prefix_keys=None):
+    async def generate(self, prompt_ids: list[int], params, priority: int = 0, prefix_keys=None, route_token=None):
         """``("accepted", name)`` or ``("refused", error)``, then the request's outputs.
-        ``prefix_keys`` is the router's key (unused here)."""
+        ``prefix_keys`` and ``route_token`` are for the router (unused here)."""
         self._start()
         try:
             rid = await self.aengine.add_request(prompt_ids, params, priority=priority)

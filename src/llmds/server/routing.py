@@ -185,8 +185,9 @@ class LoadBook:
         self.in_flight: dict[Hashable, int] = {}
         self.waiting: dict[Hashable, int] = {}
 
-    def accepted(self, replica: Hashable) -> None:
-        """A request started on ``replica`` (no output yet)."""
+    def sent(self, replica: Hashable) -> None:
+        """A request was sent to ``replica`` (no output yet): counted from the routing decision,
+        so a burst of requests routed before any is accepted sees the loads it makes."""
         self.in_flight[replica] = self.in_flight.get(replica, 0) + 1
         self.waiting[replica] = self.waiting.get(replica, 0) + 1
 
