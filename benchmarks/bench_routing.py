@@ -102,19 +102,21 @@ def plot(res: dict, path: Path) -> Path | None:
         return None
     sizes = list(res["sizes"])
     names = list(next(iter(res["sizes"].values()))["policies"])
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6))
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.0 * len(METRICS), 3.8))
     width = 0.8 / len(names)
     for ax, (key, label, _) in zip(axes, METRICS):
+        per = key == "throughput_tok_s"  # per replica, so the sizes share one scale
         for j, name in enumerate(names):
-            ys = [res["sizes"][n]["policies"][name][key] for n in sizes]
+            ys = [res["sizes"][n]["policies"][name][key] / (int(n) if per else 1) for n in sizes]
             ax.bar([i + j * width for i in range(len(sizes))], ys, width, label=name)
-        ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(sizes))], [f"{n} rep." for n in sizes])
-        ax.set_title(label)
-        if key.startswith("ttft"):
+        ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(sizes))], [f"{n} replicas" for n in sizes])
+        ax.set_title(label + (" per replica" if per else ""))
+        if key.startswith("ttft") or key == "imbalance":
             ax.set_yscale("log")
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(names), fontsize=9)
     fig.suptitle(f"bench_routing: {res['rate_per_replica']} req/s per replica, {res['num_blocks']} KV blocks each")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
