@@ -30,9 +30,12 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-# before Ray is imported (it reads them then): no usage stats, no token auth file, and the node
-# address on the loopback interface (Ray's "no cluster" mode, named for Windows and macOS)
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# before Ray is imported (it reads them then): no usage stats, no token auth file, the node
+# address on the loopback interface (Ray's "no cluster" mode, named for Windows and macOS), and
+# workers at normal priority (Ray nices them by 15: a server's engines would lose every core to
+# any other process)
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_worker_niceness": "0"}
 for _k, _v in RAY_ENV.items():
     os.environ.setdefault(_k, _v)
 
