@@ -142,7 +142,7 @@ class ReplicaSetState(ServerState):
             if ROUTED.pop(token, None) != payload:  # not where the router counted it (or uncounted)
                 self._unsend(token, payload)
                 self.book.sent(payload)
-            return RemoteGeneration(self, stream, payload, ticket)
+            return RemoteGeneration(self, stream, payload, ticket, params.n)
 
     def _unsend(self, token: str, picked: str | None = None) -> None:
         """Take back the router's count of a request that did not start where it picked."""
@@ -171,10 +171,11 @@ def _no_replica() -> APIError:
 
 
 class RemoteGeneration(Generation):
-    """One request's outputs, streamed from its replica."""
+    """One request's outputs (of its ``n`` sequences), streamed from its replica."""
 
-    def __init__(self, state: ReplicaSetState, stream, replica: str, ticket: Ticket) -> None:  # noqa: D107
-        self.state, self.stream, self.replica, self.ticket = state, stream, replica, ticket
+    def __init__(self, state: ReplicaSetState, stream, replica: str, ticket: Ticket,  # noqa: D107
+                 n: int = 1) -> None:
+        self.state, self.stream, self.replica, self.ticket, self.n = state, stream, replica, ticket, n
         self.request_id = None
         self._first = False
         self._done = False
@@ -198,7 +199,7 @@ class RemoteGeneration(Generation):
             self._first = True
             self.ticket.started()
             self.state.book.first_token(self.replica)
-        if out.finished:
+        if out.request_finished:
             self._done = True
         return out
 
