@@ -128,3 +128,21 @@ def test_a_refusal_is_the_engines_error():
     with pytest.raises(APIError) as exc:
         _run(st.generate([1, 2, 1], SamplingParams(max_tokens=2)))
     assert exc.value.status == 400 and exc.value.code == "kv_capacity_exceeded"
+
+
+def test_n_sequences_stream_until_the_request_finishes():
+    def out(index: int, last: bool) -> RequestOutput:
+        return RequestOutput("r", [index], "x", True, "length", 3, 1, 0, index=index, request_finished=last)
+
+    st, _ = _state([FakeStream([("accepted", "r0"), out(1, False), out(0, True), out(0, True)])])
+
+    async def go():
+        gen = await st.generate([1, 2, 1], SamplingParams(max_tokens=1, n=2))
+        assert gen.n == 2
+        got = [await gen.next(), await gen.next(), await gen.next()]
+        await gen.close()
+        return got
+
+    first, second, after = _run(go())
+    assert (first.index, first.request_finished) == (1, False)  # one sequence done: the stream goes on
+    assert (second.index, second.request_finished) == (0, True) and after is None

@@ -113,7 +113,7 @@ def _open_stream(client: httpx.Client, url: str, body: dict):
 def test_streams_and_different_prefixes_spread(server):
     _, url = server
     with httpx.Client() as client:
-        cm, resp, lines, _ = _open_stream(client, url, _chat(SYSTEM_B, "List ten plants.", max_tokens=400,
+        cm, resp, lines, _ = _open_stream(client, url, _chat(SYSTEM_B, "List ten plants.", max_tokens=160,
                                                              ignore_eos=True))
         busy = resp.headers["x-llmds-replica"]
         # while that stream runs its replica is the busier: a new prefix goes to the other one
