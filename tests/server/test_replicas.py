@@ -155,6 +155,17 @@ def test_a_killed_replica_ends_its_streams_loses_no_new_request_and_comes_back(s
     assert set(back["replicas"]) != set(pids)
 
 
+def test_the_web_page_and_its_engine_view_work_through_the_replicas(server):
+    _, url = server
+    page = httpx.get(url + "/", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    health = _health(url)
+    first = sorted(health["replicas"])[0]
+    views = [httpx.get(url + "/v1/engine/state", timeout=10).json() for _ in range(3)]
+    assert {v["replica"] for v in views} == {first}  # one replica's view, the same every time
+    assert len(views[-1]["blocks"]) == views[-1]["num_blocks"] == health["replicas"][first]["kv_num_blocks"]
+
+
 def test_sigterm_stops_the_whole_ray_tree(server):
     proc, url = server
     tree = psutil.Process(proc.pid).children(recursive=True)

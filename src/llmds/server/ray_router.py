@@ -8,7 +8,8 @@ keyed by its ``prefix_keys`` keyword argument (the ingress computes them with
 the :class:`~llmds.server.routing.PrefixTable` knew of it.  Loads come from
 ``replica_state.BOOK``, which the ingress keeps as it opens, reads and closes streams (same
 process, so exact).  Calls without ``prefix_keys`` (``describe``) go to the less loaded of two
-random replicas.  Each router registers in ``replica_state.ROUTERS``, so the ingress can read
+random replicas; a call naming a ``replica`` keyword (``engine_state``) goes to that one.
+Each router registers in ``replica_state.ROUTERS``, so the ingress can read
 every replica's last report for ``/health`` and ``/metrics``.
 
 That shared state lives in :mod:`llmds.server.replica_state`, not here: Ray Serve ships a
@@ -60,6 +61,9 @@ class LlmdsRequestRouter(RequestRouter):
             return []
         self._refresh(candidate_replicas)
         names = [r.replica_id.unique_id for r in candidate_replicas]
+        asked = pending_request.kwargs.get("replica") if pending_request is not None else None
+        if asked in names:  # a call for one replica (the web page's engine view)
+            return [[candidate_replicas[names.index(asked)]]]
         loads = [shared.BOOK.load(n) for n in names]
         keys = pending_request.kwargs.get("prefix_keys") if pending_request is not None else None
         matches = self.table.matches(keys, names) if keys else [0] * len(names)

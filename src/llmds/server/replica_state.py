@@ -93,6 +93,7 @@ class ReplicaSetState(ServerState):
         self.aengine = None
         self._setup(EngineView(info), config, clock)
         self.handle = handle.options(stream=True)
+        self.unary = handle.options(stream=False)
         self.reports = reports
         self.book = book
         self.accept_timeout = accept_timeout
@@ -160,6 +161,14 @@ class ReplicaSetState(ServerState):
                 "kv_free_blocks": total("kv_free_blocks"), "kv_num_blocks": total("kv_num_blocks"),
                 "kv_pinned_blocks": total("kv_pinned_blocks"), "requests_in_flight": self.metrics.in_flight,
                 "replicas": per}
+
+    async def engine_state(self, detail: bool = True) -> dict[str, Any]:
+        """The web page's engine view: one replica's (the first by name, the same while it lives;
+        the page draws one engine), its name in ``replica``."""
+        names = sorted(self.reports())
+        if not names:
+            raise _no_replica()
+        return await self.unary.engine_state.remote(detail, replica=names[0])
 
     async def engine_families(self) -> list:
         return label_families({name: r["metrics"] for name, r in self.reports().items()})

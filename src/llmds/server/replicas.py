@@ -104,6 +104,14 @@ class EngineReplica:
         async for out in self.aengine.stream(rid):  # cancelled with the caller's stream: aborts
             yield out
 
+    async def engine_state(self, detail: bool = True, replica: str | None = None) -> dict[str, Any]:
+        """The web page's engine view of this replica (:func:`llmds.server.engine_state.snapshot`,
+        on the engine thread between two steps).  ``replica`` is for the router (the one asked)."""
+        from llmds.server.engine_state import snapshot
+
+        self._start()
+        return {**await self.aengine.call(lambda engine: snapshot(engine, detail)), "replica": self.name}
+
     def record_routing_stats(self) -> dict[str, Any]:
         """Every ``STATS_PERIOD_S``: the prefix keys held here (the router's table), health and
         engine metrics (the ingress's ``/health`` and ``/metrics``)."""
