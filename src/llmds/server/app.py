@@ -25,7 +25,7 @@ __all__ = ["create_app", "CORS_HEADERS"]
 # what browsers may send and read across origins (with --allowed-origins)
 CORS_HEADERS = {"allow_methods": ["GET", "HEAD", "POST", "OPTIONS"],
                 "allow_headers": ["Authorization", "Content-Type", "X-Request-Id"],
-                "expose_headers": ["X-Request-Id", "Retry-After"]}
+                "expose_headers": ["X-Request-Id", "Retry-After", "X-Llmds-Replica"]}
 
 
 def create_app(state: ServerState):

@@ -175,15 +175,17 @@ async def unless_disconnected(receive, work: Awaitable[Any]) -> Any:
 class EventStream(Response):
     """A ``text/event-stream`` response over an async iterator of byte events."""
 
-    def __init__(self, events: AsyncIterator[bytes]) -> None:  # noqa: D107 - no Response.__init__
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:  # noqa: D107
         self.events = events
         self.status_code = 200
         self.background = None
+        self.extra_headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope, receive, send) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
-                                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
+                                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"),
+                                *self.extra_headers]})
 
         async def pump() -> None:
             async for ev in self.events:

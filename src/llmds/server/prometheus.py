@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from llmds.engine.metrics import Histogram
-from llmds.server.state import ServerState
 
 __all__ = ["make_registry"]
 
@@ -46,28 +45,34 @@ _HISTOGRAMS = {
 }
 
 
+def engine_families(engine) -> list:
+    """One engine's metric families (a replica's, labelled by the caller with ``replica``)."""
+    m = engine.metrics
+    out = [CounterMetricFamily(f"llmds:{name}", doc, value=getattr(m, attr)) for name, doc, attr in _COUNTERS]
+    out += [GaugeMetricFamily(f"llmds:{name}", doc, value=getattr(m, attr)) for name, doc, attr in _GAUGES]
+    out += [_histogram(f"llmds:{h.name}", _HISTOGRAMS[h.name], h) for h in m.histograms()]
+    done = CounterMetricFamily("llmds:request_success", "Finished requests by finish reason",
+                               labels=["finished_reason"])
+    for reason, n in sorted(dict(m.requests_finished).items()):
+        done.add_metric([reason], n)
+    bm = engine.block_manager
+    out += [done, GaugeMetricFamily("llmds:kv_cache_free_blocks", "Free KV blocks (cached ones included)",
+                                    value=bm.num_free_blocks),
+            GaugeMetricFamily("llmds:kv_cache_num_blocks", "KV blocks in the pool", value=engine.num_blocks)]
+    return out
+
+
 class _Collector:
-    def __init__(self, state: ServerState) -> None:
+    """The server's series at scrape time; the engine's were fetched by the route just before
+    (``engine_families``: one engine in process, or every replica's)."""
+
+    def __init__(self, state) -> None:
         self.state = state
+        self.engine_families: list = []
 
     def collect(self) -> Iterator:
         st = self.state
-        m = st.engine.metrics
-        for name, doc, attr in _COUNTERS:
-            yield CounterMetricFamily(f"llmds:{name}", doc, value=getattr(m, attr))
-        for name, doc, attr in _GAUGES:
-            yield GaugeMetricFamily(f"llmds:{name}", doc, value=getattr(m, attr))
-        for h in m.histograms():
-            yield _histogram(f"llmds:{h.name}", _HISTOGRAMS[h.name], h)
-        done = CounterMetricFamily("llmds:request_success", "Finished requests by finish reason",
-                                   labels=["finished_reason"])
-        for reason, n in sorted(dict(m.requests_finished).items()):
-            done.add_metric([reason], n)
-        yield done
-        bm = st.engine.block_manager
-        yield GaugeMetricFamily("llmds:kv_cache_free_blocks", "Free KV blocks (cached ones included)",
-                                value=bm.num_free_blocks)
-        yield GaugeMetricFamily("llmds:kv_cache_num_blocks", "KV blocks in the pool", value=st.engine.num_blocks)
+        yield from self.engine_families
         gate = st.gate
         rej = CounterMetricFamily("llmds:admission_rejections", "Requests refused at the front door",
                                   labels=["reason"])
@@ -102,9 +107,26 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-def make_registry(state: ServerState):
-    """A registry with the llmds collector and the process collector (RSS, CPU, open files)."""
+def make_registry(state) -> _Collector:
+    """The llmds collector, in a registry (``.registry``) with the process collector (RSS, CPU,
+    open files); set its ``engine_families`` before each scrape."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Collector(state))
+    col = _Collector(state)
+    reg.register(col)
     ProcessCollector(registry=reg)
-    return reg
+    col.registry = reg
+    return col
+
+
+def label_families(by_replica: dict[str, list]) -> list:
+    """Several engines' families merged by name, each sample labelled ``replica``."""
+    from prometheus_client import Metric
+
+    merged: dict[str, Metric] = {}
+    for replica, families in sorted(by_replica.items()):
+        for fam in families:
+            out = merged.get(fam.name)
+            if out is None:
+                out = merged[fam.name] = Metric(fam.name, fam.documentation, fam.type)
+            out.samples += [s._replace(labels={"replica": replica, **s.labels}) for s in fam.samples]
+    return list(merged.values())

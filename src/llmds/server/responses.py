@@ -119,6 +119,9 @@ def _failure(out) -> APIError | None:
     if out is None or out.finish_reason == "abort":
         return APIError(503, "the server is shutting down; the request was aborted", "service_unavailable",
                         code="shutting_down", headers=retry_after_header(5))
+    if out.finish_reason == "replica_lost":  # llmds.server.replica_state: its replica died under it
+        return APIError(503, "the replica serving this request stopped; retry it", "service_unavailable",
+                        code="replica_lost", headers=retry_after_header(1))
     if out.finish_reason == "error":
         return APIError(500, "the engine failed while generating this request; it was aborted",
                         "server_error", code="engine_error")

@@ -89,9 +89,14 @@ class ServerState:
         :class:`~llmds.engine.async_engine.AsyncLLMEngine` made by ``AsyncLLMEngine.build``."""
         from llmds.engine.async_engine import AsyncLLMEngine  # here: importing state needs no torch
 
-        self.config = cfg = config or ServerConfig()
         self.aengine = engine if isinstance(engine, AsyncLLMEngine) else AsyncLLMEngine(engine)
-        self.engine = engine = self.aengine.engine
+        self._setup(self.aengine.engine, config, clock)
+
+    def _setup(self, engine, config: ServerConfig | None, clock) -> None:
+        """What every server state holds; ``engine`` is the engine, or what the routes read of
+        one (``tokenizer``, ``max_model_len``, ``num_blocks``, ``config``, ``encode_prompt``)."""
+        self.config = cfg = config or ServerConfig()
+        self.engine = engine
         self.model_name = cfg.model_name or _model_name(engine)
         self.gate = AdmissionGate(cfg.max_qps, cfg.max_token_rate, cfg.rate_window, cfg.max_waiting_requests,
                                   cfg.max_waiting_tokens, clock=clock)
@@ -132,6 +137,29 @@ class ServerState:
         from llmds.server.engine_state import snapshot
 
         return await self.aengine.call(lambda engine: snapshot(engine, detail))
+
+    async def health(self) -> dict[str, Any]:
+        """The body of ``GET /health``."""
+        bm = self.engine.block_manager
+        return {"status": "ok", "model": self.model_name, "rag": self.rag_status(),
+                "kv_free_blocks": bm.num_free_blocks, "kv_num_blocks": self.engine.num_blocks,
+                "kv_pinned_blocks": self.engine.metrics.num_pinned_blocks,
+                "requests_in_flight": self.metrics.in_flight}
+
+    async def engine_families(self) -> list:
+        """The engine's Prometheus metric families (read at each scrape of ``/metrics``)."""
+        from llmds.server.prometheus import engine_families
+
+        return engine_families(self.engine)
+
+    def rag_status(self) -> str:
+        if not self.config.rag:
+            return "off"
+        if not self.rag_ready.is_set():
+            return "loading"
+        if self.rag_error is not None:
+            return "failed"
+        return "ready" if self.rag is not None else "no documents"
 
     def _load_rag(self) -> None:
         from llmds.retrieval.embeddings import MiniLMEmbedder
@@ -184,16 +212,20 @@ class ServerState:
             raise rejection_error(ticket)
         self.enter()
         try:
-            rid = await self.aengine.add_request(prompt_ids, params, priority=priority)
+            gen = await self.open(prompt_ids, params, priority, ticket)
         except BaseException as exc:
             ticket.close()
             self.leave()
             if isinstance(exc, LLMDSError):
                 raise from_llmds_error(exc, param if isinstance(exc, CapacityError) else None) from None
             raise
-        gen = Generation(self, rid, ticket, params.n)
         await asyncio.sleep(0)  # the stream's first step runs now: from here closing it aborts
         return gen
+
+    async def open(self, prompt_ids: list[int], params, priority: int, ticket: Ticket) -> Generation:
+        """Queue an admitted request on the engine; its output stream."""
+        rid = await self.aengine.add_request(prompt_ids, params, priority=priority)
+        return Generation(self, rid, ticket, params.n)
 
     async def get_embedder(self):
         """The embedding model: the one retrieval loaded, or (``rag=False``) loaded on first use in
@@ -307,18 +339,25 @@ class Generation:
         return out
 
     async def close(self) -> None:
+        """Stop the stream (aborting an unfinished request) and release the ticket; idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
-            if self._next is not None:
-                self._next.cancel()
-                with suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await self._next
-            await self._agen.aclose()
+            await self._stop()
         finally:
-            self.ticket.close()
-            self.state.leave()
+            self._release()
+
+    async def _stop(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            with suppress(asyncio.CancelledError, StopAsyncIteration):
+                await self._next
+        await self._agen.aclose()
+
+    def _release(self) -> None:
+        self.ticket.close()
+        self.state.leave()
 
 
 def rejection_error(rej: Rejection) -> APIError:

@@ -136,6 +136,11 @@ class BlockManager:
         """True when ``seq``'s table is one ascending run of block ids (zero-copy views)."""
         return self.placement.is_contiguous(seq)
 
+    def cached_keys(self) -> list[int]:
+        """Chain keys of every indexed full block (held or cached free): the prefixes a later
+        request would hit here, in no order (what a replica advertises to the router)."""
+        return self.prefix_cache.keys() if self.prefix_cache is not None else []
+
     def get_block_table(self, seq: RequestState) -> list[int]:
         return seq.block_table
 

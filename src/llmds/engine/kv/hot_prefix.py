@@ -21,7 +21,7 @@ import numpy as np
 
 from llmds.sketches.cmsketch import CountMinSketch
 from llmds.errors import CapacityError, StateError
-from llmds.memory.prefix_cache import ROOT_KEY, PrefixCache
+from llmds.memory.prefix_cache import prefix_keys
 
 __all__ = ["HotPrefixes"]
 
@@ -64,12 +64,7 @@ class HotPrefixes:
 
     def keys_of(self, token_ids: Sequence[int]) -> list[int]:
         """Chain keys of the prompt's full blocks, leaving its last token out (it is never cached)."""
-        bs = self.block_size
-        key, out = ROOT_KEY, []
-        for i in range((len(token_ids) - 1) // bs):
-            key = PrefixCache.chain_key(key, tuple(token_ids[i * bs:(i + 1) * bs]))
-            out.append(key)
-        return out
+        return prefix_keys(token_ids, self.block_size, (len(token_ids) - 1) // self.block_size)
 
     def observe(self, keys: list[int]) -> None:
         """Count one prompt's prefix blocks."""

@@ -22,10 +22,13 @@ def router(state: ServerState) -> APIRouter:
     api = APIRouter()
 
     async def respond(request: Request, gens: list, fmt, stream: bool, include_usage: bool):
+        # which replica served it, with `llmds serve --replicas N` (llmds.server.replicas)
+        served_by = sorted({g.replica for g in gens if getattr(g, "replica", None)})
+        headers = {"x-llmds-replica": ",".join(served_by)} if served_by else None
         if stream:
-            return EventStream(events(gens, fmt, include_usage))
+            return EventStream(events(gens, fmt, include_usage), headers)
         try:
-            return JSONResponse(await unless_disconnected(request.receive, complete(gens, fmt)))
+            return JSONResponse(await unless_disconnected(request.receive, complete(gens, fmt)), headers=headers)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; the request was aborted
 

@@ -14,7 +14,6 @@ __all__ = ["router"]
 
 def router(state: ServerState) -> APIRouter:
     from llmds.server.prometheus import make_registry
-    from llmds.server.routes.retrieval import rag_status
 
     api = APIRouter()
     registry = make_registry(state)
@@ -22,16 +21,13 @@ def router(state: ServerState) -> APIRouter:
     @api.head("/health", include_in_schema=False)  # load balancers probe with HEAD
     @api.get("/health")
     async def health() -> dict[str, Any]:
-        bm = state.engine.block_manager
-        return {"status": "ok", "model": state.model_name, "rag": rag_status(state),
-                "kv_free_blocks": bm.num_free_blocks, "kv_num_blocks": state.engine.num_blocks,
-                "kv_pinned_blocks": state.engine.metrics.num_pinned_blocks,
-                "requests_in_flight": state.metrics.in_flight}
+        return await state.health()  # one engine in process, or every replica (llmds.server.replicas)
 
     @api.get("/metrics")
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        registry.engine_families = await state.engine_families()
+        return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
 
     return api

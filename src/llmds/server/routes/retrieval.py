@@ -76,13 +76,7 @@ def router(state: ServerState) -> APIRouter:
 
 def rag_status(state: ServerState) -> str:
     """``off``, ``loading``, ``failed``, ``ready`` or ``no documents``."""
-    if not state.config.rag:
-        return "off"
-    if not state.rag_ready.is_set():
-        return "loading"
-    if state.rag_error is not None:
-        return "failed"
-    return "ready" if state.rag is not None else "no documents"
+    return state.rag_status()
 
 
 async def retrieve_hits(state: ServerState, query: str, top_k: int) -> list:

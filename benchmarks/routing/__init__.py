@@ -1,0 +1,1 @@
+"""Parts of bench_routing: the trace, the policies, the replica simulation."""
