@@ -27,6 +27,7 @@ BENCHMARKS = {
     "planner": ["bench_planner"],
     "retrieval": ["bench_retrieval"],
     "engine": ["bench_engine"],
+    "structured": ["bench_structured"],
     "server": ["bench_server"],
 }
 
