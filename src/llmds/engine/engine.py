@@ -324,8 +324,8 @@ class LLMEngine:
         forced = {}
         for j, (live, _, _) in enumerate(sampled):
             s = live.seq
-            if live.guide is None or s.request_id in done or s.request_id not in self._live or live.params.stop \
-                    or live.logprobs is not None:
+            if live.guide is None or s.request_id in done or s.request_id not in self._live or not s.is_decoding \
+                    or live.params.stop or live.logprobs is not None:
                 continue  # forced tokens have no logprobs; stop strings could cut them
             ff = self.guides.forced(live.guide, s.max_new_tokens - s.num_output_tokens - 1, s.stop_token_ids)
             if ff:
