@@ -20,7 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("llmds", "llmds.errors", "llmds._checks", "llmds._lazy", "llmds._jit"),
     ("llmds.utils", "llmds.memory", "llmds.scheduling", "llmds.sketches"),  # the structures
     ("llmds.retrieval",),
-    ("llmds.engine.config", "llmds.engine.request", "llmds.engine.metrics"),  # the engine's data
+    ("llmds.engine.config", "llmds.engine.request", "llmds.engine.metrics",  # the engine's data
+     "llmds.engine.structured", "llmds.engine._mask_kernel", "llmds.engine.sequence"),
     ("llmds.engine.kv", "llmds.engine.sched"),
     ("llmds.engine.models", "llmds.engine.loader", "llmds.engine.sampling", "llmds.engine.text",
      "llmds.engine.runner"),

@@ -31,6 +31,7 @@ BENCHMARKS = {
     "server": ["bench_server", "bench_bursts"],
     "ui": ["bench_ui"],
     "routing": ["bench_routing"],
+    "structured": ["bench_structured"],
 }
 
 

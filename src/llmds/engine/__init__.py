@@ -11,6 +11,8 @@ One ``LLMEngine.step()`` is schedule → run → update (nano-vllm, vLLM v1)::
     runner.py        a step plan -> the model's flat batch (token ids, positions, KV slots)
     models/          the Llama forward pass and its attention kernels
     sampling.py      greedy / temperature / top-k / top-p sampling, logprobs
+    structured.py    structured outputs: grammar specs, compile cache, batched token masks (llguidance)
+    sequence.py      the engine's state of one sequence (detokenizer, timings, grammar matcher)
     text.py          tokenizer, chat template, incremental detokenizer with stop strings
     loader.py        GGUF / safetensors weights, dequantized and cached
     metrics.py       the engine's counters and histograms (vLLM's metric names)

@@ -24,6 +24,9 @@ A stream that is closed early (the client went away, the task was cancelled) abo
 its KV blocks are freed before the next step.  If a step raises, every request in flight is
 finished with ``finish_reason="error"`` (the error is logged) and the loop goes on serving new
 requests.  ``shutdown()`` aborts everything and joins the thread.
+
+A structured-outputs request's grammar is compiled on a worker thread before the request is
+queued (compiling releases the GIL), so the engine thread only copies it from the cache.
 """
 
 from __future__ import annotations
@@ -144,6 +147,10 @@ class AsyncLLMEngine:
         Read its outputs with :meth:`stream` (they are buffered until then)."""
         if not self.is_running or self._stopping:
             raise StateError("the engine is not running")
+        if sampling_params is not None and sampling_params.structured_outputs is not None:
+            # compile here, on a worker thread (the GIL released): the engine thread then finds the
+            # grammar cached, so a slow schema never stalls a step; a bad one raises here
+            await asyncio.to_thread(self.engine.grammars.matcher, sampling_params.structured_outputs)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._commands.put(("add", (prompt, sampling_params, request_id, priority, deadline), fut))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from llmds._checks import check_bool, check_choice, check_float, check_int, check_token_ids
+from llmds.engine.structured import StructuredOutputs
 from llmds.errors import ValidationError
 
 __all__ = ["EngineConfig", "SamplingParams"]
@@ -55,6 +56,9 @@ class SamplingParams:
     logit_bias : mapping of token id to float, or None
         Added to those tokens' logits before sampling (OpenAI's range, -100..100; -100 bans a token).
         Stored as a tuple of ``(token id, bias)`` pairs, ascending ids.
+    structured_outputs : StructuredOutputs, mapping or None
+        Constrain the output to a JSON schema, regex, choice or grammar (constrained decoding,
+        :mod:`llmds.engine.structured`); a mapping is turned into :class:`StructuredOutputs`.
     """
 
     max_tokens: int = 16
@@ -73,6 +77,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     n: int = 1
     logit_bias: tuple[tuple[int, float], ...] | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     def __post_init__(self) -> None:
         _set(self, "max_tokens", check_int("max_tokens", self.max_tokens, 0))
@@ -102,6 +107,14 @@ class SamplingParams:
             _set(self, "logprobs", check_int("logprobs", self.logprobs, 0, 20))
         _set(self, "n", check_int("n", self.n, 1))
         _set(self, "logit_bias", _logit_bias(self.logit_bias))
+        so = self.structured_outputs
+        if so is not None and not isinstance(so, StructuredOutputs):
+            if not isinstance(so, dict):
+                raise ValidationError(f"structured_outputs must be a StructuredOutputs or a mapping, got {type(so).__name__}")
+            names = set(StructuredOutputs.__dataclass_fields__)
+            if set(so) - names:
+                raise ValidationError(f"unknown structured_outputs field(s) {sorted(set(so) - names)}; valid: {sorted(names)}")
+            _set(self, "structured_outputs", StructuredOutputs(**so))
 
     @property
     def greedy(self) -> bool:
@@ -178,6 +191,11 @@ class EngineConfig:
         torch / numba threads; None = their defaults (all cores).
     seed : int
         Seed of the engine's generator (requests without their own seed).
+    grammar_cache_size : int
+        Compiled grammars (structured outputs) kept, least recently used dropped first.
+    jump_forward : bool
+        When a grammar forces a run of tokens, append them without sampling and compute them in
+        one forward (structured outputs; off for requests with stop strings or logprobs).
     chat_template : str or None
         A Jinja2 chat template (its source) that replaces the model's own; None = the model's.
     """
@@ -200,6 +218,8 @@ class EngineConfig:
     max_pinned_fraction: float = 0.25
     threads: int | None = None
     seed: int = 0
+    grammar_cache_size: int = 256
+    jump_forward: bool = True
     chat_template: str | None = None
 
     def __post_init__(self) -> None:
@@ -234,6 +254,8 @@ class EngineConfig:
         if self.threads is not None:
             check_int("threads", self.threads, 1, 1024)
         check_int("seed", self.seed, 0, 2**63 - 1)
+        check_int("grammar_cache_size", self.grammar_cache_size, 1)
+        check_bool("jump_forward", self.jump_forward)
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template.strip()):
             raise ValidationError("chat_template must be the non-empty source of a Jinja2 template")
 

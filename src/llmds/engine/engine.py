@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numba
@@ -38,49 +38,14 @@ from llmds.engine.request import RequestOutput, RequestState
 from llmds.engine.runner import build_batch
 from llmds.engine.sampling import Sampler, SampleRow
 from llmds.engine.sched.planner import Planner, PlannerConfig
+from llmds.engine.sequence import Group, Live, SeqId
+from llmds.engine.structured import Guides
 from llmds.engine.text import Detokenizer, TextTokenizer
 from llmds.errors import ValidationError
 
 __all__ = ["LLMEngine"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _SeqId:
-    """The planner's id of sequence ``index`` >= 1 of a request with ``n > 1`` (never equal to a caller's id)."""
-
-    request_id: Hashable
-    index: int
-
-
-class _Group:
-    """The sequences of a request with ``n > 1``: their planner ids and how many have not finished."""
-
-    __slots__ = ("ids", "unfinished")
-
-    def __init__(self, request_id: Hashable, n: int) -> None:
-        self.ids = [request_id] + [_SeqId(request_id, i) for i in range(1, n)]
-        self.unfinished = n
-
-
-class _Live:
-    """Engine-side state of one sequence (one object per sequence, none per token)."""
-
-    __slots__ = ("seq", "params", "detok", "row", "arrival", "scheduled", "first", "last", "keys", "pinned_checked",
-                 "logprobs", "request_id", "index", "group")
-
-    def __init__(self, seq, params, detok, row, arrival, keys, index: int = 0, group: _Group | None = None) -> None:
-        self.seq, self.params, self.detok, self.row = seq, params, detok, row
-        self.arrival = arrival
-        self.scheduled: float | None = None
-        self.first: float | None = None
-        self.last: float | None = None
-        self.keys = keys
-        self.pinned_checked = False
-        self.logprobs: list | None = None if params.logprobs is None else []
-        self.request_id = seq.request_id if index == 0 else seq.request_id.request_id  # the caller's id
-        self.index, self.group = index, group
 
 
 class LLMEngine:
@@ -115,20 +80,23 @@ class LLMEngine:
         # the one KV path: planner -> block manager (block tables) -> block ids -> this arena
         self.kv = KVStorage(*kv_shape, num_blocks, cfg.block_size, cfg.kv_torch_dtype)
         self.model = LlamaModel(mc, loaded.weights, cfg.torch_dtype, self.kv)
+        tokenizer_json = loaded.tokenizer_json
         del loaded
         self.block_manager = BlockManager(num_blocks, cfg.block_size, enable_prefix_caching=cfg.enable_prefix_caching)
         self.planner = Planner(PlannerConfig(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.prefill_chunk_size,
                                              cfg.policy, cfg.prefill_first), kv=self.block_manager)
         self.sampler = Sampler(cfg.seed)
+        self.guides = Guides(tokenizer_json, mc.vocab_size, mc.eos_token_ids, cfg.grammar_cache_size, cfg.threads)
+        self.grammars = self.guides.compiler
         self.metrics = EngineMetrics()
         self.hot = None
         if cfg.enable_prefix_caching and cfg.hot_prefix_threshold > 0 and cfg.max_pinned_fraction > 0:
             self.hot = HotPrefixes(cfg.block_size, cfg.hot_prefix_threshold,
                                    int(num_blocks * cfg.max_pinned_fraction), self.planner.pin_prefix,
                                    self.planner.unpin)
-        self._live: dict[Hashable, _Live] = {}  # {planner id: sequence}
-        self._groups: dict[Hashable, _Group] = {}  # requests with n > 1 until their last sequence finishes
-        self._finished_now: list[_Live] = []  # finished at add (max_tokens=0), reported by the next step
+        self._live: dict[Hashable, Live] = {}  # {planner id: sequence}
+        self._groups: dict[Hashable, Group] = {}  # requests with n > 1 until their last sequence finishes
+        self._finished_now: list[Live] = []  # finished at add (max_tokens=0), reported by the next step
         self._ids = itertools.count()
         self.load_seconds = time.perf_counter() - t0
 
@@ -152,6 +120,7 @@ class LLMEngine:
         if params.logit_bias:
             self.tokenizer.check_ids([t for t, _ in params.logit_bias], "logit_bias token ids")
         ids = self.encode_prompt(prompt)
+        guide = None if params.structured_outputs is None else self.guides.matcher(params.structured_outputs)
         if len(ids) >= self.max_model_len:
             raise ValidationError(
                 f"the prompt has {len(ids)} tokens; the model's context is {self.max_model_len} "
@@ -175,8 +144,8 @@ class LLMEngine:
         if self.hot is not None:
             self.hot.observe(keys)
         detok = Detokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
-        group = _Group(request_id, params.n) if params.n > 1 else None
-        live = _Live(seq, params, detok, SampleRow(params, ids, seq.output_token_ids), now, keys, 0, group)
+        group = Group(request_id, params.n) if params.n > 1 else None
+        live = Live(seq, params, detok, SampleRow(params, ids, seq.output_token_ids), now, keys, 0, group, guide)
         self._live[request_id] = live
         if group is not None:
             self._groups[request_id] = group
@@ -188,16 +157,17 @@ class LLMEngine:
                 self._finished_now.append(child)
         return request_id
 
-    def _child(self, parent: _Live, index: int) -> _Live:
+    def _child(self, parent: Live, index: int) -> Live:
         """Sequence ``index`` of ``parent``'s request (parallel sampling; its seed is ``seed + index``)."""
         p, s = parent.params, parent.seq
         params = p if p.seed is None else replace(p, seed=(p.seed + index + 2**63) % 2**64 - 2**63)
-        seq = RequestState(_SeqId(s.request_id, index), s.prompt_token_ids, max_new_tokens=s.max_new_tokens,
+        seq = RequestState(SeqId(s.request_id, index), s.prompt_token_ids, max_new_tokens=s.max_new_tokens,
                            priority=s.priority, arrival_time=s.arrival_time, deadline=s.deadline,
                            stop_token_ids=s.stop_token_ids, sampling_params=params)
         detok = Detokenizer(self.tokenizer, params.stop, params.skip_special_tokens)
         row = SampleRow(params, s.prompt_token_ids, seq.output_token_ids)
-        live = _Live(seq, params, detok, row, parent.arrival, parent.keys, index, parent.group)
+        guide = None if parent.guide is None else parent.guide.deep_copy()  # before the parent's first token
+        live = Live(seq, params, detok, row, parent.arrival, parent.keys, index, parent.group, guide)
         live.pinned_checked = True  # the parent's prompt
         return live
 
@@ -266,8 +236,13 @@ class LLMEngine:
             logits = self.model.forward(batch)
             m.forward_seconds += time.perf_counter() - tf
             sampling = plan.sampling
-            rows = [self._live[s.request_id].row for s in sampling]
-            tokens, logprobs = self.sampler(logits, rows)
+            lives = [self._live[s.request_id] for s in sampling]
+            guided = [i for i, live in enumerate(lives) if live.guide is not None]
+            if guided:
+                tm = time.perf_counter()
+                self.guides.mask(logits, guided, [lives[i].guide for i in guided])
+                m.structured_mask_seconds += time.perf_counter() - tm
+            tokens, logprobs = self.sampler(logits, [live.row for live in lives])
             forks, sampled = self._sample_forks(sampling, logits)
         except BaseException:
             self.planner.cancel(plan)
@@ -291,7 +266,13 @@ class LLMEngine:
             live.last = now
             if live.logprobs is not None:
                 live.logprobs.append(lp)
-        finished = self.planner.update(plan, tokens, stopped, forks)
+        consumed = self.guides.advance([(lv.guide, t, lv.seq) for lv, t, _ in sampled if lv.guide], stopped) \
+            if guided else []
+        try:
+            finished = self.planner.update(plan, tokens, stopped, forks)
+        except BaseException:
+            self.guides.rollback(consumed)  # the step did not happen: neither did the grammars' advance
+            raise
         for live, _, _ in sampled[len(tokens):]:
             self._live[live.seq.request_id] = live
         if plan.copies:  # copy-on-write of the forked sequences' last prompt block
@@ -299,6 +280,7 @@ class LLMEngine:
         m.generation_tokens += len(sampled)
         m.prompt_tokens += sum(n for _, n in plan.prefill)  # computed prompt tokens (recompute included)
         done = {s.request_id for s in finished}
+        forced = self._jump_forward(sampled, deltas, done) if guided and self.config.jump_forward else {}
         for (live, tok, lp), text in zip(sampled, deltas):
             s = live.seq
             if self.hot is not None and not live.pinned_checked:  # its prompt's KV is computed (and cached)
@@ -306,7 +288,8 @@ class LLMEngine:
                 self.hot.maybe_pin(s.prompt_token_ids, live.keys)
             if s.request_id in done or s.request_id not in self._live:
                 continue
-            outputs.append(RequestOutput(live.request_id, [tok], text, False, None, s.num_prompt_tokens,
+            new = [tok] + forced[s.request_id] if s.request_id in forced else [tok]
+            outputs.append(RequestOutput(live.request_id, new, text, False, None, s.num_prompt_tokens,
                                          s.num_output_tokens, s.num_cached_tokens, None if lp is None else [lp],
                                          arrival_time=live.arrival, first_token_time=live.first,
                                          index=live.index))
@@ -327,6 +310,24 @@ class LLMEngine:
         m.step_seconds += time.perf_counter() - t0
         return outputs
 
+    def _jump_forward(self, sampled: list, deltas: list[str], done: set) -> dict[Hashable, list[int]]:
+        """Append the tokens each running grammar forces next (one forward computes them all);
+        ``{planner id: tokens}``, their text added to the step's delta."""
+        forced = {}
+        for j, (live, _, _) in enumerate(sampled):
+            s = live.seq
+            if live.guide is None or s.request_id in done or s.request_id not in self._live or not s.is_decoding \
+                    or live.params.stop or live.logprobs is not None:
+                continue  # forced tokens have no logprobs; stop strings could cut them
+            ff = self.guides.forced(live.guide, s.max_new_tokens - s.num_output_tokens - 1, s.stop_token_ids)
+            if ff:
+                self.planner.extend(s.request_id, ff)
+                deltas[j] += "".join(live.detok.push(t) for t in ff)
+                forced[s.request_id] = ff
+                self.metrics.structured_jump_forward_tokens += len(ff)
+                self.metrics.generation_tokens += len(ff)
+        return forced
+
     def _sample_forks(self, sampling, logits) -> tuple[dict, list]:
         """The first tokens of the other sequences of each request with ``n > 1`` whose prompt
         completes now, sampled from its logits row: the planner's ``forks`` and ``(sequence,
@@ -342,7 +343,7 @@ class LLMEngine:
             sampled += zip(lives, toks, lps or [None] * len(lives))
         return forks, sampled
 
-    def _final(self, live: _Live, new: list[int], lp=None, delta: str = "", reason: str | None = None) -> RequestOutput:
+    def _final(self, live: Live, new: list[int], lp=None, delta: str = "", reason: str | None = None) -> RequestOutput:
         s, now = live.seq, self.clock()
         reason = reason or s.finish_reason or "length"
         stop_reason = live.detok.stopped
@@ -365,7 +366,7 @@ class LLMEngine:
                              first_token_time=live.first, finished_time=now, index=live.index,
                              request_finished=last)
 
-    def _drain_finished_now(self) -> list[_Live]:
+    def _drain_finished_now(self) -> list[Live]:
         done, self._finished_now = self._finished_now, []
         for live in done:
             self._live.pop(live.seq.request_id, None)

@@ -89,6 +89,8 @@ class EngineMetrics:
         self.num_steps = 0
         self.step_seconds = 0.0
         self.forward_seconds = 0.0
+        self.structured_mask_seconds = 0.0  # filling and applying grammar masks (constrained requests)
+        self.structured_jump_forward_tokens = 0  # output tokens a grammar forced, computed without sampling
         self.requests_finished: dict[str, int] = {"stop": 0, "length": 0, "abort": 0, "error": 0}
         # gauges (set every step)
         self.num_requests_running = 0
@@ -112,6 +114,8 @@ class EngineMetrics:
             "num_steps": self.num_steps,
             "step_seconds": self.step_seconds,
             "forward_seconds": self.forward_seconds,
+            "structured_mask_seconds": self.structured_mask_seconds,
+            "structured_jump_forward_tokens": self.structured_jump_forward_tokens,
             "outside_forward_fraction": 1.0 - self.forward_seconds / self.step_seconds if self.step_seconds else 0.0,
             "num_requests_running": self.num_requests_running,
             "num_requests_waiting": self.num_requests_waiting,

@@ -91,7 +91,7 @@ class Sampler:
             top = []
             if k:
                 v, ix = row.topk(k)
-                top = list(zip(ix.tolist(), v.tolist()))
+                top = [(t, x) for t, x in zip(ix.tolist(), v.tolist()) if x != float("-inf")]  # masked out
             out[i] = TokenLogprobs(tokens[i], float(row[tokens[i]]), top)
         return tokens, out
 

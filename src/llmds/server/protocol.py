@@ -18,9 +18,10 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from llmds.engine.config import SamplingParams
+from llmds.engine.structured import StructuredOutputs
 from llmds.errors import ValidationError
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "RetrieveRequest",
+__all__ = ["ChatCompletionRequest", "ChatMessage", "Tool", "NamedToolChoice", "ResponseFormat", "CompletionRequest", "EmbeddingRequest", "RetrieveRequest",
            "TokenizeRequest", "DetokenizeRequest", "RagOptions", "MAX_STOP", "MAX_PROMPTS", "MAX_N"]
 
 MAX_STOP = 16  # stop strings per request
@@ -28,6 +29,8 @@ MAX_PROMPTS = 64  # prompts in one /v1/completions call
 MAX_EMBED_INPUTS = 2048
 MAX_N = 128  # choices per request (OpenAI's limit; the engine also needs n <= max_num_seqs)
 MAX_LOGIT_BIAS = 1024  # tokens one logit_bias names
+MAX_TOOLS = 128  # tools of one request (OpenAI's limit), tool calls of one message
+MAX_CHOICES = 1024  # strings of one guided_choice
 
 _U64 = 2**64 - 1
 _I64 = 2**63
@@ -84,17 +87,84 @@ class TextPart(_Strict):
     text: Text
 
 
+_FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+_Schema = Annotated[dict[str, Any], Field(description="a JSON schema")]
+
+
+class FunctionCall(_Strict):
+    name: _FunctionName
+    arguments: Text = Field(description="the arguments as JSON text")
+
+
+class ToolCall(_Strict):
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: _one_of(("str", Text), ("list", list[TextPart]), what="a string or a list of text parts",
                      shape=_str_or_list) | None = None
     name: Text | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = None  # an assistant's calls
+    tool_call_id: Text | None = None  # a tool message: the call it answers
+
+    @property
+    def text(self) -> str:
+        c = self.content
+        return "" if c is None else c if isinstance(c, str) else "".join(p.text for p in c)
 
     def as_dict(self) -> dict[str, str]:
-        c = self.content
-        text = "" if c is None else c if isinstance(c, str) else "".join(p.text for p in c)
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": text}
+        return {"role": role, "content": self.text}
+
+
+class FunctionDefinition(_Strict):
+    name: _FunctionName
+    description: Text | None = None
+    parameters: _Schema | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class _ChoiceName(_Strict):
+    name: _FunctionName
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: _ChoiceName
+
+
+class JsonSchemaFormat(_Strict):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: Text | None = None
+    json_schema: _Schema | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's ``response_format``: ``text``, ``json_object`` or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsField(_Strict):
+    """vLLM's ``structured_outputs`` object (give one of json, regex, choice, grammar, json_object)."""
+
+    json_: _Schema | Text | None = Field(None, alias="json")
+    regex: Text | None = None
+    choice: Annotated[list[_NonEmpty], Field(min_length=1, max_length=MAX_CHOICES)] | None = None
+    grammar: Text | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = Field(True, description="compact JSON (the default here; vLLM's is false)")
 
 
 class RagOptions(_Strict):
@@ -134,8 +204,51 @@ class _Sampling(_Strict):
     stop_token_ids: Annotated[list[_TokenId], Field(max_length=MAX_STOP)] | None = None
     skip_special_tokens: bool = True
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1)
+    # structured outputs: OpenAI's response_format; vLLM's guided_* fields and structured_outputs object
+    response_format: ResponseFormat | None = None
+    guided_json: _Schema | Text | None = None
+    guided_regex: Text | None = None
+    guided_choice: Annotated[list[_NonEmpty], Field(min_length=1, max_length=MAX_CHOICES)] | None = None
+    guided_grammar: Text | None = None
+    structured_outputs: StructuredOutputsField | None = None
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def structured(self) -> tuple[StructuredOutputs | None, str | None]:
+        """The output constraint this body asks for and the field that asked (``ValidationError``
+        when several fields constrain the output or the one given is malformed)."""
+        given = []
+        rf = self.response_format
+        if rf is not None and rf.type != "text":
+            if rf.type == "json_object":
+                given.append(("response_format", {"json_object": True}))
+            else:
+                if rf.json_schema is None or rf.json_schema.json_schema is None:
+                    raise ValidationError("response_format.json_schema.schema: a json_schema response format "
+                                          "needs json_schema: {name, schema}")
+                given.append(("response_format", {"json": rf.json_schema.json_schema}))
+        for name, key in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                          ("guided_grammar", "grammar")):
+            if getattr(self, name) is not None:
+                given.append((name, {key: getattr(self, name)}))
+        so = self.structured_outputs
+        if so is not None:
+            spec = {k: v for k, v in (("json", so.json_), ("regex", so.regex), ("choice", so.choice),
+                                      ("grammar", so.grammar), ("json_object", so.json_object)) if v}
+            spec["any_whitespace"] = not so.disable_any_whitespace
+            given.append(("structured_outputs", spec))
+        if not given:
+            return None, None
+        if len(given) > 1:
+            raise ValidationError(f"{given[1][0]}: only one of response_format, guided_json, guided_regex, "
+                                  f"guided_choice, guided_grammar and structured_outputs may constrain the output; "
+                                  f"got {[g[0] for g in given]}")
+        param, spec = given[0]
+        try:
+            return StructuredOutputs(**spec), param
+        except ValidationError as exc:
+            raise ValidationError(f"{param}: {exc}") from None
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None,
+                        structured: StructuredOutputs | None = None) -> SamplingParams:
         """The engine's parameters (raises ``ValidationError`` naming the bad one)."""
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         bias = {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None
@@ -144,7 +257,8 @@ class _Sampling(_Strict):
             min_p=self.min_p, seed=self.seed, stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            logprobs=logprobs, skip_special_tokens=self.skip_special_tokens, n=self.n, logit_bias=bias)
+            logprobs=logprobs, skip_special_tokens=self.skip_special_tokens, n=self.n, logit_bias=bias,
+            structured_outputs=structured)
 
     @property
     def include_usage(self) -> bool:
@@ -158,6 +272,9 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     rag: RagOptions | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

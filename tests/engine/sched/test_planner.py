@@ -110,6 +110,32 @@ def test_prefill_first_runs_prompts_before_decodes_exact():
     ]
 
 
+@pytest.mark.parametrize("prefill_first", [False, True])
+def test_extend_computes_known_outputs_as_one_chunk_beside_the_decodes(prefill_first):
+    """A grammar's forced tokens: appended between steps, computed as one chunk riding with the
+    decodes (even under prefill_first), then the request samples and decodes again."""
+    p = Planner(PlannerConfig(max_num_batched_tokens=16, max_num_seqs=4, prefill_first=prefill_first))
+    p.add(RequestState("a", [1, 2, 3], max_new_tokens=8))
+    p.add(RequestState("b", [4, 5], max_new_tokens=8))
+    run_step(p, lambda s: 7)  # both prefill and sample
+    with pytest.raises(StateError):
+        p.extend("a", [7] * 7)  # would leave no token to sample
+    p.extend("a", [8, 9, 10])
+    a = p.get("a")
+    assert a.output_token_ids == [7, 8, 9, 10] and a.num_output_tokens == 4
+    plan, _ = run_step(p, lambda s: 11)
+    assert ids(plan.decode) == ["b"] and [(s.request_id, n) for s, n in plan.prefill] == [("a", 4)]
+    assert a.output_token_ids == [7, 8, 9, 10, 11] and a.num_computed_tokens == 7 and a.is_decoding
+    plan, _ = run_step(p, lambda s: 12)
+    assert ids(plan.decode) == ["b", "a"] and plan.prefill == []
+    plan = p.schedule()
+    with pytest.raises(StateError):
+        p.extend("b", [1])  # a plan is in flight
+    p.update(plan, [1, 1])
+    with pytest.raises(NotFoundError):
+        p.extend("zz", [1])
+
+
 def test_prefill_first_admissions_keep_a_block_per_decode():
     """Admitting under prefill_first stops where fewer free blocks than running requests would remain."""
     bm = BlockManager(7, 4, enable_prefix_caching=False)

@@ -12,7 +12,7 @@ The step policy, the queue orders and the costs: :mod:`llmds.engine.sched.step_p
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable
+from typing import Hashable, Iterable, Sequence
 
 from llmds.engine.sched.decode_batch import DecodeBatch
 from llmds.engine.sched.fork import check_forks, fork_sequences
@@ -106,11 +106,10 @@ class Planner:
     def add(self, seq: RequestState) -> bool:
         """Queue a new request.
 
-        Returns True when queued, False when it finished at once
-        (``max_new_tokens == 0``: status FINISHED_LENGTH).  Raises
-        ``ValidationError`` for a duplicate id or a request that is not new,
-        and ``CapacityError`` (from the KV manager) for a request that could
-        never fit the KV pool; nothing changes on error.
+        Returns True when queued, False when it finished at once (``max_new_tokens == 0``: status
+        FINISHED_LENGTH). Raises ``ValidationError`` for a duplicate id or a request that is not new, and
+        ``CapacityError`` (from the KV manager) for a request that could never fit the KV pool; nothing
+        changes on error.
         """
         if not isinstance(seq, RequestState):
             raise ValidationError(f"expected a RequestState, got {type(seq).__name__}")
@@ -129,9 +128,9 @@ class Planner:
     def abort(self, request_id: Hashable) -> RequestState | None:
         """Finish a live request as FINISHED_ABORTED and free its KV.
 
-        A no-op returning None for an unknown or already finished id (a late
-        abort races with completion).  Called while a plan is in flight, the
-        abort of a running request takes effect at the end of ``update``.
+        A no-op returning None for an unknown or already finished id (a late abort races with completion).
+        Called while a plan is in flight, the abort of a running request takes effect at the end of
+        ``update``.
         """
         seq = self._requests.get(request_id)
         if seq is None:
@@ -153,9 +152,10 @@ class Planner:
         decode: list[RequestState] = []
         prefill: list[tuple[RequestState, int]] = []
         budget = cfg.max_num_batched_tokens
-        if cfg.prefill_first and len(self._batch) and (
-                self._prefilling or (self._waiting and self.num_running < cfg.max_num_seqs)):
-            # a prefill-only step; admissions keep one free block per running request for its next one
+        if cfg.prefill_first and len(self._batch) and (self._waiting and self.num_running < cfg.max_num_seqs or any(
+                s.num_computed_tokens < s.num_prompt_tokens for s in self._prefilling)):
+            # a prefill-only step (outputs appended by extend() ride with the decodes instead); admissions
+            # keep one free block per running request for its next one
             budget = self._plan_prefills(prefill, decode, budget, preempted, reserve=True)
         if not prefill:
             decode = self._plan_decodes(preempted)
@@ -235,15 +235,13 @@ class Planner:
                forks: dict[Hashable, list[tuple[RequestState, int]]] | None = None) -> list[RequestState]:
         """Apply a step's results; returns the requests that finished (their KV freed).
 
-        ``token_ids``: one sampled id per request of ``plan.sampling`` (decodes, then
-        completing prefills) as a list, array or tensor; None for lengths-only models
-        (cb_lab's TinyLLM): outputs are counted, not stored, and stop ids not checked.
-        ``finished_ids``: requests the caller stops after this step (e.g. a stop
-        string), finished as FINISHED_STOPPED.  Requests reaching ``max_new_tokens``
-        finish as FINISHED_LENGTH, on a stop id as FINISHED_STOPPED.
-        ``forks``: ``{request id: [(new request, first token id), ...]}``, the other sequences
-        of requests with ``n > 1`` whose prompt completes now (:mod:`~llmds.engine.sched.fork`;
-        block copies go to ``plan.copies``).  On a bad argument nothing changes.
+        ``token_ids``: one sampled id per request of ``plan.sampling`` (decodes, then completing prefills) as a
+        list, array or tensor; None for lengths-only models (cb_lab's TinyLLM): outputs are counted, not stored,
+        and stop ids not checked. ``finished_ids``: requests the caller stops after this step (e.g. a stop
+        string), finished as FINISHED_STOPPED. Requests reaching ``max_new_tokens`` finish as FINISHED_LENGTH,
+        on a stop id as FINISHED_STOPPED. ``forks``: ``{request id: [(new request, first token id), ...]}``, the
+        other sequences of requests with ``n > 1`` whose prompt completes now (:mod:`~llmds.engine.sched.fork`;
+        block copies go to ``plan.copies``). On a bad argument nothing changes.
         """
         if plan is not self._in_flight:
             raise StateError("update() expects the plan returned by the last schedule()")
@@ -318,17 +316,16 @@ class Planner:
         return finished
 
     def cancel(self, plan: StepPlan) -> list[RequestState]:
-        """Roll back a plan that will not be run (its model or a plugin failed); call it
-        instead of ``update``.  The one rollback path of a failed step (KV blocks are
-        returned only here, through ``kv.rollback``; cb_lab cuts its caches back after it).
-        No token advances; the plan's admissions go back to the queue at their position and
-        free their blocks; running requests give back the blocks for the plan's new tokens;
-        prefix-index entries of blocks the plan would have computed are removed, so no
-        request is served their never written KV.  Preemptions made by ``schedule()``
-        stand, and the next ``schedule()`` reuses ``plan.step_id``.
+        """Roll back a plan that will not be run (its model or a plugin failed); call it instead of ``update``.
+        The one rollback path of a failed step (KV blocks are returned only here, through ``kv.rollback``;
+        cb_lab cuts its caches back after it). No token advances; the plan's admissions go back to the queue
+        at their position and free their blocks; running requests give back the blocks for the plan's new
+        tokens; prefix-index entries of blocks the plan would have computed are removed, so no request is
+        served their never written KV. Preemptions made by ``schedule()`` stand, and the next ``schedule()``
+        reuses ``plan.step_id``.
 
-        Returns the requests finished by aborts that arrived while the plan was in
-        flight (FINISHED_ABORTED), as ``update`` would have.
+        Returns the requests finished by aborts that arrived while the plan was in flight (FINISHED_ABORTED),
+        as ``update`` would have.
         """
         if plan is not self._in_flight:
             raise StateError("cancel() expects the plan returned by the last schedule(), not yet updated")
@@ -355,6 +352,16 @@ class Planner:
         self._in_flight = None
         return self._apply_deferred_aborts()
 
+    def extend(self, request_id: Hashable, token_ids: Sequence[int]) -> None:
+        """Append known output tokens (a grammar's forced run) to a decoding request: one chunk, then it samples."""
+        s, k = self.get(request_id), len(token_ids)
+        if self._in_flight is not None or request_id not in self._batch or not 0 < k < s.max_new_tokens - s.num_output_tokens:
+            raise StateError(f"extend({request_id!r}, {k} tokens): a decoding request, between steps, keeping a token")
+        self._batch.leave(s)
+        s.output_token_ids.extend(token_ids)
+        s.num_output_tokens += k
+        self._prefilling.append(s)
+
     def preempt(self, request_id: Hashable) -> RequestState:
         """Preempt a running request now (free its KV, requeue it to be recomputed), e.g.
         for a caller that lost its KV.  ``NotFoundError`` for an id that is not live,
@@ -368,12 +375,12 @@ class Planner:
         return seq
 
     def pin_prefix(self, token_ids: Iterable[int]) -> list[int]:
-        """Pin the cached blocks of a prefix (``BlockManager.pin_prefix``) unless a live
-        request could then never finish (``CapacityError``, nothing pinned): pins never strand
-        a live request (for pins made on the KV manager directly, see ``_check_still_fits``).
+        """Pin the cached blocks of a prefix (``BlockManager.pin_prefix``) unless a live request could then never
+        finish (``CapacityError``, nothing pinned): pins never strand a live request (for pins made on the KV
+        manager directly, see ``_check_still_fits``).
 
-        Only between steps (``StateError`` while a plan is in flight: its blocks may
-        be indexed before their KV is computed), so pinned blocks always hold KV.
+        Only between steps (``StateError`` while a plan is in flight: its blocks may be indexed before their
+        KV is computed), so pinned blocks always hold KV.
         """
         pin = getattr(self.kv, "pin_prefix", None)
         if pin is None:
