@@ -209,7 +209,7 @@ def test_sampling_penalties_bias_and_logprobs_see_the_masked_distribution(engine
     p = SamplingParams(max_tokens=8, temperature=1.0, seed=3, logprobs=20, repetition_penalty=1.3,
                        logit_bias={engine.tokenizer.encode(" Paris")[0]: 100.0},
                        structured_outputs={"choice": list(choices)})
-    out = engine.generate(chat("Is the sea salty?"), p)[0]
+    out = engine.generate([chat("Is the sea salty?")], p)[0]
     assert out.output_text in choices
     for lp in out.output_logprobs:
         assert lp.top, "every step lists the allowed tokens"
@@ -220,7 +220,7 @@ def test_sampling_penalties_bias_and_logprobs_see_the_masked_distribution(engine
 
 
 def test_parallel_sampling_gives_each_sequence_its_own_matcher(engine):
-    outs = engine.generate(chat(ASK["point"]), SamplingParams(max_tokens=60, temperature=1.0, seed=1, n=3,
+    outs = engine.generate([chat(ASK["point"])], SamplingParams(max_tokens=60, temperature=1.0, seed=1, n=3,
                                                               structured_outputs={"json": SCHEMAS["point"]}))
     assert len(outs) == 3
     for o in outs:
@@ -234,7 +234,7 @@ def test_jump_forward_computes_forced_tokens_in_one_forward():
     runs = {}
     for jf in (False, True):
         eng = LLMEngine(jump_forward=jf, hot_prefix_threshold=0)
-        out = eng.generate(chat(ASK["event"]), p)[0]
+        out = eng.generate([chat(ASK["event"])], p)[0]
         check_valid("json", SCHEMAS["event"], out.output_text)
         runs[jf] = (eng.metrics.num_steps, eng.metrics.structured_jump_forward_tokens, len(out.output_token_ids))
     (steps_off, ff_off, n_off), (steps_on, ff_on, n_on) = runs[False], runs[True]
@@ -250,7 +250,8 @@ def test_a_preempted_request_keeps_its_matcher_and_its_output():
     params = [_params("json", SCHEMAS[n], 0.0, max_tokens=160) for n in ("person", "event", "point", "person")]
     roomy = LLMEngine(hot_prefix_threshold=0, jump_forward=False)
     want = [o.output_text for o in roomy.generate(prompts, params)]
-    tight = LLMEngine(num_blocks=24, block_size=16, hot_prefix_threshold=0, jump_forward=False)
+    tight = LLMEngine(num_blocks=24, block_size=16, hot_prefix_threshold=0, jump_forward=False,
+                      prefill_first=False)  # prefill-first admissions keep blocks free: fewer preemptions
     got = tight.generate(prompts, params)
     assert tight.metrics.num_preemptions > 0  # matchers were in flight when their requests were preempted
     assert [o.output_text for o in got] == want

@@ -63,9 +63,13 @@ for _ in range(40):
     DEEP = {"type": "object", "properties": {"a": DEEP}}
 
 
+_LOOPS = pytest.mark.xfail(strict=False, reason="greedy bfloat16 can repeat a number's digits up to max_tokens: a JSON "
+                           "number's length is not bounded by its schema (issue 20's closing note)")
+
+
 @pytest.mark.parametrize("model, prompt", [
-    (Trip, "Plan a short trip as JSON."),
-    (Answer, "Is the Earth round?"),
+    pytest.param(Trip, "Plan a short trip as JSON.", marks=_LOOPS),
+    pytest.param(Answer, "Is the Earth round?", marks=_LOOPS),
     (City, "Name a city."),
 ])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
