@@ -82,8 +82,9 @@ def _curl(url: str) -> str:
 
 
 def _python(url: str) -> tuple[str, str]:
-    """What the README's python example prints: the first answer, and the rest (the RAG request's)."""
-    (code,) = _blocks("python")
+    """What the README's python examples print, run in order in one namespace (the structured-output
+    example uses the first one's ``client``): the first answer, and the rest."""
+    code = "\n".join(_blocks("python"))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(_local(code, url), "<README>", "exec"), {"__name__": "__readme__"})
@@ -98,6 +99,7 @@ def test_the_examples_run_as_written_and_rag_cites_project_documents(default_ser
     sources = re.search(r"^\[('[^']+'(?:, '[^']+')*)\] PromptTokensDetails\(", rest, flags=re.M)
     assert sources is not None, rest  # the RAG request printed its sources and its usage details
     assert set(re.findall(r"'([^']+)'", sources.group(1))) <= SOURCES, sources.group(1)
+    assert re.search(r"^name='[^']*' country='[^']*'$", rest, flags=re.M), rest  # the parsed City
 
 
 @pytest.mark.xfail(reason="issue 19: bfloat16 (the default) answers \"L'Étoile, ...\" since the fused kernels; "
