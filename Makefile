@@ -64,6 +64,7 @@ bench: install-bench chromium
 	$(PY) -m benchmarks.bench_bursts $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_ui $(BENCH_ARGS)
 	$(PY) -m benchmarks.bench_routing $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_structured $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -47,7 +47,7 @@ def _run_curl(code: str, live) -> dict:
 
 
 def test_readme_first_request_python_runs(live):
-    (code,) = _blocks(README, "python", "## First request")
+    code = _blocks(README, "python", "## First request")[0]  # all of them: test_readme_examples.py
     out = _run_python(code, live)
     assert "prompt_tokens" in out and "cached_tokens" in out  # the plain and the RAG request printed
 

@@ -8,14 +8,11 @@ stored text and metadata (for RAG prompts).
 
 Fusion (:mod:`llmds.retrieval.fusion`; ``fusion_weight`` = w is the **dense** share):
 
-* ``"adaptive"`` (default): ``"tmm"`` with a dense share estimated for each query
-  from the two candidate lists and the index, no labels (formula and sources in
-  :mod:`llmds.retrieval.fusion`; measured in ``benchmarks/retrieval/fusion.py``);
-  :meth:`RetrievalPipeline.fusion_weights` shows it.  A ``fusion_weight`` given
-  with it fixes the share (plain TMM).
-* ``"tmm"`` (w = 0.9, the default before ``"adaptive"``): convex combination with
-  theoretical min-max normalisation (BM25 / its best; cosine scaled from -1 to its
-  best), every document of the union scored exactly on both sides.
+* ``"adaptive"`` (default): ``"tmm"`` with a dense share estimated per query from the two
+  candidate lists and the index, no labels (formula and sources: :mod:`llmds.retrieval.fusion`);
+  :meth:`RetrievalPipeline.fusion_weights` shows it; a ``fusion_weight`` fixes it.
+* ``"tmm"`` (w = 0.9): convex combination with theoretical min-max normalisation (BM25 / its
+  best; cosine from -1 to its best), every document of the union scored on both sides.
 * ``"weighted"``: per-query min-max normalisation of each candidate list (w = 0.7).
 * ``"rrf"``: ``2w / (rrf_k + rank_dense) + 2(1 - w) / (rrf_k + rank_lexical)`` (w = 0.5).
 
@@ -50,9 +47,7 @@ from llmds.retrieval._docs import check_doc_id, split_doc_pairs
 from llmds.retrieval._pipeline_io import hybrid_from_arrays, read_pipeline, save_pipeline
 from llmds.retrieval._result_cache import ResultCache
 from llmds.retrieval.embeddings import EmbedderAdapter
-from llmds.retrieval.fusion import (
-    FUSIONS, rrf_fusion, tmm_fusion, weighted_fusion,
-)
+from llmds.retrieval.fusion import FUSIONS, rrf_fusion, tmm_fusion, weighted_fusion
 from llmds.retrieval.hybrid import HybridIndex
 from llmds.retrieval.pipeline_config import (
     DEFAULT_FUSION, DEFAULT_FUSION_WEIGHT, Hit, PipelineConfig, check_metadata, check_queries,

@@ -2,10 +2,9 @@
 
 ``BlockManager`` decides which blocks each request holds, as one block table
 (a list of block ids) per request, ``seq.block_table``, on the shared
-:class:`~llmds.memory.paged_allocator.PagedAllocator`.  Everything that stores K/V
-(the tensor arena ``KVStorage``, the CortexStream ``TensorKVCache`` layer,
-cb_lab's ``PagedKVCache``) stores into those block ids and keeps no tables of
-its own: the KV path is planner → block manager → block ids → storage.
+:class:`~llmds.memory.paged_allocator.PagedAllocator`.  Every K/V store (``KVStorage``, the
+CortexStream ``TensorKVCache`` layer, cb_lab's ``PagedKVCache``) stores into those block
+ids and keeps no tables: planner → block manager → block ids → storage.
 
 Which blocks a table gets is its placement (:mod:`llmds.engine.kv.placement`):
 the free list's order by default; the CortexStream arena passes
@@ -13,10 +12,9 @@ the free list's order by default; the CortexStream arena passes
 views).  Blocks a placement holds back count as free and are given back before
 anything is refused.
 
-Prefixes are shared through the shared :class:`~llmds.memory.prefix_cache.PrefixCache`
-(the same index the seed ``KVCache`` uses): block ``i`` of a request is keyed
-by the hash of block ``i-1``'s key and block ``i``'s token ids, so a key names
-the whole prefix.
+Prefixes are shared through :class:`~llmds.memory.prefix_cache.PrefixCache` (the seed
+``KVCache``'s index): block ``i`` is keyed by the hash of block ``i-1``'s key and block
+``i``'s token ids, so a key names the whole prefix.
 
 When full blocks are registered (and why it is safe):
 
@@ -127,18 +125,14 @@ class BlockManager:
         """``1 - largest free run / free blocks`` (0 when nothing is free), rooms counted as free."""
         mask = self.placement.free_mask()
         n = int(mask.sum())
-        if not n:
-            return 0.0
-        _, lengths = true_runs(mask)
-        return 1.0 - int(lengths.max()) / n
+        return 1.0 - int(true_runs(mask)[1].max()) / n if n else 0.0
 
     def is_contiguous(self, seq: RequestState) -> bool:
         """True when ``seq``'s table is one ascending run of block ids (zero-copy views)."""
         return self.placement.is_contiguous(seq)
 
     def cached_keys(self) -> list[int]:
-        """Chain keys of every indexed full block (held or cached free): the prefixes a later
-        request would hit here, in no order (what a replica advertises to the router)."""
+        """Chain keys of every indexed full block, in no order (what a replica advertises)."""
         return self.prefix_cache.keys() if self.prefix_cache is not None else []
 
     def get_block_table(self, seq: RequestState) -> list[int]:
