@@ -49,6 +49,31 @@ def test_add_rms_norm(T, H, dtype, seed, scale):
 
 
 @settings(max_examples=20, deadline=None)
+@given(T=st.integers(1, 70), H=st.sampled_from([8, 576, 97]), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1e-3, 1.0, 50.0]))
+def test_float32_residual_with_bfloat16_activations(T, H, seed, scale):
+    """The bfloat16 model's layout: the residual stream float32, the layer outputs added to it and
+    the norms' outputs bfloat16.  The residual takes the exact float32 sum; the output is one
+    bfloat16 rounding from the float64 reference."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(T, H, generator=g) * scale
+    d = (torch.randn(T, H, generator=g) * scale).bfloat16()
+    w = (torch.rand(H, generator=g) + 0.5).bfloat16()
+    resid = h + d.float()
+    x = _f64(resid)
+    ref = _f64(w)[None] * x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-5)
+    for kernel in (fk.add_rms_norm, fk.add_rms_norm_par):
+        hh, out = h.clone(), torch.empty(T, H, dtype=torch.bfloat16)
+        kernel(A(hh), A(d), A(w), np.float32(1e-5), A(out))
+        assert torch.equal(hh, resid)
+        assert np.all(np.abs(_f64(out) - ref) <= _tol("bfloat16", ref))
+    for kernel in (fk.rms_norm, fk.rms_norm_par):
+        out = torch.empty(T, H, dtype=torch.bfloat16)
+        kernel(A(resid), A(w), np.float32(1e-5), A(out))
+        assert np.all(np.abs(_f64(out) - ref) <= _tol("bfloat16", ref))
+
+
+@settings(max_examples=20, deadline=None)
 @given(T=st.integers(1, 70), H=st.sampled_from([8, 576, 97]), dtype=st.sampled_from(list(DTYPES)),
        seed=st.integers(0, 2**16))
 def test_rms_norm(T, H, dtype, seed):

@@ -1,13 +1,11 @@
 """The README's first request against the server exactly as ``make serve`` starts it: ``llmds serve``
 with its default options (its default dtype, KV memory, thread pinning, RAG over the README and
 docs/), in its own process.  The examples run as written, the RAG example's sources are project
-documents, and "What is the capital of France?" should get Paris.
+documents, and "What is the capital of France?" gets Paris.
 
-That last check fails today (issue 19, kept visible as an expected failure): in bfloat16, the
-default dtype, the model's first token is a near-tie ('The' 25.37 against 'L' 25.29 in the
-float32-accumulated logits of the earlier kernels) that the bfloat16 residual stream tips either
-way; since the fused kernels it answers "L'Étoile, la Marseillaise, ...".  float32 answers "The
-capital of France is Paris." (``tests/engine/test_llama_vs_hf.py``: token-identical to transformers).
+That last one is a near-tie on the first token ('The' -1.883 against 'L' -1.965 in float32): in
+bfloat16 it answered "L'Étoile, la Marseillaise, ..." until the residual stream stayed float32 and
+the logits nearest the best were recomputed unrounded (:func:`llmds.engine.models.llama.refine_top_logits`).
 """
 
 from __future__ import annotations
@@ -102,8 +100,6 @@ def test_the_examples_run_as_written_and_rag_cites_project_documents(default_ser
     assert re.search(r"^name='[^']*' country='[^']*'$", rest, flags=re.M), rest  # the parsed City
 
 
-@pytest.mark.xfail(reason="issue 19: bfloat16 (the default) answers \"L'Étoile, ...\" since the fused kernels; "
-                          "float32 answers Paris (see the module docstring)")
 def test_the_first_request_answers_paris(default_server):
     assert "Paris" in _curl(default_server)
     assert "Paris" in _python(default_server)[0]
