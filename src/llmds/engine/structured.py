@@ -152,6 +152,49 @@ def _check_depth(doc: Any) -> None:
             stack.extend((v, d + 1) for v in node)
 
 
+SAFE_INTEGER = 2**53 - 1  # I-JSON's interoperable integer range (RFC 7493, section 2.2)
+NUMBER_STEP = 1e-6  # the finest fraction a generated "number" gets unless its schema says otherwise
+_SUB_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUB_ONES = ("additionalProperties", "items", "not", "if", "then", "else", "contains", "unevaluatedProperties")
+_SUB_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def bounded_schema(schema: Any) -> Any:
+    """A copy of ``schema`` whose every output is valid for ``schema``, with what a small model
+    could otherwise repeat until ``max_tokens`` bounded (llguidance generates what the schema
+    allows, and a greedy 135M model answers ``0.9999...`` or adds keys forever):
+
+    * an object schema with ``properties`` and no ``additionalProperties`` takes no other keys
+      (as vLLM's guidance and xgrammar backends and OpenAI's strict mode do);
+    * a ``number`` or ``integer`` without a bound on a side stays within I-JSON's +-(2**53 - 1);
+    * a ``number`` without ``multipleOf`` gets at most 6 decimals (``multipleOf`` 1e-6).
+    Only schema keywords are walked (a property named ``"type"`` is a name, not a keyword)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for k in _SUB_MAPS:
+        if isinstance(out.get(k), dict):
+            out[k] = {name: bounded_schema(sub) for name, sub in out[k].items()}
+    for k in _SUB_ONES:
+        if isinstance(out.get(k), dict):
+            out[k] = bounded_schema(out[k])
+    for k in _SUB_LISTS + ("items",):
+        if isinstance(out.get(k), list):
+            out[k] = [bounded_schema(sub) for sub in out[k]]
+    if ("properties" in out or "patternProperties" in out) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    types = out.get("type")
+    types = {types} if isinstance(types, str) else set(types) if isinstance(types, list) else set()
+    if types & {"number", "integer"} and "enum" not in out and "const" not in out:
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -SAFE_INTEGER
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = SAFE_INTEGER
+        if "number" in types and "multipleOf" not in out:
+            out["multipleOf"] = NUMBER_STEP
+    return out
+
+
 class GrammarCompiler:
     """Compile :class:`StructuredOutputs` into llguidance matchers, with a bounded LRU cache.
 
@@ -228,7 +271,7 @@ class GrammarCompiler:
         kind = spec.kind
         try:
             if kind in ("json", "json_object"):
-                schema = {"type": "object"} if kind == "json_object" else spec.json
+                schema = {"type": "object"} if kind == "json_object" else bounded_schema(spec.json)
                 opts = {"whitespace_flexible": True} if spec.any_whitespace else \
                     {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
                 grammar = M.grammar_from_json_schema(schema, defaults=opts)
