@@ -243,8 +243,6 @@ def test_jump_forward_computes_forced_tokens_in_one_forward():
     assert steps_on == n_on - ff_on  # a forced run rides with the next sampled token: no step of its own
 
 
-@pytest.mark.xfail(strict=False, reason="this setup no longer preempts on main's planner (prefill-first reserves blocks); "
-                   "the test must force a preemption (issue 20's note)")
 def test_a_preempted_request_keeps_its_matcher_and_its_output():
     from llmds.engine.engine import LLMEngine
 
@@ -252,8 +250,9 @@ def test_a_preempted_request_keeps_its_matcher_and_its_output():
     params = [_params("json", SCHEMAS[n], 0.0, max_tokens=160) for n in ("person", "event", "point", "person")]
     roomy = LLMEngine(hot_prefix_threshold=0, jump_forward=False)
     want = [o.output_text for o in roomy.generate(prompts, params)]
-    tight = LLMEngine(num_blocks=24, block_size=16, hot_prefix_threshold=0, jump_forward=False,
-                      prefill_first=False)  # prefill-first admissions keep blocks free: fewer preemptions
+    # the smallest pool one request fits in (36 + 160 tokens: 13 blocks); the four outgrow it together
+    tight = LLMEngine(num_blocks=13, block_size=16, hot_prefix_threshold=0, jump_forward=False,
+                      prefill_first=False)
     got = tight.generate(prompts, params)
     assert tight.metrics.num_preemptions > 0  # matchers were in flight when their requests were preempted
     assert [o.output_text for o in got] == want
