@@ -114,3 +114,41 @@ def test_bad_sampling_params_raise(kw):
 
 def test_stop_accepts_one_string():
     assert SamplingParams(stop="###").stop == ("###",)
+
+
+@pytest.mark.parametrize("width", [3, 400])  # inside the top NUCLEUS_K, and wider (the whole row is sorted)
+def test_top_p_draws_follow_the_renormalized_nucleus(width):
+    """Frequencies inside the nucleus match its renormalized probabilities; nothing outside is drawn."""
+    n = 600
+    x = torch.full((1, n), -30.0)
+    p = torch.linspace(2.0, 1.0, width)  # decreasing, distinct
+    x[0, :width] = p.log()
+    probs = torch.softmax(x[0], -1)
+    cum = probs.cumsum(0)
+    nucleus = int((cum - probs <= 0.7).sum())  # the smallest prefix reaching 0.7
+    want = probs[:nucleus] / probs[:nucleus].sum()
+    s = Sampler(seed=11)
+    draws = torch.tensor([s(x, rows(SamplingParams(top_p=0.7)))[0][0] for _ in range(3000)])
+    assert int(draws.max()) < nucleus
+    if width == 3:  # few tokens: each frequency within 5 sigma
+        freq = torch.bincount(draws, minlength=nucleus).double() / len(draws)
+        assert torch.all((freq - want).abs() <= 5 * (want * (1 - want) / len(draws)).sqrt())
+    else:  # many: the mean index within 5 sigma of the nucleus's
+        idx = torch.arange(nucleus, dtype=torch.float64)
+        mean, sd = float((want * idx).sum()), float((want * (idx - (want * idx).sum()) ** 2).sum().sqrt())
+        assert abs(float(draws.double().mean()) - mean) <= 5 * sd / math.sqrt(len(draws))
+
+
+def test_inverse_cdf_never_draws_a_token_of_probability_zero():
+    from llmds.engine.sampling import _draw
+
+    probs = torch.tensor([[0.0, 0.0, 0.25, 0.0, 0.75, 0.0, 0.0]] * 4)
+    u = torch.tensor([0.0, 0.25 - 1e-6, 0.25 + 1e-6, 1.0 - 1e-16], dtype=torch.float64)
+    assert _draw(probs, u) == [2, 2, 4, 4]
+
+
+def test_min_p_and_top_p_together_keep_only_what_both_allow():
+    x = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05] + [1e-9] * (V - 4)]))
+    s = Sampler(seed=2)
+    seen = {s(x, rows(SamplingParams(top_p=0.95, min_p=0.4)))[0][0] for _ in range(300)}
+    assert seen == {0, 1}  # top_p keeps 0..2; min_p (0.4 * 0.5 = 0.2) drops 2
