@@ -334,9 +334,18 @@ const engine = {
         const { i, s: states } = s.block_changes;
         for (let k = 0; k < i.length; k++) { this.blocks[i[k]] = states.charCodeAt(k) - 48; this.drawCell(i[k]); }
       }
-      if (s.sample) { this.history.push(s.sample); if (this.history.length > 300) this.history.shift(); this.drawCharts(); }
+      if (s.sample) { this.history.push(s.sample); if (this.history.length > 300) this.history.shift(); this.chartsDirty = true; }
     }
-    this.panels();
+    this.schedule();
+  },
+  schedule() {  // the panels and charts are redrawn once per frame, and not at all while the tab is hidden
+    if (this.pending || document.hidden) return;
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      if (this.chartsDirty) { this.chartsDirty = false; this.drawCharts(); }
+      this.panels();
+    });
   },
   color(v) { return getComputedStyle(document.documentElement).getPropertyValue("--b" + v).trim(); },
   layout() {
@@ -382,18 +391,36 @@ const engine = {
     $("#blockinfo").textContent = `${fmt(s.num_blocks)} blocks of ${s.block_size} tokens \u00b7 ${fmt(100 * s.kv_usage, 1)}% in use`;
     $("#nrun").textContent = `(${s.num_running})`;
     $("#nwait").textContent = `(${s.num_waiting})`;
-    $("#running").replaceChildren(...(s.running || []).map((r) => {
-      const done = r.max_tokens ? r.output_tokens / r.max_tokens : 0;
-      const pre = r.prompt_tokens ? r.computed_tokens / r.prompt_tokens : 1;
-      const bar = el("div", { class: "bar", title: r.phase === "prefill" ? `prefill ${r.computed_tokens}/${r.prompt_tokens}` : `${r.output_tokens}/${r.max_tokens} tokens` }, el("i"));
-      $("i", bar).style.width = `${100 * Math.min(1, r.phase === "prefill" ? pre : done)}%`;
-      if (r.phase === "prefill") $("i", bar).classList.add("cached");
-      return el("tr", {}, el("td", { text: r.id }), el("td", { text: r.phase }),
-        el("td", {}, bar), el("td", { text: `${r.prompt_tokens} (${r.cached_tokens})` }), el("td", { text: String(r.blocks) }));
-    }));
-    $("#waiting").replaceChildren(...(s.waiting || []).map((r) => el("tr", {}, el("td", { text: r.id }),
-      el("td", { text: String(r.prompt_tokens) }), el("td", { text: String(r.max_tokens) }), el("td", { text: String(r.priority) }),
-      el("td", { text: r.preemptions ? `${r.preemptions}\u00d7` : "" }))));
+    const running = s.running || [], waiting = s.waiting || [];
+    const ids = running.map((r) => r.id).join("\n");
+    if (ids === this.runIds) running.forEach((r, i) => this.fillRun($("#running").children[i], r));  // same rows: update in place
+    else {
+      this.runIds = ids;
+      $("#running").replaceChildren(...running.map((r) => this.fillRun(el("tr", {}, el("td", { text: r.id }), el("td"),
+        el("td", {}, el("div", { class: "bar" }, el("i"))), el("td"), el("td")), r)));
+    }
+    const waits = JSON.stringify(waiting);
+    if (waits !== this.shownWaits) {
+      this.shownWaits = waits;
+      $("#waiting").replaceChildren(...waiting.map((r) => el("tr", {}, el("td", { text: r.id }),
+        el("td", { text: String(r.prompt_tokens) }), el("td", { text: String(r.max_tokens) }), el("td", { text: String(r.priority) }),
+        el("td", { text: r.preemptions ? `${r.preemptions}\u00d7` : "" }))));
+    }
+    this.counters(s);
+  },
+  fillRun(tr, r) {  // a running request's row: phase, progress bar, prompt (cached) tokens, blocks
+    const [, phase, barCell, prompt, blocks] = tr.children;
+    const pre = r.phase === "prefill", bar = barCell.firstChild, fill = bar.firstChild;
+    const share = pre ? (r.prompt_tokens ? r.computed_tokens / r.prompt_tokens : 1) : (r.max_tokens ? r.output_tokens / r.max_tokens : 0);
+    phase.textContent = r.phase;
+    bar.title = pre ? `prefill ${r.computed_tokens}/${r.prompt_tokens}` : `${r.output_tokens}/${r.max_tokens} tokens`;
+    fill.style.width = `${100 * Math.min(1, share)}%`;
+    fill.classList.toggle("cached", pre);
+    prompt.textContent = `${r.prompt_tokens} (${r.cached_tokens})`;
+    blocks.textContent = String(r.blocks);
+    return tr;
+  },
+  counters(s) {
     const c = s.counters || {};
     const hit = c.prefix_cache_queries ? 100 * c.prefix_cache_hits / c.prefix_cache_queries : 0;
     $("#counters").textContent = `prompt tokens ${fmt(c.prompt_tokens)} \u00b7 generated ${fmt(c.generation_tokens)} \u00b7 ` +
