@@ -152,3 +152,30 @@ def test_min_p_and_top_p_together_keep_only_what_both_allow():
     s = Sampler(seed=2)
     seen = {s(x, rows(SamplingParams(top_p=0.95, min_p=0.4)))[0][0] for _ in range(300)}
     assert seen == {0, 1}  # top_p keeps 0..2; min_p (0.4 * 0.5 = 0.2) drops 2
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.05])
+def test_the_plain_kernel_inverts_the_float64_cdf(min_p):
+    """sample_rows against a float64 inverse CDF of softmax(x / T) with the min-p floor, for many u:
+    the same token wherever u is not within float32 rounding of a boundary."""
+    import numpy as np
+
+    from llmds.engine._sample_kernel import sample_rows
+
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(6, 300, generator=g) * 2).numpy()
+    x[1, 7] = -np.inf  # a masked token
+    temps = np.array([1.0, 0.7, 1.3, 2.0, 0.5, 1.0], dtype=np.float32)
+    floors = np.full(6, np.log(min_p) if min_p else -np.inf, dtype=np.float32)
+    for u0 in np.linspace(0.0, 0.999, 37):
+        u = (u0 + np.arange(6) * 0.013) % 1.0
+        out = np.empty(6, dtype=np.int64)
+        sample_rows(x, np.arange(6), temps, floors, u, np.empty((6, 300), np.float32), out)
+        for j in range(6):
+            z = (x[j].astype(np.float64) - x[j].max()) / temps[j]
+            w = np.where(z >= floors[j], np.exp(z), 0.0)
+            cdf = np.cumsum(w)
+            want = int(np.searchsorted(cdf, u[j] * cdf[-1], side="right"))
+            near = np.abs(cdf - u[j] * cdf[-1]).min() < 1e-5 * cdf[-1]
+            assert out[j] == want or near, (j, u[j])
+            assert w[out[j]] > 0  # never a token of weight 0 (the masked one, or under the floor)
