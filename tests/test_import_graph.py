@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("llmds.engine.config", "llmds.engine.request", "llmds.engine.metrics",  # the engine's data
      "llmds.engine.structured", "llmds.engine._mask_kernel", "llmds.engine.sequence"),
     ("llmds.engine.kv", "llmds.engine.sched"),
-    ("llmds.engine.models", "llmds.engine.loader", "llmds.engine.sampling", "llmds.engine.text",
+    ("llmds.engine.models", "llmds.engine.loader", "llmds.engine.sampling", "llmds.engine._sample_kernel", "llmds.engine.text",
      "llmds.engine.runner"),
     ("llmds.engine.engine", "llmds.engine.async_engine", "llmds.engine"),
     ("llmds.kv_arena",),
