@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
-from benchmarks._common import add_out_arg, out_path, ratio_rule, run_main, write_results
+from benchmarks._common import add_out_arg, machine_info, out_path, ratio_rule, run_main, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_structured.json"
 COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -73,15 +71,6 @@ INSTANCES = {
 }
 ASK = {"person": "Describe a famous scientist as JSON.", "math": "Solve 12 times 7, step by step, as JSON.",
        "event": "Describe a team meeting as JSON.", "weather": "Which city's weather should I check? JSON."}
-
-
-def _cpu() -> dict:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {"model": platform.processor(), "amx": None}
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    return {"model": model, "amx": "amx" in out}
 
 
 def _med(xs) -> float:
@@ -300,7 +289,7 @@ def bench_engine(n: int, repeats: int, max_tokens: int) -> dict:
 
 # ----------------------------------------------------------------------- table
 def format_table(res: dict) -> str:
-    lines = [f"CPU: {res['cpu']['model']} (AMX: {res['cpu']['amx']})", ""]
+    lines = [f"CPU: {res['cpu']['processor']} (AMX: {res['cpu']['amx']})", ""]
     lib = res["library"]
     lines.append(f"grammar library, {lib['batch']} matchers over 4 JSON schemas  "
                  f"({ratio_rule('xgrammar / llguidance time', 'llguidance, the one llmds uses')})")
@@ -354,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(None)
     repeats = 1 if args.quick else args.repeats
     n = 8 if args.quick else args.requests
-    res = {"cpu": _cpu(), "repeats": repeats,
+    res = {"cpu": machine_info(), "repeats": repeats,
            "library": bench_library(loaded.tokenizer_json, loaded.config.vocab_size,
                                     min(loaded.config.eos_token_ids), max(repeats, 3)),
            "engine": bench_engine(n, repeats, args.max_tokens)}

@@ -19,33 +19,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import threading
 from pathlib import Path
 
-from benchmarks._common import add_out_arg, out_path, ratio_rule, require_bench_extra, run_main, write_results
+from benchmarks._common import (
+    add_out_arg, machine_info, out_path, ratio_rule, require_bench_extra, run_main, write_results,
+)
 from benchmarks.bench_server import _free_port, llmds_server, load, warm_up
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_ui.json"
 CHROMIUM = os.environ.get("LLMDS_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
-
-
-def _cpu() -> dict:
-    """The CPU's name and whether it has AMX (figures differ a lot with and without)."""
-    name, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    return {"machine": name, "amx": "amx_bf16" in flags}
 
 
 def _load(url: str, clients: int, duration: float) -> dict:
@@ -143,7 +129,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.clients, args.duration, args.repeats, args.loads = 8, 8.0, 1, 3
     result = {"clients": args.clients, "duration": args.duration, "repeats": args.repeats,
-              **_cpu(), "cpus": os.cpu_count()}
+              **machine_info()}
     server = llmds_server(_free_port())
     try:
         server.start()
@@ -191,7 +177,7 @@ def format_table(r: dict) -> str:
     pl = r["page_load"]
     return "\n".join([
         f"bench_ui: {r['clients']} streaming clients, {r['duration']} s runs, {r['repeats']} pairs (medians); "
-        f"{r['machine']}, {r['cpus']} CPUs{', AMX' if r.get('amx') else ''}",
+        f"{r['processor']}, {r['cpus']} CPUs{', AMX' if r.get('amx') else ''}",
         ratio_rule("tok/s with the page open / without it (the goal: >= 0.98)", "the run with the page"),
         f"without the page {r['without_page_tok_s']:.1f} tok/s, with the Engine tab live {r['with_page_tok_s']:.1f} "
         f"tok/s: ratio {r['ratio']:.3f} (pairs {', '.join(f'{x:.3f}' for x in r['pair_ratios'])})",

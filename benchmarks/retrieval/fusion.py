@@ -46,15 +46,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import add_out_arg, needs_bench_extra, out_path, write_results
+from benchmarks._common import add_out_arg, machine_info, needs_bench_extra, out_path, write_results
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "retrieval_fusion.json"
 HNSW = dict(M=16, ef_construction=200, ef_search=50, seed=0)
@@ -349,24 +347,9 @@ def run_fusion(quick: bool = False, verbose: bool = False) -> dict:
         "table": table,
         "study": study,
         "latency_ms": _latency(ir, 2 if quick else 10),
-        "cpu": _cpu(),
+        "cpu": machine_info(),
         "seconds": time.perf_counter() - t,
     }
-
-
-def _cpu() -> dict:
-    """Which CPU the figures came from: model name and whether it has AMX."""
-    name, flags = platform.processor(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    return {"model": name, "amx": "amx_bf16" in flags, "cpus": os.cpu_count()}
 
 
 def format_table(res: dict) -> str:
@@ -397,7 +380,7 @@ def format_table(res: dict) -> str:
         lines.append(f"  {est:<30} " + " ".join(f"{res['study'][c][est]['ndcg@10']:.3f}"
                                                 for c in names))
     lt = res["latency_ms"]
-    lines.append(f"CPU: {res['cpu']['model']} (AMX: {res['cpu']['amx']})")
+    lines.append(f"CPU: {res['cpu']['processor']} (AMX: {res['cpu']['amx']})")
     lines.append(f"search top_k=10 on MS MARCO (median of {lt['samples']}): default "
                  f"{lt['default']:.3f} ms, tmm {lt['tmm']:.3f} ms "
                  f"(default / tmm {lt['default_over_tmm']:.3f})")
