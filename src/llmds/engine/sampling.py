@@ -67,6 +67,7 @@ class Sampler:
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
+        self._scratch = np.empty((0, 0), dtype=np.float32)  # sample_rows' per-row weights, grown on demand
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> tuple[list[int], list[TokenLogprobs | None] | None]:
         params = [r.params for r in rows]
@@ -128,18 +129,18 @@ class Sampler:
                 tokens[i] = t
         return tokens
 
-    @staticmethod
-    def _sample_plain(x: torch.Tensor, rows: Sequence[SampleRow], index: list[int], u: torch.Tensor) -> list[int]:
+    def _sample_plain(self, x: torch.Tensor, rows: Sequence[SampleRow], index: list[int], u: torch.Tensor) -> list[int]:
         from llmds.engine._sample_kernel import sample_rows
 
         n = len(rows)
+        if self._scratch.shape[0] < n or self._scratch.shape[1] != x.shape[1]:  # the kernel's weights, kept
+            self._scratch = np.empty((max(n, 2 * self._scratch.shape[0]), x.shape[1]), dtype=np.float32)
         temps = np.array([r.params.temperature for r in rows], dtype=np.float32)
         floors = np.array([np.log(r.params.min_p) if r.params.min_p > 0.0 else -np.inf for r in rows], dtype=np.float32)
         out = np.empty(n, dtype=np.int64)
         with torch.inference_mode():  # the logits may be the forward's inference tensor
             xs = x.contiguous().numpy()
-            sample_rows(xs, np.asarray(index, dtype=np.int64), temps, floors, u.numpy(),
-                        np.empty((n, xs.shape[1]), dtype=np.float32), out)
+            sample_rows(xs, np.asarray(index, dtype=np.int64), temps, floors, u.numpy(), self._scratch, out)
         return out.tolist()
 
     def _sample_filtered(self, x: torch.Tensor, rows: Sequence[SampleRow], u: torch.Tensor) -> list[int]:
