@@ -58,3 +58,11 @@ def test_check_float_infinite_on_request():
             check_float("s", bad, finite=False)
     with pytest.raises(ValidationError, match="must be a finite number"):
         check_float("s", float("inf"))
+
+
+def test_unpaired_surrogate_names_the_code_point_and_its_index():
+    from llmds._checks import unpaired_surrogate
+
+    assert unpaired_surrogate("plain ascii") is None and unpaired_surrogate("é 😀") is None
+    assert unpaired_surrogate("ab\ud800c") == ("holds an unpaired UTF-16 surrogate (U+D800 at index 2); "
+                                              "send valid Unicode")

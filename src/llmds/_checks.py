@@ -97,3 +97,16 @@ def check_token_ids(name: str, ids: Any, vocab_size: int | None = None) -> list[
     if vocab_size is not None and out and max(out) >= vocab_size:
         raise ValidationError(f"{name} must be < the vocabulary size {vocab_size}, got {max(out)}")
     return out
+
+
+def unpaired_surrogate(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode, or None: an unpaired UTF-16 surrogate, which JSON (and
+    Python) can carry and no tokenizer or UTF-8 encoder takes."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds an unpaired UTF-16 surrogate (U+{ord(text[exc.start]):04X} at index {exc.start}); "
+                "send valid Unicode")
+    return None

@@ -19,7 +19,7 @@ import json
 from datetime import datetime
 from typing import Any, Sequence
 
-from llmds._checks import check_token_ids
+from llmds._checks import check_token_ids, unpaired_surrogate
 from llmds.errors import ValidationError
 
 __all__ = ["TextTokenizer", "Detokenizer", "check_chat_template", "check_unicode"]
@@ -96,11 +96,8 @@ class TextTokenizer:
 
 def check_unicode(name: str, text: str) -> str:
     """``text`` unless it holds an unpaired UTF-16 surrogate (``ValidationError``: no tokenizer takes it)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValidationError(f"{name} holds an unpaired UTF-16 surrogate (U+{ord(text[exc.start]):04X} at "
-                              f"index {exc.start}); send valid Unicode") from None
+    if (why := unpaired_surrogate(text)) is not None:
+        raise ValidationError(f"{name} {why}")
     return text
 
 

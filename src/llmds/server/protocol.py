@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from llmds._checks import unpaired_surrogate
 from llmds.engine.config import SamplingParams
 from llmds.engine.structured import StructuredOutputs
 from llmds.errors import ValidationError
@@ -37,12 +38,8 @@ _I64 = 2**63
 
 
 def _valid_unicode(s: str) -> str:
-    if not s.isascii():
-        try:
-            s.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"holds an unpaired UTF-16 surrogate (U+{ord(s[exc.start]):04X} at index "
-                             f"{exc.start}); send valid Unicode") from None
+    if (why := unpaired_surrogate(s)) is not None:
+        raise ValueError(why)
     return s
 
 
